@@ -1,0 +1,90 @@
+"""`bridge`: the one command of the recipe repo."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .loader import load
+from .problems import Problem, errors, report
+from .render import RenderError, render_all, write_all
+from .rules import check
+
+DEFAULT_TEAM = Path("team.yaml")
+
+
+def _validate(team: Path, local_paths: bool = True) -> tuple[object, list[Problem]]:
+    config, problems = load(team)
+    if config is not None:
+        problems += check(config, local_paths=local_paths)
+    return config, problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, problems = _validate(args.team)
+    if args.strict:
+        problems = [Problem(p.field, p.message, p.fix, "error") for p in problems]
+    print(report(str(args.team), problems))
+    if errors(problems):
+        print("\nNot ready: fix the errors above, then run `bridge check` again.")
+        return 1
+    print("\nOK: ready to render (`bridge render --team {}`).".format(args.team))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    config, problems = _validate(args.team, local_paths=False)
+    if errors(problems):
+        print(report(str(args.team), problems))
+        print(f"\nNothing written to {args.out}: fix the errors above first.")
+        return 1
+    try:
+        scripts = render_all(config, args.team, str(args.out))
+    except RenderError as exc:
+        print(f"ERROR: {exc}\nNothing written to {args.out}.", file=sys.stderr)
+        return 1
+    for path in write_all(scripts, args.out):
+        print(f"  wrote {path}")
+    print(f"\n{len(scripts)} scripts rendered from {args.team}. Submit one with e.g. `sbatch {args.out}/sft/run_sft.sbatch`.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge",
+        description="Validate a team config and render the recipe's SLURM scripts from it.",
+        epilog="Start with: cp templates/team.example.yaml team.yaml; bridge check; bridge render",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    team_help = f"the team config (default: {DEFAULT_TEAM})"
+    check_parser = sub.add_parser(
+        "check",
+        help="validate team.yaml: schema, cross-field rules, verl batch arithmetic, paths, secrets",
+        description="Report every problem in a team config at once, each with its field and fix. "
+        "Exits 1 on any error; warnings (missing paths, no W&B login) do not fail unless --strict.",
+    )
+    check_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
+    check_parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    check_parser.set_defaults(func=cmd_check)
+
+    render_parser = sub.add_parser(
+        "render",
+        help="render every sbatch script from team.yaml",
+        description="Validate the team config (as `bridge check`, without the local-path warnings) and "
+        "render every script under templates/ into OUT. Writes nothing if any check fails.",
+    )
+    render_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
+    render_parser.add_argument("--out", type=Path, default=Path("rendered"), help="output directory (default: rendered)")
+    render_parser.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The team.yaml schema: one pydantic model per section.
+
+Field-level rules live here (types, ranges, path syntax). Rules that relate several fields — node
+counts, GPU divisibility, verl's batch arithmetic — live in `rules.py`, so that each message can
+name every field involved and the fix.
+"""
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# Characters that survive a bash double-quoted string *and* a Hydra override unquoted.
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.+@/-]*$")
+_HOME_PREFIXES = ("${HOME}", "$HOME", "~")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+
+
+def _shell_path(value: str) -> str:
+    """Absolute path, or one under the user's home. `~` and `$HOME` become `${HOME}`.
+
+    Scripts put the value inside double quotes, so `${HOME}` expands at run time on every node —
+    the seed's `"~/conda_env"` never did.
+    """
+    for prefix in _HOME_PREFIXES:
+        if value == prefix or value.startswith(prefix + "/"):
+            rest = value[len(prefix):]
+            if not _SAFE_PATH.match(rest):
+                raise ValueError(_unsafe_path_message(value))
+            return "${HOME}" + rest.rstrip("/")
+    if not value.startswith("/"):
+        raise ValueError(
+            f"{value!r} is relative; jobs start in another directory. "
+            f"Fix: write an absolute path (/home/...) or one under your home (~/{value})"
+        )
+    if not _SAFE_PATH.match(value):
+        raise ValueError(_unsafe_path_message(value))
+    return value.rstrip("/") or "/"
+
+
+def _unsafe_path_message(value: str) -> str:
+    return (
+        f"{value!r} has characters that break shell quoting or Hydra overrides. "
+        "Fix: use only letters, digits and _ . + @ - / (no spaces)"
+    )
+
+
+def _model_ref(value: str) -> str:
+    if _HUB_ID.match(value) and not value.startswith(("~", "$")):
+        return value
+    try:
+        return _shell_path(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a Hugging Face Hub id (org/name) nor an absolute path. "
+            "Fix: write e.g. Qwen/Qwen2.5-0.5B-Instruct or ~/models/my-sft-model"
+        ) from None
+
+
+def _shared_path(value: str) -> str:
+    if any(value == p or value.startswith(p + "/") for p in _NODE_LOCAL):
+        raise ValueError(
+            f"{value!r} is node-local; other nodes and later jobs will not see it. "
+            "Fix: put it on the shared home or the team's shared directory"
+        )
+    return value
+
+
+def _absolute(value: str) -> str:
+    if value.startswith("${HOME}"):
+        raise ValueError(
+            "SLURM reads #SBATCH --output before any shell runs, so ~ and $HOME are not expanded there. "
+            "Fix: write the absolute path, e.g. /home/<team>/<user>/logs"
+        )
+    return value
+
+
+ShellPath = Annotated[str, AfterValidator(_shell_path)]
+LogsPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_shared_path), AfterValidator(_absolute)]
+SharedPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_shared_path)]
+ModelRef = Annotated[str, AfterValidator(_model_ref)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/+-]+$")]
+Port = Annotated[int, Field(ge=1024, le=32767)]  # below Linux's ephemeral range (32768-60999)
+PositiveInt = Annotated[int, Field(ge=1)]
+Freq = Annotated[int, Field(ge=-1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Team(Section):
+    name: Name
+
+
+class Slurm(Section):
+    partition: Name
+    nodes: Annotated[int, Field(ge=1, le=64)]
+    nodelist: str | None = None
+    gpus_per_node: Annotated[int, Field(ge=1, le=16)]
+    cpus_per_task: PositiveInt
+    mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] = "0"
+    time_limit: Annotated[str, Field(pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")]
+
+
+class Environment(Section):
+    module_init: ShellPath | None = None
+    modules: list[Word] = []
+    conda_sh: ShellPath
+    conda_env: ShellPath
+
+
+class Paths(Section):
+    data: SharedPath
+    models: SharedPath
+    checkpoints: SharedPath
+    logs: LogsPath
+    hf_home: SharedPath
+
+
+class Network(Section):
+    socket_ifname: Word | None = None
+    ib_hca: list[Word] = []
+    ib_gid_index: Annotated[int, Field(ge=0, le=255)] | None = None
+    nccl_debug: Literal["VERSION", "WARN", "INFO", "TRACE"] = "WARN"
+    rendezvous_port: Port = 29500
+    rendezvous_timeout_s: Annotated[int, Field(ge=30)] = 900
+
+
+class Ray(Section):
+    head_port: Port = 6379
+    dashboard_port: Port = 8265
+    client_server_port: Port = 10001
+    node_manager_port: Port = 6700
+    object_manager_port: Port = 6701
+    runtime_env_agent_port: Port = 6702
+    dashboard_agent_grpc_port: Port = 6703
+    dashboard_agent_listen_port: Port = 6704
+    metrics_export_port: Port = 6705
+    min_worker_port: Port = 11000
+    max_worker_port: Port = 12999
+    join_timeout_s: Annotated[int, Field(ge=30)] = 600
+
+    @model_validator(mode="after")
+    def _worker_range(self) -> "Ray":
+        if self.max_worker_port - self.min_worker_port < 99:
+            raise ValueError(
+                f"worker port range {self.min_worker_port}-{self.max_worker_port} holds fewer than 100 ports. "
+                "Fix: widen ray.min_worker_port..ray.max_worker_port (each Ray worker takes one)"
+            )
+        return self
+
+
+class Wandb(Section):
+    entity: Name | None = None
+    project: Name
+    mode: Literal["online", "offline", "disabled"] = "online"
+
+
+class HuggingFace(Section):
+    org: Name
+    offline: bool = False
+
+
+class Stage(Section):
+    """What SFT and RL share: naming, data, schedule, checkpoints."""
+
+    experiment_name: Name
+    model: ModelRef
+    train_files: ShellPath
+    val_files: ShellPath | None = None
+    lr: Annotated[float, Field(gt=0, le=1)]
+    total_epochs: PositiveInt
+    total_training_steps: PositiveInt | None = None
+    save_freq: PositiveInt
+    test_freq: Freq = -1
+    max_ckpt_to_keep: PositiveInt | None = None
+    strategy: Literal["fsdp", "fsdp2"] = "fsdp2"
+    gradient_checkpointing: bool = True
+    attn_implementation: Literal["flash_attention_2", "sdpa", "flex_attention", "eager"] = "flash_attention_2"
+
+
+class SFT(Stage):
+    messages_key: Word = "messages"
+    train_batch_size: PositiveInt
+    use_dynamic_bsz: bool = True
+    max_token_len_per_gpu: PositiveInt
+    micro_batch_size_per_gpu: PositiveInt
+    max_length: Annotated[int, Field(ge=16)]
+    truncation: Literal["error", "left", "right"] = "right"
+    lr_scheduler: Literal["constant", "cosine"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class RL(Stage):
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    critic_model: ModelRef | None = None
+    critic_lr: Annotated[float, Field(gt=0, le=1)] = 1e-5
+    reward_function: ShellPath | None = None
+    reward_function_name: Word = "compute_score"
+    train_batch_size: PositiveInt
+    max_prompt_length: PositiveInt
+    max_response_length: PositiveInt
+    rollout_n: PositiveInt
+    ppo_mini_batch_size: PositiveInt
+    use_dynamic_bsz: bool = True
+    ppo_max_token_len_per_gpu: PositiveInt
+    ppo_micro_batch_size_per_gpu: PositiveInt
+    log_prob_micro_batch_size_per_gpu: PositiveInt
+    use_kl_loss: bool = True
+    kl_loss_coef: Annotated[float, Field(ge=0)] = 0.001
+    entropy_coeff: Annotated[float, Field(ge=0)] = 0.0
+    rollout_tp: PositiveInt
+    gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
+
+
+class TeamConfig(Section):
+    team: Team
+    slurm: Slurm
+    environment: Environment
+    paths: Paths
+    network: Network = Network()
+    ray: Ray = Ray()
+    wandb: Wandb
+    huggingface: HuggingFace
+    sft: SFT
+    rl: RL

@@ -1,0 +1,45 @@
+"""Expand SLURM hostlists ("osk-gpu[51-53,55]", "node1,node2") the way `scontrol show hostnames` does."""
+
+import re
+
+_ITEM = re.compile(r"^([^\[\],]*)(?:\[([^\[\]]+)\])?([^\[\],]*)$")
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, current = [], 0, ""
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    return items
+
+
+def expand(hostlist: str) -> list[str]:
+    """Return the host names of a hostlist expression; ValueError on malformed input."""
+    hosts: list[str] = []
+    for item in _split_top_level(hostlist.strip()):
+        item = item.strip()
+        match = _ITEM.match(item)
+        if not item or not match:
+            raise ValueError(f"cannot parse {item!r}")
+        prefix, ranges, suffix = match.groups()
+        if ranges is None:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            low, _, high = part.strip().partition("-")
+            if not low.isdigit() or (high and not high.isdigit()):
+                raise ValueError(f"cannot parse range {part!r} in {item!r}")
+            high = high or low
+            if int(high) < int(low):
+                raise ValueError(f"range {part!r} in {item!r} runs backwards")
+            width = len(low)
+            hosts.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(low), int(high) + 1))
+    return hosts

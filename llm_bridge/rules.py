@@ -1,0 +1,227 @@
+"""Rules that relate several fields of a valid TeamConfig.
+
+verl 0.9.1's batch arithmetic is checked here twice over: the rules verl itself validates at start-up
+(`verl/utils/config.py::validate_config`, `ActorConfig.validate`) and the ones it only meets at run time,
+after the job has waited in the queue and loaded the model:
+  - SFT: per-rank batch = train_batch_size // dp, silently dropping the remainder (`sft_trainer.py:241`);
+    micro-batching asserts the per-rank batch divides by micro_batch_size_per_gpu (`engine/utils.py`);
+    dynamic batching asserts max_token_len_per_gpu >= the longest sample (`seqlen_balancing.py`).
+  - RL: `train_mini_batch` asserts (ppo_mini_batch_size * n) % dp == 0 (`engine_workers.py:266`); the
+    rollout asserts world_size % TP == 0 (`engine_workers.py:655`).
+Each rule runs for every layout the recipe renders: one node (single-node scripts) and all nodes (multi-node).
+"""
+
+import math
+import os
+from pathlib import Path
+
+from . import hostlist
+from .config import TeamConfig
+from .problems import Problem
+
+
+def _layouts(config: TeamConfig) -> list[tuple[str, int]]:
+    gpus = config.slurm.gpus_per_node
+    layouts = [(f"1 node x {gpus} GPUs (single-node scripts)", gpus)]
+    if config.slurm.nodes > 1:
+        layouts.append((f"{config.slurm.nodes} nodes x {gpus} GPUs (multi-node scripts)", config.slurm.nodes * gpus))
+    return layouts
+
+
+def _multiple_near(value: int, step: int) -> str:
+    low = (value // step) * step
+    options = [v for v in (low, low + step) if v > 0]
+    return " or ".join(str(v) for v in options)
+
+
+def check_slurm(config: TeamConfig) -> list[Problem]:
+    slurm = config.slurm
+    problems: list[Problem] = []
+    if slurm.nodelist is not None:
+        try:
+            hosts = hostlist.expand(slurm.nodelist)
+        except ValueError as exc:
+            return [Problem("slurm.nodelist", f"not a SLURM hostlist: {exc}", "write e.g. osk-gpu[51-53] or osk-gpu51,osk-gpu52")]
+        if len(set(hosts)) != len(hosts):
+            problems.append(Problem("slurm.nodelist", f"names a node twice: {', '.join(hosts)}", "list each node once"))
+        elif len(hosts) != slurm.nodes:
+            problems.append(Problem(
+                "slurm.nodelist",
+                f"names {len(hosts)} node(s) ({', '.join(hosts)}) but slurm.nodes is {slurm.nodes}",
+                f"list {slurm.nodes} nodes, or set slurm.nodes: {len(hosts)}",
+            ))
+    needed = 3 * slurm.gpus_per_node + 20
+    if slurm.cpus_per_task < needed:
+        problems.append(Problem(
+            "slurm.cpus_per_task",
+            f"{slurm.cpus_per_task} CPUs: Ray reserves 3 per GPU bundle plus ~20 for verl's helper actors; "
+            "too few and the placement group waits forever",
+            f"set it to at least {needed}", "warning",
+        ))
+    return problems
+
+
+def check_sft(config: TeamConfig) -> list[Problem]:
+    sft = config.sft
+    problems: list[Problem] = []
+    for layout, dp in _layouts(config):
+        if sft.train_batch_size % dp:
+            problems.append(Problem(
+                "sft.train_batch_size",
+                f"{sft.train_batch_size} does not divide by {dp} data-parallel ranks on {layout}; verl would "
+                f"silently train on {sft.train_batch_size // dp * dp} samples per step",
+                f"use a multiple of {dp}, e.g. {_multiple_near(sft.train_batch_size, dp)}",
+            ))
+            continue
+        per_rank = sft.train_batch_size // dp
+        if not sft.use_dynamic_bsz and per_rank % sft.micro_batch_size_per_gpu:
+            problems.append(Problem(
+                "sft.micro_batch_size_per_gpu",
+                f"{sft.micro_batch_size_per_gpu} does not divide the per-GPU batch {per_rank} "
+                f"(train_batch_size {sft.train_batch_size} / {dp}) on {layout}; verl fails at the first step",
+                f"use a divisor of {per_rank}, or sft.use_dynamic_bsz: true",
+            ))
+    if sft.use_dynamic_bsz and sft.max_token_len_per_gpu < sft.max_length:
+        problems.append(Problem(
+            "sft.max_token_len_per_gpu",
+            f"{sft.max_token_len_per_gpu} is below sft.max_length {sft.max_length}; verl asserts on the first long sample",
+            f"set it to at least {sft.max_length}",
+        ))
+    return problems
+
+
+def check_rl(config: TeamConfig) -> list[Problem]:
+    rl = config.rl
+    n = rl.rollout_n
+    gpus = config.slurm.gpus_per_node
+    problems: list[Problem] = []
+    if rl.algorithm == "grpo" and n < 2:
+        problems.append(Problem("rl.rollout_n", "GRPO compares responses within a group; with n=1 every advantage is 0",
+                                "set rl.rollout_n to 4-16 (or rl.algorithm: ppo)"))
+    if rl.algorithm == "grpo" and rl.critic_model is not None:
+        problems.append(Problem("rl.critic_model", "GRPO has no critic; this value is ignored",
+                                "remove it, or set rl.algorithm: ppo", "warning"))
+    if gpus % rl.rollout_tp:
+        divisors = [d for d in range(1, gpus + 1) if gpus % d == 0]
+        problems.append(Problem(
+            "rl.rollout_tp",
+            f"tensor parallel size {rl.rollout_tp} does not divide the {gpus} GPUs of a node; vLLM replicas cannot be laid out",
+            f"use one of {', '.join(map(str, divisors))}",
+        ))
+    if rl.ppo_mini_batch_size > rl.train_batch_size:
+        problems.append(Problem(
+            "rl.ppo_mini_batch_size",
+            f"{rl.ppo_mini_batch_size} is larger than rl.train_batch_size {rl.train_batch_size}",
+            f"set it to {rl.train_batch_size} or a divisor of it",
+        ))
+    elif rl.train_batch_size % rl.ppo_mini_batch_size:
+        problems.append(Problem(
+            "rl.ppo_mini_batch_size",
+            f"{rl.ppo_mini_batch_size} does not divide rl.train_batch_size {rl.train_batch_size}; verl pads every "
+            "batch with dummy sequences up to a multiple",
+            "use a divisor of rl.train_batch_size", "warning",
+        ))
+    for layout, dp in _layouts(config):
+        if not rl.use_dynamic_bsz and (rl.train_batch_size * n) % dp:
+            step = dp // math.gcd(dp, n)
+            problems.append(Problem(
+                "rl.train_batch_size",
+                f"train_batch_size x rollout_n = {rl.train_batch_size} x {n} = {rl.train_batch_size * n} "
+                f"does not divide by {dp} GPUs on {layout}; verl refuses to start",
+                f"use a multiple of {step}, e.g. {_multiple_near(rl.train_batch_size, step)}",
+            ))
+        if (rl.ppo_mini_batch_size * n) % dp:
+            step = dp // math.gcd(dp, n)
+            problems.append(Problem(
+                "rl.ppo_mini_batch_size",
+                f"ppo_mini_batch_size x rollout_n = {rl.ppo_mini_batch_size} x {n} = {rl.ppo_mini_batch_size * n} "
+                f"does not divide by {dp} GPUs on {layout}; verl fails at the first update, after the first rollout",
+                f"use a multiple of {step}, e.g. {_multiple_near(rl.ppo_mini_batch_size, step)}",
+            ))
+            continue
+        if not rl.use_dynamic_bsz:
+            per_rank_mini = rl.ppo_mini_batch_size * n // dp
+            if per_rank_mini % rl.ppo_micro_batch_size_per_gpu:
+                problems.append(Problem(
+                    "rl.ppo_micro_batch_size_per_gpu",
+                    f"{rl.ppo_micro_batch_size_per_gpu} does not divide the per-GPU mini-batch {per_rank_mini} on {layout}",
+                    f"use a divisor of {per_rank_mini}, or rl.use_dynamic_bsz: true",
+                ))
+            if rl.train_batch_size % rl.ppo_mini_batch_size == 0 and (rl.train_batch_size * n) % dp == 0:
+                per_rank = rl.train_batch_size * n // dp
+                if per_rank % rl.log_prob_micro_batch_size_per_gpu:
+                    problems.append(Problem(
+                        "rl.log_prob_micro_batch_size_per_gpu",
+                        f"{rl.log_prob_micro_batch_size_per_gpu} does not divide the per-GPU batch {per_rank} on {layout}",
+                        f"use a divisor of {per_rank}, or rl.use_dynamic_bsz: true",
+                    ))
+    longest = rl.max_prompt_length + rl.max_response_length
+    if rl.use_dynamic_bsz and rl.ppo_max_token_len_per_gpu < longest:
+        problems.append(Problem(
+            "rl.ppo_max_token_len_per_gpu",
+            f"{rl.ppo_max_token_len_per_gpu} is below max_prompt_length + max_response_length = {longest}; "
+            "verl asserts on the first full-length response",
+            f"set it to at least {longest} (verl's docs suggest 2x: {2 * longest})",
+        ))
+    return problems
+
+
+def _expand(path: str) -> Path:
+    return Path(path.replace("${HOME}", os.path.expanduser("~"), 1))
+
+
+def check_local_paths(config: TeamConfig) -> list[Problem]:
+    """Warn about paths missing on this machine. Off the cluster (no conda.sh), say so once instead."""
+    env = config.environment
+    if not _expand(env.conda_sh).exists():
+        return [Problem(
+            "environment.conda_sh",
+            f"{env.conda_sh} does not exist here, so this is not the cluster's login node; other path checks skipped",
+            "run `bridge check` on the login node to check paths too", "warning",
+        )]
+    candidates = {
+        "environment.conda_env": env.conda_env,
+        "environment.module_init": env.module_init,
+        "paths.logs": config.paths.logs,
+        "sft.train_files": config.sft.train_files,
+        "sft.val_files": config.sft.val_files,
+        "rl.train_files": config.rl.train_files,
+        "rl.val_files": config.rl.val_files,
+        "rl.reward_function": config.rl.reward_function,
+    }
+    for field, model in (("sft.model", config.sft.model), ("rl.model", config.rl.model)):
+        if model.startswith(("/", "${HOME}")):
+            candidates[field] = model
+    problems = []
+    for field, path in candidates.items():
+        if path is not None and not _expand(path).exists():
+            fix = f"mkdir -p {path}" if field == "paths.logs" else "create it first (data prep, SFT merge) or fix the path"
+            problems.append(Problem(field, f"{path} does not exist yet", fix, "warning"))
+    return problems
+
+
+def check_accounts(config: TeamConfig) -> list[Problem]:
+    problems = []
+    if config.wandb.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        netrc = Path.home() / ".netrc"
+        if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+            problems.append(Problem(
+                "wandb.mode", "online, but no W&B login found (no WANDB_API_KEY, no api.wandb.ai in ~/.netrc)",
+                "run `wandb login` once on the login node, or set wandb.mode: offline", "warning",
+            ))
+    if config.huggingface.offline:
+        for field, model in (("sft.model", config.sft.model), ("rl.model", config.rl.model)):
+            if not model.startswith(("/", "${HOME}")):
+                problems.append(Problem(
+                    field, f"huggingface.offline is true and {model} is a Hub id: it must already be in paths.hf_home",
+                    f"download it on the login node first: HF_HOME={config.paths.hf_home} huggingface-cli download {model}",
+                    "warning",
+                ))
+    return problems
+
+
+def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
+    problems = check_slurm(config) + check_sft(config) + check_rl(config)
+    if local_paths:
+        problems += check_local_paths(config) + check_accounts(config)
+    return problems
