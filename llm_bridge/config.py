@@ -91,10 +91,6 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Team(Section):
-    name: Name
-
-
 class Slurm(Section):
     partition: Name
     nodes: Annotated[int, Field(ge=1, le=64)]
@@ -217,7 +213,6 @@ class RL(Stage):
 
 
 class TeamConfig(Section):
-    team: Team
     slurm: Slurm
     environment: Environment
     paths: Paths

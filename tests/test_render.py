@@ -34,7 +34,9 @@ def test_example_renders_and_shellcheck_finds_nothing(tmp_path):
 def test_every_script_includes_the_one_environment_preamble(tmp_path):
     config, _ = load(EXAMPLE)
     scripts = render_all(config, EXAMPLE, "out")
-    for name, text in scripts.items():
+    jobs = {name: text for name, text in scripts.items() if name.suffix == ".sbatch"}
+    assert len(jobs) == 4
+    for name, text in jobs.items():
         assert text.count("module load nccl/2.22.3 hpcx/2.18.1-gcc-cuda12/hpcx-mt miniconda/24.7.1-py311") == 1, name
         assert 'conda activate "${HOME}/conda_env"' in text, name
         assert "set -euo pipefail" in text

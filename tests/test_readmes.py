@@ -1,0 +1,91 @@
+"""Every command in the READMEs' bash blocks is run here, or — where it needs the cluster — checked against
+what `bridge render` produces. A command of a kind this file does not know fails the test."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import EXAMPLE, REPO
+
+READMES = ["README.md", "README_install_conda.md", "README_single_node_SFT_PPO.md", "README_multi_node_SFT_PPO.md"]
+QUICK_START_MAIN = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
+    "bridge check --team templates/team.example.yaml && bridge render --team templates/team.example.yaml --out rendered"
+)
+TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest"
+# Run only on the cluster; checked statically below.
+CLUSTER_ONLY = {"sbatch", "bash", "module", "squeue", "scancel"}
+
+
+def commands(readme: str) -> list[str]:
+    text = (REPO / readme).read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def tracked_copy(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_quick_start_commands_are_the_documented_ones():
+    readme = commands("README.md")
+    assert readme[0] == QUICK_START_MAIN
+    assert readme[1] == TEST_COMMAND
+    assert TEST_COMMAND in (REPO / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
+
+
+def test_quick_start_main_command_on_a_fresh_checkout(tmp_path):
+    checkout = tracked_copy(tmp_path / "checkout")
+    result = subprocess.run(["bash", "-c", QUICK_START_MAIN], cwd=checkout, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: ready to render" in result.stdout
+    assert (checkout / "rendered" / "sft" / "run_sft.sbatch").is_file()
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_readme_commands(readme, tmp_path):
+    checkout = tracked_copy(tmp_path / "checkout")
+    shutil.copy(EXAMPLE, checkout / "team.yaml")
+    example = yaml.safe_load(EXAMPLE.read_text())
+    ran = 0
+    for line in commands(readme):
+        if line in (QUICK_START_MAIN, TEST_COMMAND):
+            continue  # run by the test above and by CI itself
+        argv = shlex.split(line.split(" # ")[0])
+        if argv[0] == "bridge":
+            result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *argv[1:]], cwd=checkout,
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, f"{readme}: `{line}` failed:\n{result.stdout}{result.stderr}"
+        elif argv[0] == "cp":
+            subprocess.run(argv, cwd=checkout, check=True)
+        elif argv[0] == "python3" and "&&" in argv:
+            # environment setup lines: the same steps the quick start runs for real
+            assert line.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e ."), line
+        elif argv[0] in ("sbatch", "bash"):
+            script = checkout / argv[1]
+            assert script.is_file(), f"{readme}: `{line}` names {argv[1]}, which `bridge render` did not write"
+            assert all("=" in arg or arg.startswith("--") for arg in argv[2:]), line
+        elif argv[0] == "module":
+            assert argv[1] == "load" and set(argv[2:]) <= set(example["environment"]["modules"]), line
+        elif argv[0] in ("squeue", "scancel"):
+            assert argv[1:3] == ["-u", "$USER"], line
+            if argv[0] == "scancel":
+                job_names = re.findall(r"--job-name=(\S+)", "".join(p.read_text() for p in (checkout / "rendered").rglob("*.sbatch")))
+                assert argv[4] in job_names, line
+        else:
+            pytest.fail(f"{readme}: no check for `{line}`; add one to tests/test_readmes.py")
+        ran += 1
+    assert ran > 0
