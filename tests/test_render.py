@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -42,22 +43,22 @@ def test_every_script_includes_the_one_environment_preamble(tmp_path):
         assert "set -euo pipefail" in text
 
 
-def test_undefined_template_variable_is_an_error(tmp_path):
+def _render_one_template(tmp_path, source: str):
     templates = tmp_path / "templates"
     (templates / "x").mkdir(parents=True)
-    (templates / "x" / "job.sh.j2").write_text("echo {{ cfg.slurm.no_such_field }}\n")
+    (templates / "x" / "job.sh.j2").write_text(source)
     config, _ = load(EXAMPLE)
+    return render_all(config, EXAMPLE, "out", templates_dir=templates)
+
+
+def test_undefined_template_variable_is_an_error(tmp_path):
     with pytest.raises(RenderError, match="no_such_field"):
-        render_all(config, EXAMPLE, "out", templates_dir=templates)
+        _render_one_template(tmp_path, "echo {{ cfg.slurm.no_such_field }}\n")
 
 
 def test_bash_syntax_error_is_caught_before_writing(tmp_path):
-    templates = tmp_path / "templates"
-    (templates / "x").mkdir(parents=True)
-    (templates / "x" / "job.sh.j2").write_text("if true; then\n")
-    config, _ = load(EXAMPLE)
     with pytest.raises(RenderError, match="bash -n"):
-        render_all(config, EXAMPLE, "out", templates_dir=templates)
+        _render_one_template(tmp_path, "if true; then\n")
 
 
 def _bad_configs():
@@ -123,7 +124,7 @@ def test_wandb_disabled_drops_the_wandb_logger(example, write_team):
     example["wandb"]["mode"] = "disabled"
     team = write_team(example)
     config, _ = load(team)
-    text = render_all(config, team, "out")[__import__("pathlib").Path("sft/run_sft.sbatch")]
+    text = render_all(config, team, "out")[Path("sft/run_sft.sbatch")]
     assert "'trainer.logger=[\"console\"]'" in text
     assert "wandb login" not in text
     assert yaml.safe_load(team.read_text())["wandb"]["mode"] == "disabled"
