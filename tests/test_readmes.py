@@ -18,7 +18,7 @@ QUICK_START_MAIN = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
     "bridge check --team templates/team.example.yaml && bridge render --team templates/team.example.yaml --out rendered"
 )
-TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest"
+TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c tests/constraints.txt -e '.[test]' && python -m pytest"
 # Run only on the cluster; checked statically below.
 CLUSTER_ONLY = {"sbatch", "bash", "module", "squeue", "scancel"}
 

@@ -1,0 +1,120 @@
+"""What every data-prep script shares: loading from the Hub or a local copy, row validation that reports
+every bad row, deterministic splits, and atomic parquet writes.
+
+pyarrow and datasets are cluster extras; they are imported where used, so `bridge` stays light.
+"""
+
+import json
+import os
+import random
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+class BadRow(ValueError):
+    """Raised by a row converter: the row is reported and left out."""
+
+
+@dataclass
+class Conversion:
+    rows: list[dict] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+    def report(self, name: str, out=sys.stderr) -> None:
+        print(f"{name}: {len(self.rows)} rows kept, {len(self.bad)} bad rows left out", file=out)
+        for index, reason in self.bad[:20]:
+            print(f"  row {index}: {reason}", file=out)
+        if len(self.bad) > 20:
+            print(f"  ... and {len(self.bad) - 20} more (all listed in the .rejected.jsonl file)", file=out)
+
+
+def convert(rows: Iterable[dict], to_row: Callable[[int, dict], dict]) -> Conversion:
+    result = Conversion()
+    for index, row in enumerate(rows):
+        try:
+            result.rows.append(to_row(index, row))
+        except BadRow as exc:
+            result.bad.append((index, str(exc)))
+    return result
+
+
+def read_local(path: Path, split: str) -> list[dict]:
+    """Rows of `split` from a local copy: a directory with <split>.jsonl / <split>.parquet, or one file."""
+    if path.is_dir():
+        candidates = [path / f"{split}.jsonl", path / f"{split}.json", path / f"{split}.parquet"]
+        candidates += sorted(path.glob(f"{split}-*.parquet")) + sorted(path.glob(f"*/{split}-*.parquet"))
+        found = [p for p in candidates if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no {split}.jsonl or {split}.parquet under {path}")
+        return [row for p in found for row in read_local(p, split)]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    with path.open(encoding="utf-8") as handle:
+        if path.suffix == ".json":
+            data = json.load(handle)
+            return data if isinstance(data, list) else data[split]
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_hub(name: str, config: str | None, split: str) -> list[dict]:
+    from datasets import load_dataset
+
+    return list(load_dataset(name, config, split=split))
+
+
+def load_split(name: str, config: str | None, split: str, local_path: Path | None) -> list[dict]:
+    return read_local(local_path, split) if local_path else read_hub(name, config, split)
+
+
+def deterministic_split(rows: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Shuffle with a fixed seed, then cut: the same input always gives the same split."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_test = round(len(rows) * test_fraction)
+    test_idx = set(order[:n_test])
+    return [r for i, r in enumerate(rows) if i not in test_idx], [r for i, r in enumerate(rows) if i in test_idx]
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not rows:
+        raise ValueError(f"refusing to write {path}: no rows")
+    _atomic(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+
+
+def write_rejected(conversion: Conversion, rows: list[dict], path: Path) -> None:
+    """Bad rows next to the output, so they can be inspected and fixed, never silently lost."""
+    if not conversion.bad:
+        Path(path).unlink(missing_ok=True)
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for index, reason in conversion.bad:
+                handle.write(json.dumps({"index": index, "reason": reason, "row": _jsonable(rows[index])},
+                                        ensure_ascii=False) + "\n")
+
+    _atomic(path, write)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,82 @@
+"""The verl overrides in the rendered cluster scripts compose against verl 0.9.1's own Hydra config.
+
+The argv each script hands to verl is taken from the rendered text and expanded by bash, exactly as
+the job would; then Hydra composes it. A removed or misspelt key fails here, not after the queue.
+"""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import verl
+from hydra import compose, initialize_config_dir
+
+from llm_bridge.loader import load
+from llm_bridge.render import render_all
+
+from conftest import EXAMPLE
+
+VERL_CONFIG = Path(verl.__file__).parent / "trainer" / "config"
+JOB_ENV = {"EXPERIMENT": "exp", "CKPT_DIR": "/ckpt/exp", "SLURM_CPUS_PER_TASK": "240", "RAY_TMP": "/tmp/ray_1",
+           "N_NODES": "3", "GPUS_PER_NODE": "8", "HOME": "/home/user"}
+
+
+def verl_argv(script: str, entrypoint: str, array: str) -> list[str]:
+    """The arguments the script passes to `-m <entrypoint>`, after bash expansion (extra "$@" left out)."""
+    block = re.search(rf"^{array}=\(\n.*?^\)$", script, flags=re.S | re.M).group(0)
+    tail = re.search(rf"-m {re.escape(entrypoint)} \"\$\{{{array}\[@\]\}}\"(.*?)\"\$@\"", script, flags=re.S).group(1)
+    program = f'{block}\nprintf "%s\\n" "${{{array}[@]}}" {tail.replace(chr(92) + chr(10), " ")}'
+    out = subprocess.run(["bash", "-c", program], env={**os.environ, **JOB_ENV}, capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def compose_verl(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(VERL_CONFIG), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def scripts() -> dict[str, str]:
+    config, problems = load(EXAMPLE)
+    assert config is not None, problems
+    return {str(p): text for p, text in render_all(config, EXAMPLE, "out").items()}
+
+
+@pytest.mark.parametrize("name", ["sft/run_sft.sbatch", "mutinode_sft/run_sft_multinode.sbatch"])
+def test_sft_overrides_compose(scripts, name):
+    argv = verl_argv(scripts[name], "verl.trainer.sft_trainer", "SFT_ARGS")
+    cfg = compose_verl("sft_trainer_engine", argv)
+    assert cfg.data.train_files == "/home/user/data/gsm8k_sft/train.parquet"
+    assert cfg.data.train_batch_size == 192 and cfg.data.enable_thinking_default is None
+    assert cfg.engine.strategy == "fsdp2" and cfg.optim.lr == pytest.approx(1e-5)
+    assert cfg.model.override_config.attn_implementation == "flash_attention_2"
+    assert cfg.trainer.default_local_dir == "/ckpt/exp" and cfg.trainer.resume_mode == "auto"
+    assert list(cfg.trainer.logger) == ["console", "wandb"]
+
+
+@pytest.mark.parametrize("name, nnodes", [("ppo/run_ppo.sbatch", 1), ("mutinode_ppo/run_ppo_multinode.sbatch", 3)])
+def test_ppo_overrides_compose(scripts, name, nnodes):
+    argv = verl_argv(scripts[name], "verl.trainer.main_ppo", "PPO_ARGS")
+    cfg = compose_verl("ppo_trainer", argv)
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.actor_rollout_ref.rollout.n == 8
+    assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 48
+    assert cfg.trainer.save_freq == 20 and cfg.trainer.nnodes == nnodes and cfg.trainer.n_gpus_per_node == 8
+    if nnodes == 1:  # main_ppo starts its own Ray; the multi-node driver attaches to the job's cluster
+        assert cfg.ray_kwargs.ray_init.num_cpus == 240 and cfg.ray_kwargs.ray_init.address == "local"
+    else:
+        assert cfg.ray_kwargs.ray_init.num_cpus is None
+
+
+def test_ppo_with_critic_and_custom_reward_composes(example, write_team):
+    example["rl"].update(algorithm="ppo", reward_function="~/rewards/hle.py", critic_model="~/models/critic")
+    team = write_team(example)
+    config, problems = load(team)
+    assert config is not None, problems
+    script = render_all(config, team, "out")[Path("ppo/run_ppo.sbatch")]
+    cfg = compose_verl("ppo_trainer", verl_argv(script, "verl.trainer.main_ppo", "PPO_ARGS"))
+    assert cfg.algorithm.adv_estimator == "gae"
+    assert cfg.critic.model.path == "/home/user/models/critic"
+    assert cfg.reward.custom_reward_function.path == "/home/user/rewards/hle.py"
