@@ -104,8 +104,23 @@ class Slurm(Section):
 class Environment(Section):
     module_init: ShellPath | None = None
     modules: list[Word] = []
-    conda_sh: ShellPath
-    conda_env: ShellPath
+    conda_sh: ShellPath | None = None
+    conda_env: ShellPath | None = None
+    venv: ShellPath | None = None  # a Python venv instead of conda (uv users, the CPU pipeline)
+
+    @model_validator(mode="after")
+    def _one_python(self) -> "Environment":
+        conda = self.conda_sh is not None and self.conda_env is not None
+        if conda == (self.venv is not None) or (self.conda_sh is None) != (self.conda_env is None):
+            raise ValueError(
+                "set either conda_sh and conda_env (conda) or venv (a Python venv), not both or neither. "
+                "Fix: keep conda_sh and conda_env as in templates/team.example.yaml, or replace them with venv: <path>"
+            )
+        return self
+
+    @property
+    def activate_script(self) -> str:
+        return self.conda_sh if self.venv is None else f"{self.venv}/bin/activate"
 
 
 class Paths(Section):

@@ -60,13 +60,13 @@ def render_all(
     out_label is the output directory as the user typed it; usage lines in the headers show it.
     """
     env = _environment(templates_dir)
-    logger = '"console","wandb"' if config.wandb.mode != "disabled" else '"console"'
+    loggers = ["console", "file"] + (["wandb"] if config.wandb.mode != "disabled" else [])
     context = {
         "cfg": config,
         "version": __version__,
         "source": describe_source(team_file),
         "config_sha": hashlib.sha256(team_file.read_bytes()).hexdigest()[:12],
-        "logger": f"'trainer.logger=[{logger}]'",
+        "logger": "'trainer.logger=[" + ",".join(f'"{name}"' for name in loggers) + "]'",
         "out": out_label.rstrip("/") or ".",
     }
     scripts = {}

@@ -173,10 +173,11 @@ def _expand(path: str) -> Path:
 def check_local_paths(config: TeamConfig) -> list[Problem]:
     """Warn about paths missing on this machine. Off the cluster (no conda.sh), say so once instead."""
     env = config.environment
-    if not _expand(env.conda_sh).exists():
+    if not _expand(env.activate_script).exists():
+        field = "environment.conda_sh" if env.venv is None else "environment.venv"
         return [Problem(
-            "environment.conda_sh",
-            f"{env.conda_sh} does not exist here, so this is not the cluster's login node; other path checks skipped",
+            field,
+            f"{env.activate_script} does not exist here, so this is not the cluster's login node; other path checks skipped",
             "run `bridge check` on the login node to check paths too", "warning",
         )]
     candidates = {

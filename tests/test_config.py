@@ -98,3 +98,12 @@ def test_hostlist_expansion():
     assert hostlist.expand("osk-gpu[51-53]") == ["osk-gpu51", "osk-gpu52", "osk-gpu53"]
     assert hostlist.expand("osk-gpu[08-09,11],login1") == ["osk-gpu08", "osk-gpu09", "osk-gpu11", "login1"]
     assert hostlist.expand("node1") == ["node1"]
+
+
+def test_python_env_is_conda_or_venv(example, write_team):
+    example["environment"]["venv"] = "~/venvs/llm"
+    _, problems = load(write_team(example))
+    assert "environment" in fields(problems)
+    del example["environment"]["conda_sh"], example["environment"]["conda_env"]
+    config, problems = load(write_team(example))
+    assert problems == [] and config.environment.activate_script == "${HOME}/venvs/llm/bin/activate"

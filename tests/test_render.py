@@ -124,5 +124,5 @@ def test_wandb_disabled_drops_the_wandb_logger(example, write_team):
     team = write_team(example)
     config, _ = load(team)
     text = render_all(config, team, "out")[Path("sft/run_sft.sbatch")]
-    assert "'trainer.logger=[\"console\"]'" in text
+    assert "'trainer.logger=[\"console\",\"file\"]'" in text
     assert "wandb login" not in text

@@ -53,7 +53,7 @@ def test_sft_overrides_compose(scripts, name):
     assert cfg.engine.strategy == "fsdp2" and cfg.optim.lr == pytest.approx(1e-5)
     assert cfg.model.override_config.attn_implementation == "flash_attention_2"
     assert cfg.trainer.default_local_dir == "/ckpt/exp" and cfg.trainer.resume_mode == "auto"
-    assert list(cfg.trainer.logger) == ["console", "wandb"]
+    assert list(cfg.trainer.logger) == ["console", "file", "wandb"]
 
 
 @pytest.mark.parametrize("name, nnodes", [("ppo/run_ppo.sbatch", 1), ("mutinode_ppo/run_ppo_multinode.sbatch", 3)])

@@ -1,0 +1,148 @@
+"""A transformers-based rollout for verl 0.9.1 (`actor_rollout_ref.rollout.name=hf_cpu`), test-only.
+
+verl 0.9.1 registers only vLLM, SGLang and TRT-LLM rollouts, none of which runs on a CPU here. This
+module registers one more through verl's own registries (`_ROLLOUT_REGISTRY`, `RolloutReplicaRegistry`):
+  - HFReplica launches one Ray actor per replica (`HFServer`) that answers the agent loop's
+    `generate()` with `transformers.generate` (fp32, sampling, token log-probs);
+  - ServerAdapter lives in each hybrid training worker and streams the trainer's weights to that actor
+    on every `update_weights`, the way vLLM's adapter feeds its server.
+Lifecycle calls (sleep, wake-up, KV cache) have nothing to free on a CPU and are no-ops. One request at a
+time per replica: fine for a tiny model, useless for a real one.
+"""
+
+import asyncio
+import logging
+import os
+
+import ray
+import torch
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+
+logger = logging.getLogger(__name__)
+NAME = "hf_cpu"
+
+
+def _server_name(replica_rank: int) -> str:
+    return f"{NAME}_server_{replica_rank}"
+
+
+def _model_path(model_config) -> str:
+    return getattr(model_config, "local_path", None) or model_config.path
+
+
+class HFServer:
+    """One replica's generation server: a transformers model on the CPU."""
+
+    def __init__(self, config, model_config, replica_rank: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = _model_path(model_config)
+        self.config = config
+        self.replica_rank = replica_rank
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+        self.model.eval()
+        self.global_steps = None
+        self.lock = asyncio.Lock()
+
+    def _generate(self, prompt_ids: list[int], sampling_params: dict) -> TokenOutput:
+        prompt_length, response_length = self.config.prompt_length, self.config.response_length
+        max_new = sampling_params.get("max_tokens") or min(response_length, prompt_length + response_length - len(prompt_ids))
+        temperature = float(sampling_params.get("temperature", 1.0))
+        top_k = int(sampling_params.get("top_k", -1))
+        eos = self.tokenizer.eos_token_id
+        kwargs = dict(
+            max_new_tokens=max(1, max_new),
+            do_sample=temperature > 0,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=float(sampling_params.get("top_p", 1.0)),
+                          top_k=top_k if top_k > 0 else None)
+        with torch.no_grad():
+            out = self.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs)
+        tokens = out.sequences[0, len(prompt_ids):].tolist()
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos) + 1]
+        log_probs = None
+        if sampling_params.get("logprobs"):
+            logits = torch.stack(out.logits[: len(tokens)], dim=0)[:, 0, :].float()
+            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+        return TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason="completed",
+                           extra_fields={"global_steps": self.global_steps})
+
+    async def generate(self, request_id, prompt_ids, sampling_params, image_data=None, video_data=None, **kwargs):
+        async with self.lock:
+            return await asyncio.to_thread(self._generate, list(prompt_ids), dict(sampling_params))
+
+    async def update_weights(self, state_dict: dict):
+        async with self.lock:
+            result = self.model.load_state_dict(state_dict, strict=False)
+            known = set(self.model.state_dict())
+            if not known.intersection(state_dict):
+                raise RuntimeError(f"{NAME}: no weight name matched the model: {sorted(state_dict)[:5]} ...")
+            if result.unexpected_keys:
+                logger.warning("%s: unexpected weights ignored: %s", NAME, result.unexpected_keys[:5])
+
+    async def set_global_steps(self, global_steps):
+        self.global_steps = global_steps
+
+    async def _noop(self, *args, **kwargs):
+        return {}
+
+    wake_up = sleep = clear_kv_cache = release_kv_cache = resume_kv_cache = _noop
+    abort_all_requests = resume_generation = start_profile = stop_profile = wait_for_requests_to_drain = _noop
+
+
+class HFReplica(RolloutReplica):
+    async def launch_servers(self):
+        server_cls = ray.remote(HFServer)
+        server = server_cls.options(name=_server_name(self.replica_rank), num_cpus=0,
+                                    max_concurrency=self.max_concurrency).remote(
+            config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"{NAME}-replica-{self.replica_rank}"
+
+
+class ServerAdapter(BaseRollout):
+    """In each hybrid training worker: forwards the trainer's weights to this replica's HFServer."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+        super().__init__(config, model_config, device_mesh)
+        world = self.config.tensor_model_parallel_size * self.config.data_parallel_size * self.config.pipeline_model_parallel_size
+        rank = int(os.environ["RANK"])
+        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+        self.has_server = rank % world == 0
+        self.server = None
+
+    def _server(self):
+        if self.server is None:
+            self.server = ray.get_actor(_server_name(self.replica_rank))
+        return self.server
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(self, weights, global_steps: int = None, wire_format: str = "named_tensors", **kwargs):
+        from verl.workers.rollout.utils import ensure_async_iterator
+
+        assert wire_format == "named_tensors", f"{NAME} takes full tensors only, got {wire_format!r}"
+        state_dict = {}
+        async for name, tensor in ensure_async_iterator(weights):  # every rank must drain its generator
+            state_dict[name] = tensor.detach().to("cpu", torch.float32).clone()
+        if self.has_server:
+            await self._server().update_weights.remote(state_dict)
+            if global_steps is not None:
+                await self._server().set_global_steps.remote(global_steps)
+
+
+_ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.ServerAdapter"
+RolloutReplicaRegistry.register(NAME, lambda: HFReplica)
