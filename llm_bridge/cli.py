@@ -49,6 +49,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    rows = doctor.run()
+    print(doctor.format_table(rows))
+    return 1 if any(r.status == "FAIL" for r in rows) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge",
@@ -78,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     render_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
     render_parser.add_argument("--out", type=Path, default=Path("rendered"), help="output directory (default: rendered)")
     render_parser.set_defaults(func=cmd_render)
+
+    doctor_parser = sub.add_parser(
+        "doctor",
+        help="check this Python environment: versions, GPUs, NCCL, flash-attn, vLLM, verl entrypoints, logins",
+        description="Print a pass/fail table for the environment it runs in (run it on a compute node, inside the "
+        "training env). Exits 1 if a required check fails. Tokens are never printed.",
+    )
+    doctor_parser.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -14,7 +14,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.+@/-]*$")
 _HOME_PREFIXES = ("${HOME}", "$HOME", "~")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
 
 
 def _shell_path(value: str) -> str:
@@ -58,15 +57,6 @@ def _model_ref(value: str) -> str:
         ) from None
 
 
-def _shared_path(value: str) -> str:
-    if any(value == p or value.startswith(p + "/") for p in _NODE_LOCAL):
-        raise ValueError(
-            f"{value!r} is node-local; other nodes and later jobs will not see it. "
-            "Fix: put it on the shared home or the team's shared directory"
-        )
-    return value
-
-
 def _absolute(value: str) -> str:
     if value.startswith("${HOME}"):
         raise ValueError(
@@ -77,8 +67,7 @@ def _absolute(value: str) -> str:
 
 
 ShellPath = Annotated[str, AfterValidator(_shell_path)]
-LogsPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_shared_path), AfterValidator(_absolute)]
-SharedPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_shared_path)]
+LogsPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_absolute)]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/+-]+$")]
@@ -124,11 +113,11 @@ class Environment(Section):
 
 
 class Paths(Section):
-    data: SharedPath
-    models: SharedPath
-    checkpoints: SharedPath
+    data: ShellPath
+    models: ShellPath
+    checkpoints: ShellPath
     logs: LogsPath
-    hf_home: SharedPath
+    hf_home: ShellPath
 
 
 class Network(Section):

@@ -61,6 +61,21 @@ def check_slurm(config: TeamConfig) -> list[Problem]:
     return problems
 
 
+_NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+
+
+def check_shared_paths(config: TeamConfig) -> list[Problem]:
+    """Multi-node jobs, requeued jobs and the next stage all read these: node-local places lose them."""
+    problems = []
+    for name, path in config.paths:
+        if any(path == p or path.startswith(p + "/") for p in _NODE_LOCAL):
+            problems.append(Problem(
+                f"paths.{name}", f"{path} is node-local: other nodes and later jobs will not see it",
+                "put it on the shared home or the team's shared directory", "warning",
+            ))
+    return problems
+
+
 def check_sft(config: TeamConfig) -> list[Problem]:
     sft = config.sft
     problems: list[Problem] = []
@@ -222,7 +237,7 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
 
 
 def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
-    problems = check_slurm(config) + check_sft(config) + check_rl(config)
+    problems = check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config)
     if local_paths:
         problems += check_local_paths(config) + check_accounts(config)
     return problems

@@ -57,13 +57,11 @@ def test_paths_expand_home_at_run_time(example, write_team):
 def test_bad_paths_name_the_fix(example, write_team):
     example["paths"]["data"] = "data"  # relative
     example["paths"]["models"] = "/home/u/my models"  # space
-    example["paths"]["checkpoints"] = "/tmp/ckpt"  # node-local
     example["paths"]["logs"] = "~/logs"  # SLURM cannot expand ~ in #SBATCH --output
     _, problems = load(write_team(example))
     by_field = {p.field: p for p in problems}
     assert "~/data" in by_field["paths.data"].fix
     assert "no spaces" in by_field["paths.models"].fix
-    assert "shared" in by_field["paths.checkpoints"].fix
     assert "absolute" in by_field["paths.logs"].fix
 
 

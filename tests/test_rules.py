@@ -81,6 +81,14 @@ def test_layouts_follow_the_config(example, write_team, nodes, gpus):
     assert errors_of(write_team, example) == {}
 
 
+def test_node_local_paths_are_warned_about(example, write_team):
+    example["paths"]["checkpoints"] = "/tmp/ckpt"
+    config, problems = load(write_team(example))
+    assert problems == []
+    [warning] = [p for p in check(config, local_paths=False) if p.field == "paths.checkpoints"]
+    assert warning.severity == "warning" and "shared" in warning.fix
+
+
 def test_local_paths_off_the_cluster_give_one_warning(example, write_team):
     config, _ = load(write_team(example))
     warnings = [p for p in check(config) if p.field.startswith(("environment", "paths", "sft.", "rl."))]
@@ -92,7 +100,7 @@ def test_local_paths_on_the_cluster_are_checked_one_by_one(example, write_team, 
     conda_sh = tmp_path / "conda.sh"
     conda_sh.write_text("")
     example["environment"]["conda_sh"] = str(conda_sh)
-    example["paths"]["logs"] = "/srv/no-such-dir/logs"  # shared paths may not live under /tmp
+    example["paths"]["logs"] = "/srv/no-such-dir/logs"
     config, problems = load(write_team(example))
     assert problems == []
     by_field = {p.field: p for p in check(config)}

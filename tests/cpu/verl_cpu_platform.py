@@ -149,8 +149,8 @@ def _init_process_group_cpu(*args, backend=None, **kwargs):
 
 
 class _UnpinnedCPUOffloadPolicy(torch.distributed.fsdp.CPUOffloadPolicy):
-    def __post_init__(self):
-        self.pin_memory = False
+    def __init__(self, pin_memory: bool = True):
+        super().__init__(pin_memory=False)
 
 
 if os.environ.get("VERL_PLATFORM", "").lower() == "cpu":

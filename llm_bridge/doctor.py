@@ -1,0 +1,109 @@
+"""`bridge doctor`: is this Python environment ready to train? One row per check, never a token."""
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+VERL_PIN = "0.9.1"
+VLLM_PIN = "0.24"
+
+
+@dataclass
+class Row:
+    name: str
+    status: str  # PASS, WARN, FAIL
+    detail: str
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_python() -> Row:
+    ok = sys.version_info >= (3, 10)
+    return Row("python", "PASS" if ok else "FAIL", f"{sys.version.split()[0]} at {sys.executable}")
+
+
+def check_torch() -> list[Row]:
+    try:
+        import torch
+    except Exception as exc:  # a broken install raises more than ImportError
+        return [Row("torch", "FAIL", f"cannot import: {exc}"), Row("gpus", "FAIL", "torch missing")]
+    rows = [Row("torch", "PASS", f"{torch.__version__} (CUDA build {torch.version.cuda or 'none: CPU only'})")]
+    if not torch.cuda.is_available():
+        rows.append(Row("gpus", "FAIL", "no CUDA device visible: run on a compute node (bash rendered/compute_node.sh)"))
+        rows.append(Row("nccl", "FAIL", "needs a CUDA device"))
+        return rows
+    names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+    rows.append(Row("gpus", "PASS", f"{torch.cuda.device_count()} x {', '.join(names)}"))
+    nccl = ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None
+    rows.append(Row("nccl", "PASS" if nccl else "FAIL", nccl or "torch was built without NCCL"))
+    return rows
+
+
+def check_verl() -> list[Row]:
+    version = _version("verl")
+    if version is None:
+        return [Row("verl", "FAIL", f"not installed: pip install 'verl[vllm]=={VERL_PIN}'")]
+    rows = [Row("verl", "PASS" if version == VERL_PIN else "FAIL",
+                version if version == VERL_PIN else f"{version}, but the recipe is written for {VERL_PIN}")]
+    for module in ("verl.trainer.sft_trainer", "verl.trainer.main_ppo", "verl.model_merger"):
+        found = importlib.util.find_spec(module) is not None
+        rows.append(Row(f"  {module}", "PASS" if found else "FAIL", "found" if found else "missing from this verl"))
+    return rows
+
+
+def check_package(name: str, dist: str, need: str, missing_status: str, fix: str) -> Row:
+    version = _version(dist)
+    if version is None:
+        return Row(name, missing_status, f"not installed: {fix}")
+    status = "PASS" if version.startswith(need) else "WARN"
+    return Row(name, status, version if status == "PASS" else f"{version} (the recipe is tested with {need})")
+
+
+def check_logins() -> list[Row]:
+    rows = []
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:
+        token = os.environ.get("HF_TOKEN")
+    rows.append(Row("huggingface login", "PASS" if token else "WARN",
+                    "token found (not shown)" if token else "not logged in: huggingface-cli login"))
+    netrc = Path.home() / ".netrc"
+    wandb = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    rows.append(Row("wandb login", "PASS" if wandb else "WARN",
+                    "API key found (not shown)" if wandb else "not logged in: wandb login (or wandb.mode: offline)"))
+    return rows
+
+
+def run() -> list[Row]:
+    return [
+        check_python(),
+        *check_torch(),
+        *check_verl(),
+        check_package("vllm", "vllm", VLLM_PIN, "FAIL", f"GRPO/PPO rollout needs vLLM {VLLM_PIN}: pip install 'verl[vllm]=={VERL_PIN}'"),
+        check_package("flash-attn", "flash-attn", "2.", "WARN",
+                      "SFT and GRPO default to attn_implementation: flash_attention_2; install it or set sdpa"),
+        check_package("transformers", "transformers", "5.", "FAIL", "pip install 'transformers<5.11'"),
+        check_package("ray", "ray", "2.", "FAIL", "pip install 'ray[default]'"),
+        *check_logins(),
+    ]
+
+
+def format_table(rows: list[Row]) -> str:
+    width = max(len(r.name) for r in rows)
+    lines = [f"{'check'.ljust(width)}  status  detail", f"{'-' * width}  ------  ------"]
+    lines += [f"{r.name.ljust(width)}  {r.status:<6}  {r.detail}" for r in rows]
+    failed = [r.name.strip() for r in rows if r.status == "FAIL"]
+    lines.append("")
+    lines.append(f"FAIL: {', '.join(failed)}" if failed else "All required checks passed.")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""The recipe's main job on a CPU: the real rendered scripts, run end to end on a tiny model.
+
+    python tests/cpu/pipeline.py [--work DIR]      # ~5 minutes on 2 cores; writes DIR/summary.json
+
+preprocess (gsm8k.py on bundled-format sample data) -> SFT (run_sft.sbatch, torchrun, 2 ranks) -> merge ->
+GRPO (run_ppo.sbatch, main_ppo + Ray, 2 steps) -> merge -> generate with both merged models.
+
+The team config is templates/team.example.yaml with this machine's values (a venv, local paths, 2
+"GPUs", a tiny model). The scripts are rendered by `bridge render` and run as a team runs them;
+only CPU_ENV and the *_CPU_OVERRIDES below are added, because verl 0.9.1 has no CPU platform and no
+CPU rollout of its own (tests/cpu/verl_cpu_*.py provide both, through verl's plugin registries).
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import build_tiny  # noqa: E402
+
+CPU_ENV = {
+    "PYTHONPATH": str(HERE),
+    "VERL_USE_EXTERNAL_MODULES": "verl_cpu_platform,verl_cpu_hf_rollout",
+    "VERL_PLATFORM": "cpu",
+    "VERL_ENGINE_DEVICE": "cuda",  # the FSDP engine is registered for cuda only; its code is device-agnostic
+    "RAY_AUTH_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+SFT_CPU_OVERRIDES = ["trainer.device=cpu", "engine.use_torch_compile=False", "data.num_workers=0"]
+PPO_CPU_OVERRIDES = [
+    "trainer.device=cpu",
+    "actor_rollout_ref.rollout.name=hf_cpu",
+    "actor_rollout_ref.actor.use_torch_compile=False",
+    "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
+    "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+    # verl starts 8 agent-loop, 8 reward and 8 storage actors by default, each importing torch: too many for 2 cores
+    "actor_rollout_ref.rollout.agent.num_workers=1",
+    "reward.num_workers=1",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    "data.dataloader_num_workers=0",
+    "trainer.val_before_train=False",
+    # logical CPUs for verl's many 1-CPU actors, and 2 GPU-shaped slots for the 2 training ranks
+    "ray_kwargs.ray_init.num_cpus=16",
+    "+ray_kwargs.ray_init.num_gpus=2",
+    "+ray_kwargs.ray_init.include_dashboard=False",
+]
+
+
+def team_config(work: Path) -> dict:
+    team = yaml.safe_load((REPO / "templates" / "team.example.yaml").read_text())
+    team["slurm"].update(nodes=1, gpus_per_node=2, cpus_per_task=os.cpu_count() or 2)
+    team["slurm"].pop("nodelist")
+    team["environment"] = {"venv": sys.prefix}
+    team["paths"] = {name: str(work / name) for name in ("data", "models", "checkpoints", "logs", "hf_home")}
+    team["network"] = {}
+    team["wandb"] = {"project": "llm-bridge-cpu", "mode": "disabled"}
+    team["huggingface"] = {"org": "local", "offline": True}
+    cpu = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "test_freq": -1, "total_epochs": 1}
+    team["sft"].update(cpu, experiment_name="sft-tiny", model=str(work / "tiny" / "model"),
+                       train_files=str(work / "data" / "gsm8k_sft" / "train.parquet"),
+                       val_files=str(work / "data" / "gsm8k_sft" / "test.parquet"),
+                       train_batch_size=8, max_length=256, max_token_len_per_gpu=1024, lr=1e-3,
+                       lr_scheduler="constant", warmup_ratio=0.0, total_training_steps=4, save_freq=4)
+    team["rl"].update(cpu, experiment_name="grpo-tiny", model=str(work / "models" / "sft"),
+                      train_files=str(work / "data" / "gsm8k" / "train.parquet"),
+                      val_files=str(work / "data" / "gsm8k" / "test.parquet"),
+                      reward_function=str(HERE / "shaped_reward.py"),
+                      train_batch_size=4, max_prompt_length=192, max_response_length=32, rollout_n=2,
+                      ppo_mini_batch_size=4, ppo_max_token_len_per_gpu=1024, lr=1e-4,
+                      total_training_steps=2, save_freq=2)
+    return team
+
+
+class Stage:
+    def __init__(self, work: Path):
+        self.work, self.times = work, {}
+
+    def run(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        log = self.work / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{name}] {' '.join(argv[:3])} ... (log: {log})", flush=True)
+        start = time.time()
+        with log.open("w") as handle:
+            result = subprocess.run(argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=handle,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.times[name] = round(time.time() - start, 1)
+        if result.returncode != 0:
+            print("".join(log.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
+            raise SystemExit(f"[{name}] failed with exit code {result.returncode}; full log: {log}")
+        print(f"[{name}] done in {self.times[name]} s", flush=True)
+
+
+def latest_step(ckpt_dir: Path) -> Path:
+    step = (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip()
+    return ckpt_dir / f"global_step_{step}"
+
+
+def metrics(logs: Path, experiment: str) -> list[dict]:
+    [path] = glob.glob(str(logs / f"{experiment}-local-*.metrics.jsonl"))
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def compare_and_generate(base: Path, sft: Path, grpo: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    def max_diff(a, b):
+        sa, sb = a.state_dict(), b.state_dict()
+        return max((sa[k] - sb[k]).abs().max().item() for k in sa)
+
+    models = {"base": load(base), "sft": load(sft), "grpo": load(grpo)}
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tom has 3 apples and gets 4 more. How many?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    generations = {}
+    for name in ("sft", "grpo"):
+        out = models[name].generate(**prompt, max_new_tokens=16, do_sample=False)
+        generations[name] = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    return {
+        "max_weight_change": {"sft_vs_base": max_diff(models["sft"], models["base"]),
+                              "grpo_vs_sft": max_diff(models["grpo"], models["sft"])},
+        "generations": generations,
+        "new_tokens": {name: len(tokenizer(text)["input_ids"]) for name, text in generations.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=REPO / ".cpu_pipeline", help="work directory (default: %(default)s)")
+    work = parser.parse_args().work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    stage = Stage(work)
+    python = sys.executable
+
+    build_tiny.main(work / "tiny")
+    stage.run("preprocess", [python, "train/scripts/data_preprocess/gsm8k.py", "--local-path", str(work / "tiny" / "sample_gsm8k"),
+                             "--rl-dir", str(work / "data" / "gsm8k"), "--sft-dir", str(work / "data" / "gsm8k_sft")])
+    team = work / "team.cpu.yaml"
+    team.write_text(yaml.safe_dump(team_config(work), sort_keys=False))
+    stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(team), "--out", str(work / "rendered")])
+
+    stage.run("sft", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *SFT_CPU_OVERRIDES], CPU_ENV)
+    stage.run("merge_sft", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+                            "--local_dir", str(latest_step(work / "checkpoints" / "sft" / "sft-tiny")),
+                            "--target_dir", str(work / "models" / "sft")])
+    stage.run("grpo", ["bash", str(work / "rendered" / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES], CPU_ENV)
+    stage.run("merge_grpo", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+                             "--local_dir", str(latest_step(work / "checkpoints" / "grpo" / "grpo-tiny") / "actor"),
+                             "--target_dir", str(work / "models" / "grpo")])
+
+    sft_metrics = metrics(work / "logs", "sft-tiny")
+    grpo_metrics = metrics(work / "logs", "grpo-tiny")
+    summary = {
+        "sft_loss": [m["data"]["train/loss"] for m in sft_metrics if "train/loss" in m["data"]],
+        "grpo_steps": [{k: m["data"].get(k) for k in ("actor/grad_norm", "actor/pg_loss", "critic/score/mean")}
+                       for m in grpo_metrics if "actor/grad_norm" in m["data"]],
+        **compare_and_generate(work / "tiny" / "model", work / "models" / "sft", work / "models" / "grpo"),
+        "seconds": stage.times,
+    }
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(f"\nCPU pipeline OK in {sum(stage.times.values()):.0f} s; summary: {work / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
