@@ -118,3 +118,39 @@ def write_rejected(conversion: Conversion, rows: list[dict], path: Path) -> None
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+
+
+def normalise_messages(turns: Any) -> list[dict]:
+    """OpenAI-style `messages` from role/content or ShareGPT from/value turns; the last turn must be the
+    assistant's, since verl's SFT loss is computed on assistant turns."""
+    if not isinstance(turns, list) or not turns:
+        raise BadRow("no conversation turns")
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise BadRow("a turn is not a mapping")
+        role = _ROLES.get(str(turn.get("role", turn.get("from", ""))).lower())
+        content = turn.get("content", turn.get("value"))
+        if role is None:
+            raise BadRow(f"unknown role {turn.get('role', turn.get('from'))!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise BadRow(f"empty {role} turn")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "assistant":
+        raise BadRow("the last turn is not the assistant's")
+    return messages
+
+
+def write_splits(name: str, rows: list[dict], conversion: Conversion, out_dir: Path,
+                 test_fraction: float, seed: int) -> None:
+    """Report, split deterministically, and write <out_dir>/{train,test}.parquet and the rejected rows."""
+    conversion.report(name)
+    train, test = deterministic_split(conversion.rows, test_fraction, seed)
+    write_parquet(train, out_dir / "train.parquet")
+    if test:
+        write_parquet(test, out_dir / "test.parquet")
+    write_rejected(conversion, rows, out_dir / "rejected.jsonl")
+    print(f"  wrote {out_dir}/train.parquet ({len(train)} rows)" + (f" and test.parquet ({len(test)} rows)" if test else ""))

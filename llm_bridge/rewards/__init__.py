@@ -1,0 +1,1 @@
+"""Reward functions for `rl.reward_function` (verl custom_reward_function files)."""
