@@ -10,6 +10,7 @@ from pathlib import Path
 
 VERL_PIN = "0.9.1"
 VLLM_PIN = "0.24"
+FLASH_ATTN_PIN = "2.8.3"  # the version verl 0.9.1's `fsdp` extra pins
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
+from .doctor import FLASH_ATTN_PIN, VERL_PIN
 from .config import TeamConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,8 @@ def render_all(
         "config_sha": hashlib.sha256(team_file.read_bytes()).hexdigest()[:12],
         "logger": "'trainer.logger=[" + ",".join(f'"{name}"' for name in loggers) + "]'",
         "out": out_label.rstrip("/") or ".",
+        "verl_pin": VERL_PIN,
+        "flash_attn_pin": FLASH_ATTN_PIN,
     }
     scripts = {}
     for template in script_templates(templates_dir):

@@ -20,8 +20,6 @@ QUICK_START_MAIN = (
     "pip install -c tests/constraints.txt -e '.[cpu]' && python tests/cpu/pipeline.py"
 )
 TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c tests/constraints.txt -e '.[test]' && python -m pytest"
-# Run only on the cluster; checked statically below.
-CLUSTER_ONLY = {"sbatch", "bash", "module", "squeue", "scancel"}
 
 
 def commands(readme: str) -> list[str]:
@@ -79,7 +77,23 @@ def test_readme_commands(readme, tmp_path):
         if argv[0] == "bridge":
             result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *argv[1:]], cwd=checkout,
                                     capture_output=True, text=True)
-            assert result.returncode == 0, f"{readme}: `{line}` failed:\n{result.stdout}{result.stderr}"
+            # doctor fails here by design (no GPU, no vLLM); it must still report, not crash
+            expected = (0, 1) if argv[1] == "doctor" else (0,)
+            assert result.returncode in expected and "Traceback" not in result.stderr, \
+                f"{readme}: `{line}` failed:\n{result.stdout}{result.stderr}"
+        elif argv[0] == "python" and argv[1].startswith("train/scripts/"):
+            # data prep reads the Hub or the cluster's copies: check the script runs and knows every flag used
+            result = subprocess.run([sys.executable, argv[1], "--help"], cwd=checkout, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            assert all(flag in result.stdout for flag in argv[2:] if flag.startswith("--")), line
+        elif argv[:3] == ["python", "-m", "verl.model_merger"]:
+            result = subprocess.run([sys.executable, "-m", "verl.model_merger", argv[3], "--help"], cwd=checkout,
+                                    capture_output=True, text=True)
+            assert result.returncode == 0 and all(f in result.stdout for f in argv[4:] if f.startswith("--")), line
+        elif re.fullmatch(r"[A-Z_]+=\S+", line):
+            pass  # a shell variable for the next line
+        elif argv[0] == "conda":
+            assert argv[1:] == ["activate", example["environment"]["conda_env"]], line
         elif argv[0] == "cp":
             subprocess.run(argv, cwd=checkout, check=True)
         elif argv[0] == "python3" and "&&" in argv:
