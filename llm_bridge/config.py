@@ -88,6 +88,21 @@ class Slurm(Section):
     cpus_per_task: PositiveInt
     mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] = "0"
     time_limit: Annotated[str, Field(pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")]
+    # SLURM warns the job this long before its time limit; the job then requeues itself and resumes.
+    signal_before_limit_s: Annotated[int, Field(ge=10)] = 300
+
+    @property
+    def time_limit_s(self) -> int:
+        """SLURM's MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, in seconds."""
+        days, _, clock = self.time_limit.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if days:
+            hours, minutes, seconds = (parts + [0, 0])[:3]
+        elif len(parts) == 3:
+            hours, minutes, seconds = parts
+        else:
+            hours, minutes, seconds = 0, parts[0], (parts + [0])[1]
+        return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 class Environment(Section):

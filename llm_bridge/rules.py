@@ -50,6 +50,13 @@ def check_slurm(config: TeamConfig) -> list[Problem]:
                 f"names {len(hosts)} node(s) ({', '.join(hosts)}) but slurm.nodes is {slurm.nodes}",
                 f"list {slurm.nodes} nodes, or set slurm.nodes: {len(hosts)}",
             ))
+    if slurm.signal_before_limit_s >= slurm.time_limit_s:
+        problems.append(Problem(
+            "slurm.signal_before_limit_s",
+            f"{slurm.signal_before_limit_s} s is not less than slurm.time_limit {slurm.time_limit} ({slurm.time_limit_s} s); "
+            "the job would requeue itself at once",
+            "lower it, or raise slurm.time_limit",
+        ))
     needed = 3 * slurm.gpus_per_node + 20
     if slurm.cpus_per_task < needed:
         problems.append(Problem(

@@ -19,7 +19,7 @@ QUICK_START_MAIN = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
     "pip install -c tests/constraints.txt -e '.[cpu]' && python tests/cpu/pipeline.py"
 )
-TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c tests/constraints.txt -e '.[test]' && python -m pytest"
+TEST_COMMAND = "bash tests/setup_machine.sh && python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c tests/constraints.txt -e '.[test]' && python -m pytest"
 
 
 def commands(readme: str) -> list[str]:

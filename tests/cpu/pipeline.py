@@ -49,20 +49,28 @@ PPO_CPU_OVERRIDES = [
     "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     "data.dataloader_num_workers=0",
     "trainer.val_before_train=False",
-    # logical CPUs for verl's many 1-CPU actors, and 2 GPU-shaped slots for the 2 training ranks
+]
+# Single node only: main_ppo starts Ray itself. Logical CPUs for verl's many 1-CPU actors, and 2 GPU-shaped
+# slots for the 2 training ranks. (Multi-node jobs start Ray with the job's CPUs and GPUs instead.)
+LOCAL_RAY_OVERRIDES = [
     "ray_kwargs.ray_init.num_cpus=16",
     "+ray_kwargs.ray_init.num_gpus=2",
     "+ray_kwargs.ray_init.include_dashboard=False",
 ]
 
 
-def team_config(work: Path) -> dict:
+def team_config(work: Path, nodes: int = 1, rl_model: Path | None = None) -> dict:
+    """templates/team.example.yaml with this machine's values; `nodes` > 1 for the SLURM lab cluster."""
     team = yaml.safe_load((REPO / "templates" / "team.example.yaml").read_text())
-    team["slurm"].update(nodes=1, gpus_per_node=2, cpus_per_task=os.cpu_count() or 2)
+    # Ray on a node needs ~16 logical CPUs for verl's helper actors; the lab's nodes advertise 64.
+    cpus = 16 if nodes > 1 else os.cpu_count() or 2
+    team["slurm"].update(nodes=nodes, gpus_per_node=2, cpus_per_task=cpus, time_limit="00:30:00")
     team["slurm"].pop("nodelist")
+    if nodes > 1:
+        team["slurm"]["partition"] = "lab"
     team["environment"] = {"venv": sys.prefix}
     team["paths"] = {name: str(work / name) for name in ("data", "models", "checkpoints", "logs", "hf_home")}
-    team["network"] = {}
+    team["network"] = {"socket_ifname": "eth0", "rendezvous_timeout_s": 120} if nodes > 1 else {}
     team["wandb"] = {"project": "llm-bridge-cpu", "mode": "disabled"}
     team["huggingface"] = {"org": "local", "offline": True}
     cpu = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "test_freq": -1, "total_epochs": 1}
@@ -71,7 +79,7 @@ def team_config(work: Path) -> dict:
                        val_files=str(work / "data" / "gsm8k_sft" / "test.parquet"),
                        train_batch_size=8, max_length=256, max_token_len_per_gpu=1024, lr=1e-3,
                        lr_scheduler="constant", warmup_ratio=0.0, total_training_steps=4, save_freq=4)
-    team["rl"].update(cpu, experiment_name="grpo-tiny", model=str(work / "models" / "sft"),
+    team["rl"].update(cpu, experiment_name="grpo-tiny", model=str(rl_model or work / "models" / "sft"),
                       train_files=str(work / "data" / "gsm8k" / "train.parquet"),
                       val_files=str(work / "data" / "gsm8k" / "test.parquet"),
                       reward_function=str(HERE / "shaped_reward.py"),
@@ -137,6 +145,13 @@ def compare_and_generate(base: Path, sft: Path, grpo: Path) -> dict:
     }
 
 
+def prepare(work: Path, stage: "Stage") -> None:
+    """Tiny model, sample data and its verl parquet files under `work`."""
+    build_tiny.main(work / "tiny")
+    stage.run("preprocess", [sys.executable, "train/scripts/data_preprocess/gsm8k.py", "--local-path", str(work / "tiny" / "sample_gsm8k"),
+                             "--rl-dir", str(work / "data" / "gsm8k"), "--sft-dir", str(work / "data" / "gsm8k_sft")])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / ".cpu_pipeline", help="work directory (default: %(default)s)")
@@ -146,9 +161,7 @@ def main() -> None:
     stage = Stage(work)
     python = sys.executable
 
-    build_tiny.main(work / "tiny")
-    stage.run("preprocess", [python, "train/scripts/data_preprocess/gsm8k.py", "--local-path", str(work / "tiny" / "sample_gsm8k"),
-                             "--rl-dir", str(work / "data" / "gsm8k"), "--sft-dir", str(work / "data" / "gsm8k_sft")])
+    prepare(work, stage)
     team = work / "team.cpu.yaml"
     team.write_text(yaml.safe_dump(team_config(work), sort_keys=False))
     stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(team), "--out", str(work / "rendered")])
@@ -157,7 +170,7 @@ def main() -> None:
     stage.run("merge_sft", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
                             "--local_dir", str(latest_step(work / "checkpoints" / "sft" / "sft-tiny")),
                             "--target_dir", str(work / "models" / "sft")])
-    stage.run("grpo", ["bash", str(work / "rendered" / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES], CPU_ENV)
+    stage.run("grpo", ["bash", str(work / "rendered" / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES, *LOCAL_RAY_OVERRIDES], CPU_ENV)
     stage.run("merge_grpo", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
                              "--local_dir", str(latest_step(work / "checkpoints" / "grpo" / "grpo-tiny") / "actor"),
                              "--target_dir", str(work / "models" / "grpo")])

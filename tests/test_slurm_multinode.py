@@ -1,0 +1,192 @@
+"""The rendered multi-node scripts under a real SLURM (tests/slurm/lab.sh: slurmctld + 3 slurmd, each node in
+its own network namespace with 8 fake GPUs), with the CPU payload of the single-node pipeline:
+tiny-model SFT over gloo across 2 nodes, GRPO through Ray across 2 nodes, and the failures a team meets.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "cpu"))
+import pipeline  # noqa: E402
+
+LAB = REPO / "tests" / "slurm" / "lab.sh"
+RUNS = REPO / ".slurm_runs"  # nodes have private /tmp: job files must live on the shared filesystem
+SFT_CPU = pipeline.SFT_CPU_OVERRIDES
+PPO_CPU = pipeline.PPO_CPU_OVERRIDES
+
+
+class Lab:
+    def __init__(self, bin_dir: Path, bringup_s: float):
+        self.bin, self.bringup_s = bin_dir, bringup_s
+
+    def run(self, cmd: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin / cmd), *args], capture_output=True, text=True, timeout=timeout)
+
+    def submit(self, script: Path, *args: str, env: dict) -> tuple[subprocess.Popen, str]:
+        """sbatch --wait in the background; returns the process (its exit code is the job's) and the job id."""
+        proc = subprocess.Popen([str(self.bin / "sbatch"), "--wait", str(script), *args], env={**os.environ, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=script.parent)
+        line = proc.stdout.readline()
+        assert line.startswith("Submitted batch job"), line
+        return proc, line.split()[-1]
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0 or not shutil.which("slurmctld", path="/usr/sbin"):
+        pytest.fail("the SLURM lab needs root and Debian's slurm packages: run `bash tests/setup_machine.sh` as root")
+    start = time.time()
+    out = subprocess.run([str(LAB), "start"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    env_line = subprocess.run([str(LAB), "env"], capture_output=True, text=True).stdout
+    bin_dir = Path(env_line.split("PATH=")[1].split(":")[0])
+    yield Lab(bin_dir, time.time() - start)
+    subprocess.run([str(LAB), "stop"], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def work():
+    """Tiny model, data and the rendered scripts of a 2-node team config for the lab."""
+    work = RUNS / "multinode"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    stage = pipeline.Stage(work)
+    pipeline.prepare(work, stage)
+    render(work, pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model"))
+    return work
+
+
+def render(work: Path, team: dict, out: str = "rendered") -> Path:
+    path = work / f"team-{out}.yaml"
+    path.write_text(yaml.safe_dump(team, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(path), "--out", str(work / out)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout
+    return work / out
+
+
+def job_log(work: Path, job: str) -> str:
+    """The job's SLURM output; empty while it has not started."""
+    paths = list((work / "logs").glob(f"*-{job}.out"))
+    return paths[0].read_text() if paths else ""
+
+
+def leftovers(job: str) -> list[str]:
+    """Processes of this job anywhere on the machine: the nodes' PID namespaces are visible from here."""
+    out = subprocess.run(["pgrep", "-af", f"ray_{job}([^0-9]|$)|rdzv-id={job}([^0-9]|$)"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_lab_is_a_real_cluster(lab):
+    out = lab.run("srun", "-N2", "--gpus-per-node=8", "bash", "-c", 'echo "$(hostname) $CUDA_VISIBLE_DEVICES"')
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split("\n")[:2]) == ["node1 0,1,2,3,4,5,6,7", "node2 0,1,2,3,4,5,6,7"]
+    print(f"\nlab bring-up: {lab.bringup_s:.1f} s")
+
+
+def test_multinode_sft_over_srun_torchrun(lab, work):
+    start = time.time()
+    proc, job = lab.submit(work / "rendered" / "mutinode_sft" / "run_sft_multinode.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
+    assert proc.wait(timeout=600) == 0, job_log(work, job)[-5000:]
+    print(f"\n2-node SFT wall time: {time.time() - start:.0f} s")
+    step = work / "checkpoints" / "sft" / "sft-tiny-2nodes" / "global_step_4"
+    assert sorted(p.name for p in step.glob("model_world_size_*")) == [f"model_world_size_4_rank_{r}.pt" for r in range(4)]
+    [metrics] = (work / "logs").glob("sft-tiny-2nodes-*.metrics.jsonl")
+    losses = [json.loads(line)["data"]["train/loss"] for line in metrics.read_text().splitlines() if "train/loss" in line]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert leftovers(job) == []
+
+
+def test_multinode_grpo_over_ray(lab, work):
+    start = time.time()
+    proc, job = lab.submit(work / "rendered" / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU, env=pipeline.CPU_ENV)
+    assert proc.wait(timeout=900) == 0, job_log(work, job)[-5000:]
+    print(f"\n2-node GRPO wall time: {time.time() - start:.0f} s")
+    log = job_log(work, job)
+    assert "Ray cluster ready: 2 nodes, 4 GPUs" in log
+    print(log[log.index("Ray cluster ready"):].splitlines()[0])
+    actor = work / "checkpoints" / "grpo" / "grpo-tiny-2nodes" / "global_step_2" / "actor"
+    assert len(list(actor.glob("model_world_size_4_rank_*.pt"))) == 4
+    [metrics] = (work / "logs").glob("grpo-tiny-2nodes-*.metrics.jsonl")
+    grads = [json.loads(line)["data"]["actor/grad_norm"] for line in metrics.read_text().splitlines() if "actor/grad_norm" in line]
+    assert len(grads) == 2 and all(g > 0 for g in grads)
+    assert leftovers(job) == []
+
+
+def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
+    proc, job = lab.submit(work / "rendered" / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU,
+                           "trainer.total_training_steps=50", "trainer.default_local_dir=" + str(work / "ckpt-killed"),
+                           env=pipeline.CPU_ENV)
+    wait_for(lambda: "Ray cluster ready" in job_log(work, job), 300, "the Ray cluster")
+    wait_for(lambda: subprocess.run(["pgrep", "-f", "verl.trainer.main_ppo"], capture_output=True).returncode == 0,
+             60, "the driver")
+    time.sleep(20)  # let it get into training
+    subprocess.run(["pkill", "-KILL", "-f", "verl.trainer.main_ppo"], check=True)
+    assert proc.wait(timeout=300) != 0
+    assert "Stopping Ray on 2 node(s)" in job_log(work, job)
+    wait_for(lambda: leftovers(job) == [], 60, "Ray and torchrun processes to end")
+
+
+def test_worker_that_never_joins_gives_a_clear_error(lab, work):
+    team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
+    team["ray"] = {"join_timeout_s": 45}
+    rendered = render(work, team, out="rendered-short-join")
+    # node2 cannot reach the head's GCS port: its Ray worker never registers
+    block = ["ip", "-n", "labnode2", "rule", "add", "ipproto", "tcp", "dport", "6379", "blackhole"]
+    subprocess.run(block, check=True)
+    try:
+        start = time.time()
+        proc, job = lab.submit(rendered / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU, env=pipeline.CPU_ENV)
+        assert proc.wait(timeout=300) != 0
+        elapsed = time.time() - start
+    finally:
+        subprocess.run([*block[:4], "del", *block[5:]], check=False)
+    log = job_log(work, job)
+    assert "ERROR: after 45 s Ray has 1/2 nodes" in log or "ERROR: a Ray worker exited before joining" in log, log[-3000:]
+    if "after 45 s" in log:
+        assert "Missing: node2" in log
+    assert elapsed < 240, "the job should fail at the join deadline, not run to its time limit"
+    wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")
+
+
+def test_time_limit_requeues_and_resumes_from_the_checkpoint(lab, work):
+    team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
+    team["slurm"].update(time_limit="2", signal_before_limit_s=60)  # USR1 after ~60 s: room for a few checkpoints
+    team["sft"].update(experiment_name="sft-requeue", total_epochs=500, total_training_steps=4000, save_freq=4)
+    rendered = render(work, team, out="rendered-requeue")
+    proc, job = lab.submit(rendered / "sft" / "run_sft.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
+    try:
+        def first_step_after_requeue():
+            after = job_log(work, job).partition("restart        1")[2]
+            match = re.search(r"step:(\d+) - ", after)
+            return int(match.group(1)) if match else None
+
+        wait_for(lambda: first_step_after_requeue() is not None, 480, "the requeued run's first step")
+        assert f"requeueing job {job}" in job_log(work, job)
+        first = first_step_after_requeue()
+        # verl resumed from a save_freq checkpoint instead of step 1
+        assert first > 1 and (first - 1) % 4 == 0, first
+    finally:
+        lab.run("scancel", job)
+        proc.wait(timeout=120)
+    wait_for(lambda: leftovers(job) == [], 60, "torchrun to end")
