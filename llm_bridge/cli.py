@@ -57,6 +57,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "FAIL" for r in rows) else 0
 
 
+def cmd_ray(args: argparse.Namespace) -> int:
+    from . import ray_cluster
+
+    config, problems = _validate(args.team, local_paths=False)
+    if errors(problems):
+        print(report(str(args.team), problems))
+        return 1
+    return ray_cluster.main(args.action, config, args.team, args.rendered, args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge",
@@ -94,11 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
         "training env). Exits 1 if a required check fails. Tokens are never printed.",
     )
     doctor_parser.set_defaults(func=cmd_doctor)
+
+    ray_parser = sub.add_parser(
+        "ray",
+        help="interactive multi-node GRPO/PPO: start a Ray cluster job, run drivers on it, stop it",
+        description="up: sbatch the rendered mutinode_ppo/ray_cluster.sbatch and wait until every node has joined "
+        "(the head address goes to a file in paths.logs). submit: run the verl driver on the newest running "
+        "cluster, inside its allocation, with extra verl overrides after the options. stop: scancel it; Ray "
+        "stops on every node.",
+    )
+    ray_parser.add_argument("action", choices=["up", "submit", "stop"])
+    ray_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
+    ray_parser.add_argument("--rendered", type=Path, default=Path("rendered"),
+                            help="where `bridge render --out` wrote the scripts (default: rendered)")
+    ray_parser.epilog = "submit passes every further argument to verl: bridge ray submit --team team.yaml trainer.total_training_steps=5"
+    ray_parser.set_defaults(func=cmd_ray)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not (args.command == "ray" and args.action == "submit"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [a for a in extra if a != "--"]
     return args.func(args)
 
 

@@ -31,3 +31,13 @@ def test_missing_team_file_says_how_to_point_at_one(tmp_path):
     result = bridge("check", cwd=tmp_path)
     assert result.returncode == 1
     assert "--team PATH" in result.stdout
+
+
+def test_ray_refuses_scripts_rendered_from_another_config(tmp_path, example, write_team):
+    team = write_team(example)
+    assert bridge("render", "--team", str(team), "--out", str(tmp_path / "r")).returncode == 0
+    example["rl"]["rollout_n"] = 16
+    write_team(example)
+    result = bridge("ray", "submit", "--team", str(team), "--rendered", str(tmp_path / "r"))
+    assert result.returncode == 1
+    assert "rendered from another version" in result.stderr and "bridge render --team" in result.stderr

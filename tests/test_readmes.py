@@ -74,7 +74,11 @@ def test_readme_commands(readme, tmp_path):
         if line in (QUICK_START_MAIN, TEST_COMMAND):
             continue  # run by the test above and by CI itself
         argv = shlex.split(line.split(" # ")[0])
-        if argv[0] == "bridge":
+        if argv[:2] == ["bridge", "ray"]:
+            # needs SLURM: run on the lab cluster by tests/test_slurm_multinode.py; here, the scripts it uses exist
+            for script in ("mutinode_ppo/ray_cluster.sbatch", "mutinode_ppo/submit_ppo.sh"):
+                assert (checkout / "rendered" / script).is_file(), line
+        elif argv[0] == "bridge":
             result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *argv[1:]], cwd=checkout,
                                     capture_output=True, text=True)
             # doctor fails here by design (no GPU, no vLLM); it must still report, not crash

@@ -190,3 +190,26 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(lab, work):
         lab.run("scancel", job)
         proc.wait(timeout=120)
     wait_for(lambda: leftovers(job) == [], 60, "torchrun to end")
+
+
+def test_interactive_cluster_up_submit_stop(lab, work):
+    env = {**os.environ, **pipeline.CPU_ENV, "PATH": f"{lab.bin}:{os.environ['PATH']}"}
+    ray = [sys.executable, "-m", "llm_bridge.cli", "ray"]
+    where = ["--team", str(work / "team-rendered.yaml"), "--rendered", str(work / "rendered")]
+    up = subprocess.run([*ray, "up", *where], env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
+    assert up.returncode == 0, up.stdout + up.stderr
+    [address] = (work / "logs").glob("ray-cluster-*.address")
+    job = address.stem.removeprefix("ray-cluster-")
+    assert f"CLUSTER_JOB_ID={job}" in up.stdout and "RAY_ADDRESS=10.213.7.11:6379" in up.stdout
+    try:
+        ckpt = work / "ckpt-interactive"
+        driver = subprocess.run([*ray, "submit", *where, *PPO_CPU, f"trainer.default_local_dir={ckpt}"],
+                                env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert driver.returncode == 0, (driver.stdout + driver.stderr)[-5000:]
+        assert (ckpt / "global_step_2" / "actor").is_dir()
+        assert lab.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING", "the cluster outlives its driver"
+    finally:
+        stop = subprocess.run([*ray, "stop", *where], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert stop.returncode == 0 and f"Stopped Ray cluster job {job}" in stop.stdout, stop.stdout + stop.stderr
+    assert not address.exists()
+    wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")

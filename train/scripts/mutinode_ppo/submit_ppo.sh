@@ -1,0 +1,133 @@
+#!/bin/bash
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 b33000c23141).
+# Do not edit: change the team config or templates/, then run `bridge render` again.
+#
+# Interactive mode, driver side: runs verl.trainer.main_ppo on the head node of a running Ray cluster job
+# (ray_cluster.sbatch), inside that job's allocation, with this terminal's output. Normally started by
+# `bridge ray submit --team team.yaml [overrides ...]`; CLUSTER_JOB_ID=<id> picks a cluster when several run.
+set -euo pipefail
+
+# ---------------------------------------------------------------------------------------------
+# Environment (team config: environment, network, huggingface, wandb)
+# ---------------------------------------------------------------------------------------------
+# Module and conda scripts read unset variables, so nounset is off while they run.
+set +u
+# shellcheck source=/dev/null
+source "/etc/profile.d/modules.sh"
+module reset
+module load nccl/2.22.3 hpcx/2.18.1-gcc-cuda12/hpcx-mt miniconda/24.7.1-py311
+# shellcheck source=/dev/null
+source "/home/appli/miniconda3/24.7.1-py311/etc/profile.d/conda.sh"
+conda activate "${HOME}/conda_env"
+set -u
+
+# SLURM on GPU nodes may also set ROCR_VISIBLE_DEVICES; Ray and verl refuse it next to CUDA_VISIBLE_DEVICES.
+unset ROCR_VISIBLE_DEVICES
+
+export NCCL_SOCKET_IFNAME=enp25s0np0
+export GLOO_SOCKET_IFNAME=enp25s0np0
+export NCCL_IB_HCA=mlx5_0,mlx5_1,mlx5_2,mlx5_3,mlx5_4,mlx5_5,mlx5_8,mlx5_9
+export NCCL_IB_GID_INDEX=3
+export NCCL_DEBUG=WARN
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+
+export HF_HOME="/home/Competition2025/P01/shareP01/hf_cache"
+export HF_HUB_OFFLINE=0
+
+export WANDB_ENTITY=p01-team
+export WANDB_PROJECT=llm-bridge
+export WANDB_MODE=online
+export WANDB_DIR="/home/Competition2025/P01/shareP01/logs"
+# An online run without a login dies minutes into the allocation; fail now instead.
+if [[ -z "${WANDB_API_KEY:-}" ]] && ! grep -qs "api.wandb.ai" "${HOME}/.netrc"; then
+  echo "ERROR: wandb.mode is online but this node finds no W&B login." >&2
+  echo "       Fix: run 'wandb login' once on the login node, or set wandb.mode: offline in team.yaml." >&2
+  exit 1
+fi
+
+# Settings banner: what a person checks first when a job misbehaves. The environment is never dumped.
+banner() { printf '  %-14s %s\n' "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# The cluster: the newest address file whose job is still running
+# ---------------------------------------------------------------------------------------------
+ADDRESS_FILE=""
+mapfile -t CANDIDATES < <(find "/home/Competition2025/P01/shareP01/logs" -maxdepth 1 -name 'ray-cluster-*.address' -printf '%T@ %p\n' 2>/dev/null \
+  | sort -rn | cut -d' ' -f2-)
+for candidate in "${CANDIDATES[@]}"; do
+  job=$(basename "${candidate}" .address)
+  job=${job#ray-cluster-}
+  if [[ -n "${CLUSTER_JOB_ID:-}" && "${job}" != "${CLUSTER_JOB_ID}" ]]; then continue; fi
+  if [[ "$(squeue -h -j "${job}" -o %T 2>/dev/null)" == "RUNNING" ]]; then ADDRESS_FILE=${candidate}; break; fi
+done
+if [[ -z "${ADDRESS_FILE}" ]]; then
+  echo "ERROR: no running Ray cluster job found (no live /home/Competition2025/P01/shareP01/logs/ray-cluster-*.address)." >&2
+  echo "       Fix: start one with: bridge ray up --team team.yaml" >&2
+  exit 1
+fi
+# shellcheck source=/dev/null
+source "${ADDRESS_FILE}"
+export RAY_ADDRESS
+
+EXPERIMENT=grpo-qwen2.5-0.5b-gsm8k-3nodes
+# FSDP checkpoints are per world size: multi-node runs keep their own directory.
+CKPT_DIR="${HOME}/training/grpo/${EXPERIMENT}"
+
+# Metrics of every step, one JSON line each, next to the job log (verl's "file" logger).
+VERL_FILE_LOGGER_PATH="/home/Competition2025/P01/shareP01/logs/${EXPERIMENT}-${SLURM_JOB_ID:-local}-$(date +%Y%m%d-%H%M%S).metrics.jsonl"
+export VERL_FILE_LOGGER_PATH
+PPO_ARGS=(
+  algorithm.adv_estimator=grpo
+  algorithm.use_kl_in_reward=False
+  data.train_files="${HOME}/data/gsm8k/train.parquet"
+  data.val_files="${HOME}/data/gsm8k/test.parquet"
+  data.train_batch_size=96
+  data.max_prompt_length=512
+  data.max_response_length=1024
+  data.filter_overlong_prompts=True
+  data.truncation=error
+  actor_rollout_ref.model.path="Qwen/Qwen2.5-0.5B-Instruct"
+  actor_rollout_ref.model.use_remove_padding=True
+  actor_rollout_ref.model.enable_gradient_checkpointing=True
+  +actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
+  actor_rollout_ref.actor.strategy=fsdp2
+  actor_rollout_ref.actor.optim.lr=1e-06
+  actor_rollout_ref.actor.ppo_mini_batch_size=48
+  actor_rollout_ref.actor.use_dynamic_bsz=True
+  actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384
+  actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4
+  actor_rollout_ref.actor.use_kl_loss=True
+  actor_rollout_ref.actor.kl_loss_coef=0.001
+  actor_rollout_ref.actor.kl_loss_type=low_var_kl
+  actor_rollout_ref.actor.entropy_coeff=0.0
+  actor_rollout_ref.ref.strategy=fsdp2
+  actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8
+  actor_rollout_ref.rollout.name=vllm
+  actor_rollout_ref.rollout.n=8
+  actor_rollout_ref.rollout.tensor_model_parallel_size=1
+  actor_rollout_ref.rollout.gpu_memory_utilization=0.6
+  actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8
+  trainer.project_name=llm-bridge
+  trainer.experiment_name="${EXPERIMENT}"
+  trainer.default_local_dir="${CKPT_DIR}"
+  trainer.total_epochs=15
+  # verl 0.9.1 saves no checkpoint at all unless save_freq > 0.
+  trainer.save_freq=20
+  trainer.test_freq=10
+  trainer.max_actor_ckpt_to_keep=2
+  trainer.max_critic_ckpt_to_keep=2
+  trainer.resume_mode=auto
+  'trainer.logger=["console","file","wandb"]'
+  # The file logger runs in a Ray actor, possibly on another node: hand it the path through Ray.
+  +ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH="${VERL_FILE_LOGGER_PATH}"
+)
+
+echo "=== GRPO on Ray cluster job ${CLUSTER_JOB_ID} (3 nodes) ==="
+banner ray "${RAY_ADDRESS}"
+banner model "Qwen/Qwen2.5-0.5B-Instruct"
+banner checkpoints "${CKPT_DIR}"
+
+# The driver runs inside the cluster job's allocation (SLURM tracks it; scancel ends it) on the head node.
+exec srun --jobid="${CLUSTER_JOB_ID}" --overlap --nodes=1 --ntasks=1 -w "${HEAD_NODE}" \
+  env -u ROCR_VISIBLE_DEVICES python3 -m verl.trainer.main_ppo "${PPO_ARGS[@]}" \
+  trainer.nnodes="${N_NODES}" trainer.n_gpus_per_node="${GPUS_PER_NODE}" "$@"
