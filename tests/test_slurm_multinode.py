@@ -171,7 +171,8 @@ def test_worker_that_never_joins_gives_a_clear_error(lab, work):
 
 def test_time_limit_requeues_and_resumes_from_the_checkpoint(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
-    team["slurm"].update(time_limit="2", signal_before_limit_s=60)  # USR1 after ~60 s: room for a few checkpoints
+    # USR1 after 120 s (SLURM checks limits every ~30 s): past the start-up (~40 s on 2 busy cores), room for checkpoints
+    team["slurm"].update(time_limit="3", signal_before_limit_s=60)
     team["sft"].update(experiment_name="sft-requeue", total_epochs=500, total_training_steps=4000, save_freq=4)
     rendered = render(work, team, out="rendered-requeue")
     proc, job = lab.submit(rendered / "sft" / "run_sft.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
@@ -181,14 +182,17 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(lab, work):
             match = re.search(r"step:(\d+) - ", after)
             return int(match.group(1)) if match else None
 
-        wait_for(lambda: first_step_after_requeue() is not None, 480, "the requeued run's first step")
+        wait_for(lambda: first_step_after_requeue() is not None, 720, "the requeued run's first step")
         assert f"requeueing job {job}" in job_log(work, job)
         first = first_step_after_requeue()
         # verl resumed from a save_freq checkpoint instead of step 1
         assert first > 1 and (first - 1) % 4 == 0, first
     finally:
         lab.run("scancel", job)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # sbatch --wait can miss the end of a job cancelled while requeued
     wait_for(lambda: leftovers(job) == [], 60, "torchrun to end")
 
 

@@ -63,10 +63,11 @@ EOF
   echo "AutoDetect=off" > "$LAB/etc/gres.conf"
   echo "NodeName=node[1-$NODES] Name=gpu Type=h100 File=$LAB/dev/nvidia[0-7]" >> "$LAB/etc/gres.conf"
   printf 'CgroupPlugin=cgroup/v1\nConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n' > "$LAB/etc/cgroup.conf"
-  # Clients run in the controller's namespace from the host, and directly inside the nodes.
+  # Clients run in the controller's namespace from the host, and directly inside the nodes. bash, not sh:
+  # dash would drop the exported shell functions (BASH_FUNC_*) that jobs pass to their srun steps.
   for cmd in sbatch srun squeue scontrol scancel sinfo; do
     cat > "$LAB/bin/$cmd" <<EOF
-#!/bin/sh
+#!/bin/bash
 export SLURM_CONF=$LAB/etc/slurm.conf
 if [ -z "\$(ip netns identify \$\$ 2>/dev/null)" ]; then exec ip netns exec $CTL_NS /usr/bin/$cmd "\$@"; fi
 exec /usr/bin/$cmd "\$@"
@@ -123,7 +124,6 @@ start_daemons() {
                /usr/sbin/slurmd -D -N node$n &
                trap 'kill -TERM \$!; wait' TERM INT
                wait" </dev/null >"$LAB/log/node$n.console" 2>&1 &
-    echo $! > "$LAB/run/node$n.pid"
   done
 }
 
@@ -142,11 +142,15 @@ wait_idle() {
 }
 
 stop() {
-  if [[ -f "$LAB/run/slurmctld.pid" ]]; then kill "$(cat "$LAB/run/slurmctld.pid")" 2>/dev/null || true; fi
-  for pidfile in "$LAB"/run/node*.pid; do
-    [[ -f "$pidfile" ]] && kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
-  done
-  sleep 1
+  if [[ -f "$LAB/run/slurmctld.pid" ]]; then
+    local ctld; ctld=$(cat "$LAB/run/slurmctld.pid")
+    kill "$ctld" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$ctld" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$ctld" 2>/dev/null || true
+  fi
+  # Each node's `unshare --kill-child` (it ignores TERM): when it dies, its PID 1 and so everything on that node die.
+  pkill -KILL -f -- "--kill-child bash -c hostname node[0-9]+.*$LAB/etc/hosts" 2>/dev/null || true
+  for _ in $(seq 20); do pgrep -f -- "--kill-child bash -c hostname node[0-9]+.*$LAB/etc/hosts" >/dev/null || break; sleep 0.5; done
   for n in $(seq 1 "$NODES"); do ip netns del "$(node_ns "$n")" 2>/dev/null || true; done
   ip netns del "$CTL_NS" 2>/dev/null || true
   ip route del blackhole "$NET.0/24" 2>/dev/null || true
