@@ -27,7 +27,7 @@ _SECRET_KEY = re.compile(r"(^|_)(token|api_?key|secret|password)s?$", re.IGNOREC
 
 
 def _walk(node: Any, path: tuple = ()):
-    """Yield (path, key, value) for every leaf of a YAML tree."""
+    """Yield (path, value) for every leaf of a YAML tree; path is the tuple of keys and list indices."""
     if isinstance(node, dict):
         for key, value in node.items():
             yield from _walk(value, path + (str(key),))
