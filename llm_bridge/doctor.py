@@ -69,6 +69,12 @@ def check_package(name: str, dist: str, need: str, missing_status: str, fix: str
     return Row(name, status, version if status == "PASS" else f"{version} (the recipe is tested with {need})")
 
 
+def wandb_logged_in() -> bool:
+    """WANDB_API_KEY set, or `wandb login` wrote ~/.netrc (the same test the rendered jobs make)."""
+    netrc = Path.home() / ".netrc"
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
 def check_logins() -> list[Row]:
     rows = []
     try:
@@ -79,8 +85,7 @@ def check_logins() -> list[Row]:
         token = os.environ.get("HF_TOKEN")
     rows.append(Row("huggingface login", "PASS" if token else "WARN",
                     "token found (not shown)" if token else "not logged in: huggingface-cli login"))
-    netrc = Path.home() / ".netrc"
-    wandb = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    wandb = wandb_logged_in()
     rows.append(Row("wandb login", "PASS" if wandb else "WARN",
                     "API key found (not shown)" if wandb else "not logged in: wandb login (or wandb.mode: offline)"))
     return rows

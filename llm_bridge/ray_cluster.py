@@ -5,7 +5,6 @@
 it (its exit trap stops Ray on every node and removes the address file). SLURM's own clients do the work.
 """
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 from .config import TeamConfig
+from .render import config_hash
 
 CLUSTER_SCRIPT = Path("mutinode_ppo") / "ray_cluster.sbatch"
 SUBMIT_SCRIPT = Path("mutinode_ppo") / "submit_ppo.sh"
@@ -31,7 +31,7 @@ def rendered_script(team_file: Path, rendered: Path, relative: Path) -> Path:
     script = rendered / relative
     if not script.is_file():
         raise RayCommandError(f"{script} does not exist. Fix: bridge render --team {team_file} --out {rendered}")
-    want = hashlib.sha256(team_file.read_bytes()).hexdigest()[:12]
+    want = config_hash(team_file)
     have = re.search(r"\(sha256 ([0-9a-f]{12})\)", script.read_text())
     if not have or have.group(1) != want:
         raise RayCommandError(f"{script} was rendered from another version of {team_file}. "

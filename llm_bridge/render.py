@@ -45,6 +45,11 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     )
 
 
+def config_hash(team_file: Path) -> str:
+    """The short hash a rendered header carries, so a script can be traced to the config it came from."""
+    return hashlib.sha256(team_file.read_bytes()).hexdigest()[:12]
+
+
 def describe_source(team_file: Path) -> str:
     """How a rendered header names its config: relative to the working directory when inside it."""
     try:
@@ -66,7 +71,7 @@ def render_all(
         "cfg": config,
         "version": __version__,
         "source": describe_source(team_file),
-        "config_sha": hashlib.sha256(team_file.read_bytes()).hexdigest()[:12],
+        "config_sha": config_hash(team_file),
         "logger": "'trainer.logger=[" + ",".join(f'"{name}"' for name in loggers) + "]'",
         "out": out_label.rstrip("/") or ".",
         "verl_pin": VERL_PIN,

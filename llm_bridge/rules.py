@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import hostlist
 from .config import TeamConfig
+from .doctor import wandb_logged_in
 from .problems import Problem
 
 
@@ -225,13 +226,11 @@ def check_local_paths(config: TeamConfig) -> list[Problem]:
 
 def check_accounts(config: TeamConfig) -> list[Problem]:
     problems = []
-    if config.wandb.mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        netrc = Path.home() / ".netrc"
-        if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
-            problems.append(Problem(
-                "wandb.mode", "online, but no W&B login found (no WANDB_API_KEY, no api.wandb.ai in ~/.netrc)",
-                "run `wandb login` once on the login node, or set wandb.mode: offline", "warning",
-            ))
+    if config.wandb.mode == "online" and not wandb_logged_in():
+        problems.append(Problem(
+            "wandb.mode", "online, but no W&B login found (no WANDB_API_KEY, no api.wandb.ai in ~/.netrc)",
+            "run `wandb login` once on the login node, or set wandb.mode: offline", "warning",
+        ))
     if config.huggingface.offline:
         for field, model in (("sft.model", config.sft.model), ("rl.model", config.rl.model)):
             if not model.startswith(("/", "${HOME}")):

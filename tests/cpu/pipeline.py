@@ -161,19 +161,20 @@ def main() -> None:
     stage = Stage(work)
     python = sys.executable
 
+    def merge(name: str, checkpoint: Path) -> None:
+        """verl's own merger: sharded FSDP checkpoint -> HF model in work/models/<name>."""
+        stage.run(f"merge_{name}", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+                                    "--local_dir", str(checkpoint), "--target_dir", str(work / "models" / name)])
+
     prepare(work, stage)
     team = work / "team.cpu.yaml"
     team.write_text(yaml.safe_dump(team_config(work), sort_keys=False))
     stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(team), "--out", str(work / "rendered")])
 
     stage.run("sft", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *SFT_CPU_OVERRIDES], CPU_ENV)
-    stage.run("merge_sft", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-                            "--local_dir", str(latest_step(work / "checkpoints" / "sft" / "sft-tiny")),
-                            "--target_dir", str(work / "models" / "sft")])
+    merge("sft", latest_step(work / "checkpoints" / "sft" / "sft-tiny"))
     stage.run("grpo", ["bash", str(work / "rendered" / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES, *LOCAL_RAY_OVERRIDES], CPU_ENV)
-    stage.run("merge_grpo", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-                             "--local_dir", str(latest_step(work / "checkpoints" / "grpo" / "grpo-tiny") / "actor"),
-                             "--target_dir", str(work / "models" / "grpo")])
+    merge("grpo", latest_step(work / "checkpoints" / "grpo" / "grpo-tiny") / "actor")
 
     sft_metrics = metrics(work / "logs", "sft-tiny")
     grpo_metrics = metrics(work / "logs", "grpo-tiny")
