@@ -138,10 +138,10 @@ def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
                            "trainer.total_training_steps=50", "trainer.default_local_dir=" + str(work / "ckpt-killed"),
                            env=pipeline.CPU_ENV)
     wait_for(lambda: "Ray cluster ready" in job_log(work, job), 300, "the Ray cluster")
-    wait_for(lambda: subprocess.run(["pgrep", "-f", "verl.trainer.main_ppo"], capture_output=True).returncode == 0,
+    wait_for(lambda: subprocess.run(["pgrep", "-f", "llm_bridge.verl_ppo"], capture_output=True).returncode == 0,
              60, "the driver")
     time.sleep(20)  # let it get into training
-    subprocess.run(["pkill", "-KILL", "-f", "verl.trainer.main_ppo"], check=True)
+    subprocess.run(["pkill", "-KILL", "-f", "llm_bridge.verl_ppo"], check=True)
     assert proc.wait(timeout=300) != 0
     assert "Stopping Ray on 2 node(s)" in job_log(work, job)
     wait_for(lambda: leftovers(job) == [], 60, "Ray and torchrun processes to end")
@@ -169,31 +169,68 @@ def test_worker_that_never_joins_gives_a_clear_error(lab, work):
     wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")
 
 
-def test_time_limit_requeues_and_resumes_from_the_checkpoint(lab, work):
+def runs(log: str) -> list[str]:
+    """The job log split at each requeue: one part per run."""
+    return re.split(r"restart +\d+\n", log)[1:]
+
+
+def first_step(run: str) -> int | None:
+    match = re.search(r"step:(\d+) - ", run)
+    return int(match.group(1)) if match else None
+
+
+def cancel(lab, proc, job):
+    lab.run("scancel", job)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # sbatch --wait can miss the end of a job cancelled while requeued
+
+
+# Time limit 3 min and USR1 60 s before it: the save deadline is 120 s after the start (SLURM checks
+# limits every ~30 s). verl saves once the time left is under its longest step + 60 s, so the final
+# checkpoint lands past the start-up (~40 s on 2 busy cores). save_freq=1000: no periodic save
+# happens, so a resume past step 1 can only come from the final checkpoint.
+def test_sft_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
-    # USR1 after 120 s (SLURM checks limits every ~30 s): past the start-up (~40 s on 2 busy cores), room for checkpoints
     team["slurm"].update(time_limit="3", signal_before_limit_s=60)
-    team["sft"].update(experiment_name="sft-requeue", total_epochs=500, total_training_steps=4000, save_freq=4)
+    team["sft"].update(experiment_name="sft-requeue", total_epochs=500, total_training_steps=4000, save_freq=1000)
     rendered = render(work, team, out="rendered-requeue")
     proc, job = lab.submit(rendered / "sft" / "run_sft.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
     try:
-        def first_step_after_requeue():
-            after = job_log(work, job).partition("restart        1")[2]
-            match = re.search(r"step:(\d+) - ", after)
-            return int(match.group(1)) if match else None
-
-        wait_for(lambda: first_step_after_requeue() is not None, 720, "the requeued run's first step")
-        assert f"requeueing job {job}" in job_log(work, job)
-        first = first_step_after_requeue()
-        # verl resumed from a save_freq checkpoint instead of step 1
-        assert first > 1 and (first - 1) % 4 == 0, first
+        wait_for(lambda: len(runs(job_log(work, job))) > 1 and first_step(runs(job_log(work, job))[1]), 720,
+                 "the requeued run's first step")
+        first_run, second_run = runs(job_log(work, job))[:2]
+        saved = int(re.search(r"Final checkpoint saved at step (\d+) before the time limit", first_run).group(1))
+        assert f"Requeueing job {job}" in first_run
+        assert "Time limit in 60 s" not in first_run, "the USR1 fallback should not have been needed"
+        assert (work / "checkpoints" / "sft" / "sft-requeue" / f"global_step_{saved}").is_dir()
+        assert first_step(second_run) == saved + 1
     finally:
-        lab.run("scancel", job)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # sbatch --wait can miss the end of a job cancelled while requeued
+        cancel(lab, proc, job)
     wait_for(lambda: leftovers(job) == [], 60, "torchrun to end")
+
+
+def test_grpo_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it(lab, work):
+    team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
+    # a GRPO start-up on the lab takes 2-3 min: a 5 min limit leaves room for steps before the deadline
+    team["slurm"].update(time_limit="5", signal_before_limit_s=60)
+    team["rl"].update(experiment_name="grpo-requeue", save_freq=1000)
+    rendered = render(work, team, out="rendered-requeue-grpo")
+    proc, job = lab.submit(rendered / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU,
+                           "trainer.total_epochs=100", "trainer.total_training_steps=1000", env=pipeline.CPU_ENV)
+    try:
+        wait_for(lambda: len(runs(job_log(work, job))) > 1 and first_step(runs(job_log(work, job))[1]), 900,
+                 "the requeued run's first step")
+        first_run, second_run = runs(job_log(work, job))[:2]
+        # the trainer loop runs in a Ray actor, maybe on the other node: deadline and stop file reach it through Ray
+        saved = int(re.search(r"Final checkpoint saved at step (\d+) before the time limit", first_run).group(1))
+        assert f"Requeueing job {job}" in first_run and "Time limit in 60 s" not in first_run
+        assert (work / "checkpoints" / "grpo" / "grpo-requeue-2nodes" / f"global_step_{saved}" / "actor").is_dir()
+        assert first_step(second_run) == saved + 1
+    finally:
+        cancel(lab, proc, job)
+    wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")
 
 
 def test_interactive_cluster_up_submit_stop(lab, work):

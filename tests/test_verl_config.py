@@ -23,12 +23,14 @@ JOB_ENV = {"EXPERIMENT": "exp", "CKPT_DIR": "/ckpt/exp", "SLURM_CPUS_PER_TASK": 
            "N_NODES": "3", "GPUS_PER_NODE": "8", "HOME": "/home/user"}
 
 
-def verl_argv(script: str, entrypoint: str, array: str) -> list[str]:
+def verl_argv(script: str, entrypoint: str, array: str, env: dict | None = None) -> list[str]:
     """The arguments the script passes to `-m <entrypoint>`, after bash expansion (extra "$@" left out)."""
-    block = re.search(rf"^{array}=\(\n.*?^\)$", script, flags=re.S | re.M).group(0)
+    # the array, then any `if ...; then ARRAY+=(...); fi` blocks that follow it
+    block = re.search(rf"^{array}=\(\n.*?^\)$(?:\nif [^\n]*\n(?:  [^\n]*\n)*fi$)*", script, flags=re.S | re.M).group(0)
     tail = re.search(rf"-m {re.escape(entrypoint)} \"\$\{{{array}\[@\]\}}\"(.*?)\"\$@\"", script, flags=re.S).group(1)
     program = f'{block}\nprintf "%s\\n" "${{{array}[@]}}" {tail.replace(chr(92) + chr(10), " ")}'
-    out = subprocess.run(["bash", "-c", program], env={**os.environ, **JOB_ENV}, capture_output=True, text=True, check=True)
+    env = {**os.environ, **JOB_ENV, **(env or {})}
+    out = subprocess.run(["bash", "-c", program], env=env, capture_output=True, text=True, check=True)
     return out.stdout.splitlines()
 
 
@@ -46,7 +48,7 @@ def scripts() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["sft/run_sft.sbatch", "mutinode_sft/run_sft_multinode.sbatch"])
 def test_sft_overrides_compose(scripts, name):
-    argv = verl_argv(scripts[name], "verl.trainer.sft_trainer", "SFT_ARGS")
+    argv = verl_argv(scripts[name], "llm_bridge.verl_sft", "SFT_ARGS")
     cfg = compose_verl("sft_trainer_engine", argv)
     assert cfg.data.train_files == "/home/user/data/gsm8k_sft/train.parquet"
     assert cfg.data.train_batch_size == 192 and cfg.data.enable_thinking_default is None
@@ -58,7 +60,7 @@ def test_sft_overrides_compose(scripts, name):
 
 @pytest.mark.parametrize("name, nnodes", [("ppo/run_ppo.sbatch", 1), ("mutinode_ppo/run_ppo_multinode.sbatch", 3)])
 def test_ppo_overrides_compose(scripts, name, nnodes):
-    argv = verl_argv(scripts[name], "verl.trainer.main_ppo", "PPO_ARGS")
+    argv = verl_argv(scripts[name], "llm_bridge.verl_ppo", "PPO_ARGS")
     cfg = compose_verl("ppo_trainer", argv)
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.actor_rollout_ref.rollout.n == 8
@@ -68,6 +70,14 @@ def test_ppo_overrides_compose(scripts, name, nnodes):
         assert cfg.ray_kwargs.ray_init.num_cpus == 240 and cfg.ray_kwargs.ray_init.address == "local"
     else:
         assert cfg.ray_kwargs.ray_init.num_cpus is None
+    assert "MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP" not in cfg.ray_kwargs.ray_init.runtime_env.env_vars
+
+
+@pytest.mark.parametrize("name", ["ppo/run_ppo.sbatch", "mutinode_ppo/run_ppo_multinode.sbatch"])
+def test_ppo_hands_the_save_deadline_to_the_trainer_actor_as_a_string(scripts, name):
+    deadline = {"MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP": "1790000000"}
+    cfg = compose_verl("ppo_trainer", verl_argv(scripts[name], "llm_bridge.verl_ppo", "PPO_ARGS", env=deadline))
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP == "1790000000"
 
 
 def test_ppo_with_critic_and_custom_reward_composes(example, write_team):
@@ -76,7 +86,7 @@ def test_ppo_with_critic_and_custom_reward_composes(example, write_team):
     config, problems = load(team)
     assert config is not None, problems
     script = render_all(config, team, "out")[Path("ppo/run_ppo.sbatch")]
-    cfg = compose_verl("ppo_trainer", verl_argv(script, "verl.trainer.main_ppo", "PPO_ARGS"))
+    cfg = compose_verl("ppo_trainer", verl_argv(script, "llm_bridge.verl_ppo", "PPO_ARGS"))
     assert cfg.algorithm.adv_estimator == "gae"
     assert cfg.critic.model.path == "/home/user/models/critic"
     assert cfg.reward.custom_reward_function.path == "/home/user/rewards/hle.py"

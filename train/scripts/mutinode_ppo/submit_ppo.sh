@@ -2,7 +2,7 @@
 # Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 b33000c23141).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
-# Interactive mode, driver side: runs verl.trainer.main_ppo on the head node of a running Ray cluster job
+# Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
 # (ray_cluster.sbatch), inside that job's allocation, with this terminal's output. Normally started by
 # `bridge ray submit --team team.yaml [overrides ...]`; CLUSTER_JOB_ID=<id> picks a cluster when several run.
 set -euo pipefail
@@ -73,6 +73,28 @@ EXPERIMENT=grpo-qwen2.5-0.5b-gsm8k-3nodes
 # FSDP checkpoints are per world size: multi-node runs keep their own directory.
 CKPT_DIR="${HOME}/training/grpo/${EXPERIMENT}"
 
+# ---------------------------------------------------------------------------------------------
+# Final checkpoint before the time limit. verl's PPO trainer saves one when the deadline in
+# MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP (Unix seconds; verl calls it "ESI") is closer
+# than its longest step + 60 s + trainer.esi_redundant_time; llm_bridge.verl_sft applies the
+# same rule to SFT. The deadline is when USR1 comes: the job's end minus 300 s.
+# ---------------------------------------------------------------------------------------------
+export_save_deadline() {  # <job id>
+  local end=""
+  if [[ "$1" == "${SLURM_JOB_ID:-}" && -n "${SLURM_JOB_END_TIME:-}" ]]; then
+    end=${SLURM_JOB_END_TIME}
+  else
+    end=$(date -d "$(squeue -h -j "$1" -o %e 2>/dev/null)" +%s 2>/dev/null) || end=""
+  fi
+  if [[ "${end}" =~ ^[0-9]+$ ]]; then
+    export MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$((end - 300))
+    echo "Time limit: a final checkpoint is saved by $(date -d "@${MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP}" '+%F %T')"
+  else
+    echo "NOTE: no end time for job $1 (no time limit?): no final checkpoint before a limit"
+  fi
+}
+export_save_deadline "${CLUSTER_JOB_ID}"
+
 # Metrics of every step, one JSON line each, next to the job log (verl's "file" logger).
 VERL_FILE_LOGGER_PATH="/home/Competition2025/P01/shareP01/logs/${EXPERIMENT}-${SLURM_JOB_ID:-local}-$(date +%Y%m%d-%H%M%S).metrics.jsonl"
 export VERL_FILE_LOGGER_PATH
@@ -121,6 +143,13 @@ PPO_ARGS=(
   # The file logger runs in a Ray actor, possibly on another node: hand it the path through Ray.
   +ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH="${VERL_FILE_LOGGER_PATH}"
 )
+if [[ -n "${MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP:-}" ]]; then
+  # So does the trainer loop, which saves before the deadline (quoted: Ray wants string env vars).
+  PPO_ARGS+=(
+    +ray_kwargs.ray_init.runtime_env.env_vars.MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP="'${MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP}'"
+    +ray_kwargs.ray_init.runtime_env.env_vars.BRIDGE_STOP_FILE="${BRIDGE_STOP_FILE:-}"
+  )
+fi
 
 echo "=== GRPO on Ray cluster job ${CLUSTER_JOB_ID} (3 nodes) ==="
 banner ray "${RAY_ADDRESS}"
@@ -129,5 +158,5 @@ banner checkpoints "${CKPT_DIR}"
 
 # The driver runs inside the cluster job's allocation (SLURM tracks it; scancel ends it) on the head node.
 exec srun --jobid="${CLUSTER_JOB_ID}" --overlap --nodes=1 --ntasks=1 -w "${HEAD_NODE}" \
-  env -u ROCR_VISIBLE_DEVICES python3 -m verl.trainer.main_ppo "${PPO_ARGS[@]}" \
+  env -u ROCR_VISIBLE_DEVICES python3 -m llm_bridge.verl_ppo "${PPO_ARGS[@]}" \
   trainer.nnodes="${N_NODES}" trainer.n_gpus_per_node="${GPUS_PER_NODE}" "$@"

@@ -1,0 +1,52 @@
+"""verl 0.9.1's SFT trainer, plus a final checkpoint before the SLURM time limit (llm_bridge.deadline).
+
+verl's SFT loop saves and returns on its last step, so the step that crosses the deadline simply
+becomes the last step. Ranks time their own steps and could disagree by one step, so the decision
+is all-reduced (max) every step: one 8-byte gloo all-reduce.
+
+    torchrun ... -m llm_bridge.verl_sft <verl sft_trainer overrides>
+"""
+
+import torch
+import torch.distributed as dist
+from verl.trainer import sft_trainer
+
+from llm_bridge.deadline import StepClock, announce_stop
+
+
+class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
+    """SFTTrainer whose last step moves forward when the save deadline comes close."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._step = self.resume_global_step
+        self._clock = StepClock()
+        train_batch = self.training_client.train_batch
+
+        def train_batch_then_check_deadline(data):
+            output = train_batch(data=data)
+            self._step += 1
+            self._clock.step_begins()
+            if self._step < self.total_training_steps and self._deadline_is_close():
+                self.total_training_steps = self._step  # verl's loop: is_last_step -> save -> return
+                if self.rank == 0:
+                    announce_stop(self._step, self._clock)
+            return output
+
+        self.training_client.train_batch = train_batch_then_check_deadline
+
+    def _deadline_is_close(self) -> bool:
+        close = self._clock.deadline_is_close()
+        flag = torch.tensor([int(close)], dtype=torch.int64)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def main() -> None:
+    sft_trainer.SFTTrainer = DeadlineSFTTrainer  # run_sft() looks the class up at call time
+    sft_trainer.main()
+
+
+if __name__ == "__main__":
+    main()
