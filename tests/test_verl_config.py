@@ -20,7 +20,7 @@ from conftest import EXAMPLE
 
 VERL_CONFIG = Path(verl.__file__).parent / "trainer" / "config"
 JOB_ENV = {"EXPERIMENT": "exp", "CKPT_DIR": "/ckpt/exp", "SLURM_CPUS_PER_TASK": "240", "RAY_TMP": "/tmp/ray_1",
-           "N_NODES": "3", "GPUS_PER_NODE": "8", "HOME": "/home/user"}
+           "N_NODES": "3", "GPUS_PER_NODE": "8", "HOME": "/home/user", "HYDRA_RUN_DIR": "/logs/hydra/run"}
 
 
 def verl_argv(script: str, entrypoint: str, array: str, env: dict | None = None) -> list[str]:
@@ -31,7 +31,9 @@ def verl_argv(script: str, entrypoint: str, array: str, env: dict | None = None)
     program = f'{block}\nprintf "%s\\n" "${{{array}[@]}}" {tail.replace(chr(92) + chr(10), " ")}'
     env = {**os.environ, **JOB_ENV, **(env or {})}
     out = subprocess.run(["bash", "-c", program], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.splitlines()
+    argv = out.stdout.splitlines()
+    assert any(a.startswith("hydra.run.dir=/") for a in argv), "Hydra writes its outputs/ next to the job log"
+    return [a for a in argv if not a.startswith("hydra.")]  # Hydra's own settings are not part of verl's config
 
 
 def compose_verl(config_name: str, overrides: list[str]):
