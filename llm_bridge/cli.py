@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .loader import load
+from .loader import load, secret_shape
 from .problems import Problem, errors, report
 from .render import RenderError, render_all, write_all
 from .rules import check
+from . import model_cli
+from .evaluate import cli as evaluate_cli
 
 DEFAULT_TEAM = Path("team.yaml")
 
@@ -70,6 +72,7 @@ def cmd_ray(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge",
+        allow_abbrev=False,
         description="Validate a team config and render the recipe's SLURM scripts from it.",
         epilog="Start with: cp templates/team.example.yaml team.yaml; bridge check; bridge render",
     )
@@ -119,10 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="where `bridge render --out` wrote the scripts (default: rendered)")
     ray_parser.epilog = "submit passes every further argument to verl: bridge ray submit --team team.yaml trainer.total_training_steps=5"
     ray_parser.set_defaults(func=cmd_ray)
+
+    model_cli.add_parsers(sub)
+    evaluate_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    for arg in sys.argv[1:] if argv is None else argv:
+        if found := secret_shape(arg):  # refuse before argparse can echo it in an error message
+            print(f"ERROR: an argument looks like {found[0]}; secrets never go on a command line "
+                  f"(it lands in shell history and the process list).\n       Fix: {found[1]}.", file=sys.stderr)
+            return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not (args.command == "ray" and args.action == "submit"):

@@ -231,6 +231,20 @@ class RL(Stage):
     gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
 
 
+class Evaluation(Section):
+    """bridge eval: HLE (text-only) and Do-Not-Answer, predictions by vLLM on one node, an LLM judge over HTTP."""
+
+    results: ShellPath = "~/eval"
+    hle_questions: ShellPath = "~/data/hle/test.parquet"
+    dna_questions: ShellPath = "~/data/do_not_answer/do_not_answer_en.csv"
+    judge_model: Word = "o3-mini-2025-01-31"
+    judge_url: Annotated[str, Field(pattern=r"^https?://[^\s'\"]+$")] | None = None
+    judge_api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPENAI_API_KEY"
+    hle_max_response_length: PositiveInt = 8192
+    max_model_len: PositiveInt | None = None
+    tensor_parallel_size: PositiveInt = 1
+
+
 class TeamConfig(Section):
     slurm: Slurm
     environment: Environment
@@ -241,3 +255,4 @@ class TeamConfig(Section):
     huggingface: HuggingFace
     sft: SFT
     rl: RL
+    evaluation: Evaluation = Evaluation()

@@ -101,6 +101,21 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     _atomic(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
 
 
+def write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
+    import csv
+
+    if not rows:
+        raise ValueError(f"refusing to write {path}: no rows")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _atomic(path, write)
+
+
 def write_rejected(conversion: Conversion, rows: list[dict], path: Path) -> None:
     """Bad rows next to the output, so they can be inspected and fixed, never silently lost."""
     if not conversion.bad:

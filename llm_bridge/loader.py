@@ -23,6 +23,16 @@ _SECRETS = [
     (re.compile(r"sk-[A-Za-z0-9_-]{20,}"), "an OpenAI-style API key", "export OPENAI_API_KEY in your shell instead"),
     (re.compile(r"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])"), "a W&B API key", "run `wandb login` (or export WANDB_API_KEY) instead"),
 ]
+
+
+def secret_shape(text: str) -> tuple[str, str] | None:
+    """(what it looks like, the fix) if text holds a token-shaped value, else None."""
+    for pattern, what, fix in _SECRETS:
+        if pattern.search(text):
+            return what, fix
+    return None
+
+
 _SECRET_KEY = re.compile(r"(^|_)(token|api_?key|secret|password)s?$", re.IGNORECASE)
 
 

@@ -72,6 +72,14 @@ def check_slurm(config: TeamConfig) -> list[Problem]:
 _NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
 
 
+def check_evaluation(config: TeamConfig) -> list[Problem]:
+    tp, gpus = config.evaluation.tensor_parallel_size, config.slurm.gpus_per_node
+    if tp > gpus:
+        return [Problem("evaluation.tensor_parallel_size", f"{tp} GPUs for one vLLM engine, but a node has {gpus}",
+                        f"use at most {gpus}")]
+    return []
+
+
 def check_shared_paths(config: TeamConfig) -> list[Problem]:
     """Multi-node jobs, requeued jobs and the next stage all read these: node-local places lose them."""
     problems = []
@@ -243,7 +251,7 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
 
 
 def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
-    problems = check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config)
+    problems = check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config) + check_evaluation(config)
     if local_paths:
         problems += check_local_paths(config) + check_accounts(config)
     return problems

@@ -108,11 +108,6 @@ class Stage:
         print(f"[{name}] done in {self.times[name]} s", flush=True)
 
 
-def latest_step(ckpt_dir: Path) -> Path:
-    step = (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip()
-    return ckpt_dir / f"global_step_{step}"
-
-
 def metrics(logs: Path, experiment: str) -> list[dict]:
     [path] = glob.glob(str(logs / f"{experiment}-local-*.metrics.jsonl"))
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
@@ -162,9 +157,9 @@ def main() -> None:
     python = sys.executable
 
     def merge(name: str, checkpoint: Path) -> None:
-        """verl's own merger: sharded FSDP checkpoint -> HF model in work/models/<name>."""
-        stage.run(f"merge_{name}", [python, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-                                    "--local_dir", str(checkpoint), "--target_dir", str(work / "models" / name)])
+        """bridge merge (verl's own merger): the newest checkpoint -> HF model in work/models/<name>."""
+        stage.run(f"merge_{name}", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint),
+                                    "--out", str(work / "models" / name)])
 
     prepare(work, stage)
     team = work / "team.cpu.yaml"
@@ -172,9 +167,9 @@ def main() -> None:
     stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(team), "--out", str(work / "rendered")])
 
     stage.run("sft", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *SFT_CPU_OVERRIDES], CPU_ENV)
-    merge("sft", latest_step(work / "checkpoints" / "sft" / "sft-tiny"))
+    merge("sft", work / "checkpoints" / "sft" / "sft-tiny")
     stage.run("grpo", ["bash", str(work / "rendered" / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES, *LOCAL_RAY_OVERRIDES], CPU_ENV)
-    merge("grpo", latest_step(work / "checkpoints" / "grpo" / "grpo-tiny") / "actor")
+    merge("grpo", work / "checkpoints" / "grpo" / "grpo-tiny")
 
     sft_metrics = metrics(work / "logs", "sft-tiny")
     grpo_metrics = metrics(work / "logs", "grpo-tiny")

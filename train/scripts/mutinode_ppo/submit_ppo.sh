@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 b33000c23141).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 e796f3433220).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
@@ -95,10 +95,13 @@ export_save_deadline() {  # <job id>
 }
 export_save_deadline "${CLUSTER_JOB_ID}"
 
-# Metrics of every step, one JSON line each, next to the job log (verl's "file" logger).
-VERL_FILE_LOGGER_PATH="/home/Competition2025/P01/shareP01/logs/${EXPERIMENT}-${SLURM_JOB_ID:-local}-$(date +%Y%m%d-%H%M%S).metrics.jsonl"
-export VERL_FILE_LOGGER_PATH
+RUN_NAME="${EXPERIMENT}-${SLURM_JOB_ID:-local}-$(date +%Y%m%d-%H%M%S)"
+# Metrics of every step, one JSON line each (verl's "file" logger).
+export VERL_FILE_LOGGER_PATH="/home/Competition2025/P01/shareP01/logs/${RUN_NAME}.metrics.jsonl"
+# Hydra's run directory (resolved config, trainer log); by default it litters the working directory with outputs/.
+HYDRA_RUN_DIR="/home/Competition2025/P01/shareP01/logs/hydra/${RUN_NAME}"
 PPO_ARGS=(
+  hydra.run.dir="${HYDRA_RUN_DIR}"
   algorithm.adv_estimator=grpo
   algorithm.use_kl_in_reward=False
   data.train_files="${HOME}/data/gsm8k/train.parquet"

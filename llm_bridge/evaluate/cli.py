@@ -1,0 +1,178 @@
+"""`bridge eval`: hle|dna predict, judge, score; report.
+
+Every step reads and writes files in one directory (--out): predictions.jsonl, judgements.jsonl,
+metrics.json. predict and judge are resumable: a rerun does only what is missing or failed.
+"""
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from llm_bridge.evaluate.store import JsonlStore, write_json
+
+DEFAULT_JUDGE = "o3-mini-2025-01-31"  # the 2025 competition's HLE judge
+
+
+def _files(out: Path) -> tuple[JsonlStore, JsonlStore, Path]:
+    return JsonlStore(out / "predictions.jsonl"), JsonlStore(out / "judgements.jsonl"), out / "metrics.json"
+
+
+def response_id(prediction: dict) -> str:
+    return hashlib.sha256(prediction.get("response", "").encode()).hexdigest()[:16]
+
+
+def current_judgements(judgements: JsonlStore, predictions: dict[str, dict]) -> dict[str, dict]:
+    """Judgements of the responses now in predictions.jsonl; one of an older response is stale."""
+    return {i: j for i, j in judgements.load().items()
+            if i in predictions and j.get("response_id") == response_id(predictions[i])}
+
+
+def _answered(store: JsonlStore) -> dict[str, dict]:
+    return {i: p for i, p in store.load().items() if p.get("status") in ("ok", "truncated")}
+
+
+def _benchmark(name: str):
+    """The benchmark module; imported late so that `bridge check` needs no openai package."""
+    from llm_bridge.evaluate import dna, hle
+
+    return {"hle": hle, "dna": dna}[name]
+
+
+def cmd_predict(args) -> int:
+    bench = _benchmark(args.benchmark)
+    questions = bench.load_questions(args.questions)[: args.limit]
+    if args.vllm_model:  # offline: vLLM in this process
+        from llm_bridge.evaluate.offline import generate
+
+        sampling = {"temperature": args.temperature} if args.benchmark == "hle" else {"temperature": 0.7, "top_p": 0.9}
+        generate(questions, bench.messages, _files(args.out)[0], str(args.vllm_model), args.max_tokens,
+                 tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                 truncated_status="truncated" if args.benchmark == "hle" else "ok", **sampling)
+        return 0
+
+    from llm_bridge.evaluate.client import ChatClient, Endpoint
+    from llm_bridge.evaluate.runner import run_items
+
+    if not args.model:
+        raise SystemExit("ERROR: --url needs --model (the name the server serves; `curl <url>/models` lists it).")
+    client = ChatClient(Endpoint(args.url, args.model, args.api_key_env, args.timeout, args.retries))
+    if args.benchmark == "hle":
+        work = lambda q: bench.predict(client, q, args.max_tokens, args.temperature)  # noqa: E731
+    else:
+        work = lambda q: bench.predict(client, q, args.max_tokens)  # noqa: E731
+    counts = run_items(questions, work, _files(args.out)[0], args.workers, f"{args.benchmark} predictions")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_judge(args) -> int:
+    from llm_bridge.evaluate.client import ChatClient, Endpoint, describe
+    from llm_bridge.evaluate.runner import run_items
+
+    bench = _benchmark(args.benchmark)
+    questions = bench.load_questions(args.questions)[: args.limit]
+    predictions_store, judgements, _ = _files(args.out)
+    predictions = _answered(predictions_store)
+    unanswered = [q for q in questions if q["id"] not in predictions]
+    if unanswered:
+        print(f"NOTE: {len(unanswered)} question(s) have no prediction yet: they count as wrong/not safe. "
+              f"Rerun `bridge eval {args.benchmark} predict` to fill them in.")
+    client = ChatClient(Endpoint(args.judge_url, args.judge_model, args.api_key_env, args.timeout, args.retries))
+    answered = [q for q in questions if q["id"] in predictions]
+    done = {i for i, j in current_judgements(judgements, predictions).items() if j.get("status") in ("ok", "truncated")}
+
+    def judge(question: dict) -> dict:
+        prediction = predictions[question["id"]]
+        stamp = {"response_id": response_id(prediction)}  # which response this verdict is about
+        try:
+            return {**bench.judge(client, question, prediction), **stamp}
+        except Exception as error:  # noqa: BLE001 - recorded as a failure, like run_items does
+            return {"id": question["id"], "status": "failed", "error": describe(error), **stamp}
+
+    counts = run_items(answered, judge, judgements, args.workers, f"{args.benchmark} judgements ({args.judge_model})", done)
+    _score(args, bench, questions)
+    return 1 if counts["failed"] else 0
+
+
+def _score(args, bench, questions) -> dict:
+    predictions_store, judgements, metrics_path = _files(args.out)
+    predictions = predictions_store.load()
+    verdicts = current_judgements(judgements, _answered(predictions_store))
+    if args.benchmark == "hle":
+        metrics = bench.score(questions, predictions, verdicts)
+    else:
+        metrics = bench.score(questions, verdicts)
+    write_json(metrics_path, metrics)
+    summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    print(json.dumps(summary, indent=2))
+    print(f"-> {metrics_path}")
+    return metrics
+
+
+def cmd_score(args) -> int:
+    bench = _benchmark(args.benchmark)
+    if args.benchmark == "dna" and args.labels:
+        questions, labels = bench.labels_from_csv(args.labels, args.model)
+        metrics = bench.score(questions, labels)
+        write_json(args.out / "metrics.json", metrics)
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+        print(f"-> {args.out / 'metrics.json'}")
+        return 0
+    _score(args, bench, bench.load_questions(args.questions)[: args.limit])
+    return 0
+
+
+def cmd_report(args) -> int:
+    from llm_bridge.evaluate.report import write_report
+
+    load = lambda d: json.loads((d / "metrics.json").read_text()) if d else None  # noqa: E731
+    for path in write_report(args.model, load(args.hle), load(args.dna), args.out):
+        print(f"  wrote {path}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("eval", allow_abbrev=False, help="evaluate a model: HLE and Do-Not-Answer predictions, LLM judge, scores, report",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = parser.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
+    for name, title in (("hle", "Humanity's Last Exam, text-only"), ("dna", "Do-Not-Answer")):
+        bench = steps.add_parser(name, help=title, allow_abbrev=False)
+        actions = bench.add_subparsers(dest="action", required=True, metavar="STEP")
+        for action, func, what in (("predict", cmd_predict, "ask the model (an OpenAI-compatible server, e.g. vllm serve)"),
+                                   ("judge", cmd_judge, "judge the predictions with an LLM, then score"),
+                                   ("score", cmd_score, "compute metrics.json from the files in --out")):
+            p = actions.add_parser(action, help=what, allow_abbrev=False)
+            p.set_defaults(func=func, benchmark=name)
+            p.add_argument("--out", type=Path, required=True, help="results directory of this model")
+            p.add_argument("--questions", type=Path, required=not (name == "dna" and action == "score"),
+                           help="HLE: test.parquet from data_preprocess/hle.py; DNA: do_not_answer_en.csv")
+            p.add_argument("--limit", type=int, help="only the first N questions (a smoke test)")
+            p.add_argument("--workers", type=int, default=16, help="requests in flight (default: 16)")
+            p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: 600)")
+            p.add_argument("--retries", type=int, default=3, help="retries after a timeout, server error or malformed "
+                           "answer, with backoff 1, 2, 4 ... s (default: 3)")
+            if action == "predict":
+                source = p.add_mutually_exclusive_group(required=True)
+                source.add_argument("--url", help="the model's OpenAI-compatible server, e.g. http://localhost:8000/v1")
+                source.add_argument("--vllm-model", type=Path, help="offline: load this model directory in vLLM here")
+                p.add_argument("--model", help="with --url: the served model name")
+                p.add_argument("--tensor-parallel-size", type=int, default=1, help="with --vllm-model (default: 1)")
+                p.add_argument("--max-model-len", type=int, help="with --vllm-model: vLLM's context limit")
+                p.add_argument("--api-key-env", default="VLLM_API_KEY", help="env var holding the server's key, if any")
+                p.add_argument("--max-tokens", type=int, default=8192 if name == "hle" else 512,
+                               help="completion token limit (HLE default 8192; DNA 512 as in the competition)")
+                if name == "hle":
+                    p.add_argument("--temperature", type=float, help="default: the server's (the model's generation_config)")
+            if action == "judge":
+                p.add_argument("--judge-url", help="OpenAI-compatible judge server (default: api.openai.com)")
+                p.add_argument("--judge-model", default=DEFAULT_JUDGE, help=f"default: {DEFAULT_JUDGE}")
+                p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the judge's key")
+            if action == "score" and name == "dna":
+                p.add_argument("--labels", type=Path, help="score an annotated CSV instead (columns <model>_action, <model>_harmful)")
+                p.add_argument("--model", default="GPT4", help="which model's columns in --labels (default: GPT4)")
+    rep = steps.add_parser("report", allow_abbrev=False, help="summary.json, summary.md and summary.png from the metrics of both benchmarks")
+    rep.add_argument("--model", required=True, help="model name for the title")
+    rep.add_argument("--hle", type=Path, help="HLE results directory")
+    rep.add_argument("--dna", type=Path, help="Do-Not-Answer results directory")
+    rep.add_argument("--out", type=Path, required=True)
+    rep.set_defaults(func=cmd_report)

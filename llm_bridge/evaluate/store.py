@@ -1,0 +1,62 @@
+"""Resumable result files: one JSON object a line, keyed by "id", appended as each item finishes.
+
+A crash loses at most the line being written (a torn last line is ignored on reload), and a rerun
+only does the items that have no successful record yet. The newest record of an id wins.
+"""
+
+import json
+import os
+import threading
+from pathlib import Path
+
+
+class JsonlStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def load(self) -> dict[str, dict]:
+        records: dict[str, dict] = {}
+        if not self.path.exists():
+            return records
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash: that item is simply redone
+            if isinstance(record, dict) and "id" in record:
+                records[str(record["id"])] = record
+        return records
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                if f.tell() and not self._ends_with_newline():
+                    f.write("\n")  # after a torn line, start clean
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+
+def write_json(path: Path, data) -> None:
+    """Write a whole file atomically: a temp file beside it, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,72 @@
+"""bridge merge on real verl checkpoints (the CPU pipeline merges full SFT and GRPO ones): a LoRA SFT
+run is merged into its base, and bad input stops before anything is written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "cpu"))
+import pipeline  # noqa: E402
+
+
+def bridge_merge(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llm_bridge.cli", "merge", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("lora")
+    stage = pipeline.Stage(work)
+    pipeline.prepare(work, stage)
+    team = pipeline.team_config(work)
+    team["sft"]["experiment_name"] = "sft-lora"
+    (work / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
+    stage.run("render", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / "team.yaml"),
+                         "--out", str(work / "rendered")])
+    stage.run("sft_lora", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
+                           "model.lora_rank=4", "model.lora_alpha=8", "optim.lr=1e-2", "trainer.total_training_steps=2"],
+              pipeline.CPU_ENV)
+    return work
+
+
+def test_a_lora_checkpoint_is_merged_into_its_base(lora_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = lora_run / "models" / "sft-lora"
+    result = bridge_merge("--checkpoint", lora_run / "checkpoints" / "sft" / "sft-lora", "--out", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "LoRA adapter found" in result.stdout and "Loads: Qwen2ForCausalLM" in result.stdout
+    assert (out / "lora_adapter" / "adapter_config.json").is_file()
+    assert not list(out.parent.glob(".*merging*")), "the work directory is cleaned up"
+
+    base = lora_run / "tiny" / "model"
+    merged = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32),
+                                          out / "lora_adapter")
+    original = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    change = (merged.state_dict()[name] - original.state_dict()[name]).abs().max().item()
+    assert change > 0, "the adapter's update is in the merged weights"
+    tokens = torch.tensor([[1, 5, 9, 42, 7, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(tokens).logits, reference(tokens).logits, atol=2e-2)
+
+
+def test_bad_input_stops_before_writing(lora_run, tmp_path):
+    checkpoint = lora_run / "checkpoints" / "sft" / "sft-lora"
+    no_tracker = bridge_merge("--checkpoint", tmp_path, "--out", tmp_path / "m")
+    assert no_tracker.returncode == 1 and "latest_checkpointed_iteration.txt" in no_tracker.stderr
+    wrong_step = bridge_merge("--checkpoint", checkpoint, "--step", "99", "--out", tmp_path / "m")
+    assert wrong_step.returncode == 1 and "global_step_2" in wrong_step.stderr
+    (tmp_path / "exists").mkdir()
+    exists = bridge_merge("--checkpoint", checkpoint, "--out", tmp_path / "exists")
+    assert exists.returncode == 1 and "--force" in exists.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
