@@ -98,7 +98,8 @@ def run() -> list[Row]:
         *check_verl(),
         check_package("vllm", "vllm", VLLM_PIN, "FAIL", f"GRPO/PPO rollout needs vLLM {VLLM_PIN}: pip install 'verl[vllm]=={VERL_PIN}'"),
         check_package("flash-attn", "flash-attn", "2.", "WARN",
-                      "SFT and GRPO default to attn_implementation: flash_attention_2; install it or set sdpa"),
+                      "SFT and GRPO default to attn_implementation: flash_attention_2; build it (install_env.sbatch), "
+                      "or set attn_implementation: flex_attention, the fastest without it (docs/benchmarks.md)"),
         check_package("transformers", "transformers", "5.", "FAIL", "pip install 'transformers<5.11'"),
         check_package("ray", "ray", "2.", "FAIL", "pip install 'ray[default]'"),
         *check_logins(),

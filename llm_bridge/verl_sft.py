@@ -7,11 +7,17 @@ is all-reduced (max) every step: one 8-byte gloo all-reduce.
     torchrun ... -m llm_bridge.verl_sft <verl sft_trainer overrides>
 """
 
+import os
+import time
+
 import torch
 import torch.distributed as dist
 from verl.trainer import sft_trainer
 
+from llm_bridge import verl_patches
 from llm_bridge.deadline import StepClock, announce_stop
+
+STEP_LOG = os.environ.get("BRIDGE_STEP_LOG")
 
 
 class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
@@ -27,6 +33,9 @@ class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
             output = train_batch(data=data)
             self._step += 1
             self._clock.step_begins()
+            if self.rank == 0 and STEP_LOG:
+                with open(STEP_LOG, "a") as log:  # wall clock per step, for train/scripts/bench
+                    log.write(f'{{"step": {self._step}, "time": {time.time():.4f}}}\n')
             if self._step < self.total_training_steps and self._deadline_is_close():
                 self.total_training_steps = self._step  # verl's loop: is_last_step -> save -> return
                 if self.rank == 0:
@@ -44,6 +53,8 @@ class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
 
 
 def main() -> None:
+    if os.environ.get("BRIDGE_VERL_PATCHES", "1") != "0":  # 0: verl as released, for benchmarks
+        verl_patches.apply()
     sft_trainer.SFTTrainer = DeadlineSFTTrainer  # run_sft() looks the class up at call time
     sft_trainer.main()
 

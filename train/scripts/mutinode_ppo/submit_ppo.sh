@@ -145,6 +145,8 @@ PPO_ARGS=(
   'trainer.logger=["console","file","wandb"]'
   # The file logger runs in a Ray actor, possibly on another node: hand it the path through Ray.
   +ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH="${VERL_FILE_LOGGER_PATH}"
+  # verl's actor and reference workers compute log-probs too: patch them where they run (llm_bridge/verl_patches.py)
+  +ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.verl_patches.apply
 )
 if [[ -n "${MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP:-}" ]]; then
   # So does the trainer loop, which saves before the deadline (quoted: Ray wants string env vars).

@@ -1,0 +1,140 @@
+"""verl SFT throughput on one node: tokens/s, verl's train/mfu, step time and peak GPU memory.
+
+    python train/scripts/bench/sft_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe [-- verl overrides]
+
+Offline by design (the GPU machine has no network): a random-weight Qwen2 model of the named size
+(Qwen2.5-0.5B / 1.5B / 7B architecture values, vocabulary 151,936), a byte-level BPE tokenizer trained
+on GSM8K, and GSM8K question/answer pairs packed into multi-turn conversations of about
+--tokens tokens. Training runs through the recipe's own entrypoint (torchrun -m llm_bridge.verl_sft).
+Throughput is tokens (verl's train/global_tokens) over wall time from step --warmup to the last step.
+Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+COMMON = dict(vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+              hidden_act="silu", attention_dropout=0.0, use_sliding_window=False)
+ARCHS = {  # Qwen2.5 config.json values
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+               intermediate_size=18944, tie_word_embeddings=False),
+}
+
+
+def build_model(arch: str, tokenizer_dir: Path, out: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    if (out / "config.json").is_file():
+        return out
+    config = Qwen2Config(**COMMON, **ARCHS[arch], torch_dtype="bfloat16")
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Path, Path]:
+    """A tokenizer trained on GSM8K, and n conversations of about target_tokens tokens each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "tests" / "cpu"))
+    from build_tiny import build_tokenizer
+
+    out, tok_dir = work / "sft.parquet", work / "tokenizer"
+    pairs = [json.loads(line) for line in (gsm8k / "train.jsonl").read_text().splitlines()]
+    if out.is_file() and tok_dir.is_dir():
+        return out, tok_dir
+    tokenizer = build_tokenizer([p["question"] + "\n" + p["answer"] for p in pairs], vocab_size=32000)
+    tokenizer.save_pretrained(tok_dir)
+    turns = [f"<|im_start|>user\n{p['question']}<|im_end|>\n<|im_start|>assistant\n{p['answer']}<|im_end|>\n" for p in pairs]
+    lengths = [len(ids) for ids in tokenizer(turns, add_special_tokens=False)["input_ids"]]
+    rng, rows = random.Random(0), []
+    while len(rows) < n:
+        messages, length = [], 0
+        while length < target_tokens:
+            i = rng.randrange(len(pairs))
+            messages += [{"role": "user", "content": pairs[i]["question"]}, {"role": "assistant", "content": pairs[i]["answer"]}]
+            length += lengths[i]
+        rows.append({"messages": messages})
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    return out, tok_dir
+
+
+def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
+    run_dir = args.work / "runs" / f"{args.arch}-{args.label}-{int(time.time())}"
+    run_dir.mkdir(parents=True)
+    env = {**os.environ, "BRIDGE_STEP_LOG": str(run_dir / "steps.jsonl"),
+           "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"), "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    argv = ["torchrun", "--standalone", f"--nproc-per-node={args.gpus}", "-m", "llm_bridge.verl_sft",
+            f"data.train_files={data}", f"data.val_files={data}", "data.messages_key=messages",
+            f"data.max_length={args.max_length}", "data.truncation=right", "data.enable_thinking_default=null",
+            f"model.path={model}", f"trainer.total_training_steps={args.steps}", "trainer.test_freq=-1",
+            "trainer.save_freq=-1", "trainer.logger=[console,file]", f"trainer.default_local_dir={run_dir / 'ckpt'}",
+            "checkpoint.save_contents=[]", f"hydra.run.dir={run_dir / 'hydra'}", "trainer.project_name=bench",
+            f"trainer.experiment_name={args.label}", *overrides]
+    with (run_dir / "log.txt").open("w") as log:
+        rc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides, "log": str(run_dir / "log.txt")}
+    if rc != 0 or not (run_dir / "steps.jsonl").is_file():
+        result["error"] = (run_dir / "log.txt").read_text()[-3000:]
+        return result
+    steps = {s["step"]: s["time"] for s in map(json.loads, (run_dir / "steps.jsonl").read_text().splitlines())}
+    metrics = {m["step"]: m["data"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+               if "train/global_tokens" in m["data"]}
+    timed = [s for s in sorted(steps) if s > args.warmup and s in metrics]
+    tokens = sum(metrics[s]["train/global_tokens"] for s in timed)
+    seconds = steps[timed[-1]] - steps[args.warmup]
+    result.update(
+        tokens_per_s=round(tokens / seconds), tokens_per_s_per_gpu=round(tokens / seconds / args.gpus),
+        mfu=round(statistics.mean(metrics[s].get("train/mfu", 0) for s in timed), 4),
+        step_s=round(seconds / len(timed), 3), tokens_per_step=round(tokens / len(timed)),
+        peak_mem_gb=round(max(metrics[s]["perf/max_memory_allocated_gb"] for s in timed), 1),
+        peak_reserved_gb=round(max(metrics[s]["perf/max_memory_reserved_gb"] for s in timed), 1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
+    parser.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--label", required=True, help="name of this variant in the results")
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
+    parser.add_argument("--tokens", type=int, default=1024, help="target conversation length")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--conversations", type=int, default=4000)
+    parser.add_argument("overrides", nargs="*", help="verl overrides after --")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
+    model = build_model(args.arch, tok, args.work / f"model-{args.arch}")
+    result = run(args, model, data, args.overrides)
+    with (args.work / "results.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "error"}))
+    if "error" in result:
+        print(result["error"], file=sys.stderr)
+        sys.exit(1)
+    print(f"| {args.arch} | {args.label} | {args.gpus} | {result['tokens_per_s']:,} | {result['mfu']:.3f} | "
+          f"{result['step_s']} | {result['peak_mem_gb']} |")
+
+
+if __name__ == "__main__":
+    main()
