@@ -80,7 +80,8 @@ def deterministic_split(rows: list[dict], test_fraction: float, seed: int) -> tu
     return [r for i, r in enumerate(rows) if i not in test_idx], [r for i, r in enumerate(rows) if i in test_idx]
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """write(tmp) into a temp file beside path, then rename it over path: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -98,7 +99,7 @@ def write_parquet(rows: list[dict], path: Path) -> None:
 
     if not rows:
         raise ValueError(f"refusing to write {path}: no rows")
-    _atomic(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+    atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
 
 
 def write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
@@ -113,7 +114,7 @@ def write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_rejected(conversion: Conversion, rows: list[dict], path: Path) -> None:
@@ -128,7 +129,7 @@ def write_rejected(conversion: Conversion, rows: list[dict], path: Path) -> None
                 handle.write(json.dumps({"index": index, "reason": reason, "row": _jsonable(rows[index])},
                                         ensure_ascii=False) + "\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,6 +9,8 @@ only the logits for the backward pass, as flash-attn's kernel does: the memory s
 logits, the kernel count drops from O(tokens) to O(tokens / CHUNK).
 """
 
+import os
+
 import torch
 
 CHUNK = 4096  # rows per chunk: 4096 x 151,936 vocabulary x 4 bytes = 2.5 GB of float32 at a time
@@ -46,9 +48,12 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def apply() -> None:
     """Patch verl in this process. Idempotent; a no-op where flash-attn's kernel is used anyway.
-    Ray runs it in every worker process of a PPO job (runtime_env worker_process_setup_hook)."""
+    Ray runs it in every worker process of a PPO job (runtime_env worker_process_setup_hook).
+    BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks)."""
     from verl.utils import torch_functional
 
+    if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
+        return
     if torch_functional.logprobs_from_logits_v2 is not label_logprobs:
         torch_functional.logprobs_from_logits_v2 = label_logprobs
         if not torch_functional.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE:

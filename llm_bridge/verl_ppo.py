@@ -9,8 +9,6 @@ the state is consistent), saves if it must, and ends the loop after that step.
     python3 -m llm_bridge.verl_ppo <verl main_ppo overrides>
 """
 
-import os
-
 import ray
 from verl.trainer import main_ppo
 
@@ -53,8 +51,7 @@ class DeadlineTaskRunner(main_ppo.TaskRunnerV1.__ray_actor_class__):
 
 
 def main() -> None:
-    if os.environ.get("BRIDGE_VERL_PATCHES", "1") != "0":  # 0: verl as released, for benchmarks
-        verl_patches.apply()  # the Ray workers get it from the runtime_env hook in the launch scripts
+    verl_patches.apply()  # the Ray workers get it from the runtime_env hook in the launch scripts
     main_ppo.TaskRunnerV1 = DeadlineTaskRunner  # main() hands this class to run_ppo()
     main_ppo.main()
 

@@ -53,8 +53,7 @@ class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
 
 
 def main() -> None:
-    if os.environ.get("BRIDGE_VERL_PATCHES", "1") != "0":  # 0: verl as released, for benchmarks
-        verl_patches.apply()
+    verl_patches.apply()
     sft_trainer.SFTTrainer = DeadlineSFTTrainer  # run_sft() looks the class up at call time
     sft_trainer.main()
 

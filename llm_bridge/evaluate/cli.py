@@ -9,13 +9,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from llm_bridge.evaluate.store import JsonlStore, write_json
+from llm_bridge.config import Evaluation
+from llm_bridge.evaluate.store import DONE, JsonlStore, write_json
 
-DEFAULT_JUDGE = "o3-mini-2025-01-31"  # the 2025 competition's HLE judge
+DEFAULTS = Evaluation()  # the judge and answer length a team.yaml gets when it says nothing
 
 
-def _files(out: Path) -> tuple[JsonlStore, JsonlStore, Path]:
-    return JsonlStore(out / "predictions.jsonl"), JsonlStore(out / "judgements.jsonl"), out / "metrics.json"
+def _files(out: Path) -> tuple[JsonlStore, JsonlStore]:
+    return JsonlStore(out / "predictions.jsonl"), JsonlStore(out / "judgements.jsonl")
 
 
 def response_id(prediction: dict) -> str:
@@ -26,10 +27,6 @@ def current_judgements(judgements: JsonlStore, predictions: dict[str, dict]) -> 
     """Judgements of the responses now in predictions.jsonl; one of an older response is stale."""
     return {i: j for i, j in judgements.load().items()
             if i in predictions and j.get("response_id") == response_id(predictions[i])}
-
-
-def _answered(store: JsonlStore) -> dict[str, dict]:
-    return {i: p for i, p in store.load().items() if p.get("status") in ("ok", "truncated")}
 
 
 def _benchmark(name: str):
@@ -45,7 +42,10 @@ def cmd_predict(args) -> int:
     if args.vllm_model:  # offline: vLLM in this process
         from llm_bridge.evaluate.offline import generate
 
-        sampling = {"temperature": args.temperature} if args.benchmark == "hle" else {"temperature": 0.7, "top_p": 0.9}
+        if args.benchmark == "hle":
+            sampling = {"temperature": args.temperature}
+        else:  # the competition's sampling, as the server path sends it
+            sampling = {k: v for k, v in bench.SAMPLING.items() if k != "max_tokens"}
         generate(questions, bench.messages, _files(args.out)[0], str(args.vllm_model), args.max_tokens,
                  tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
                  truncated_status="truncated" if args.benchmark == "hle" else "ok", **sampling)
@@ -71,15 +71,15 @@ def cmd_judge(args) -> int:
 
     bench = _benchmark(args.benchmark)
     questions = bench.load_questions(args.questions)[: args.limit]
-    predictions_store, judgements, _ = _files(args.out)
-    predictions = _answered(predictions_store)
+    predictions_store, judgements = _files(args.out)
+    predictions = predictions_store.finished()
     unanswered = [q for q in questions if q["id"] not in predictions]
     if unanswered:
         print(f"NOTE: {len(unanswered)} question(s) have no prediction yet: they count as wrong/not safe. "
               f"Rerun `bridge eval {args.benchmark} predict` to fill them in.")
     client = ChatClient(Endpoint(args.judge_url, args.judge_model, args.api_key_env, args.timeout, args.retries))
     answered = [q for q in questions if q["id"] in predictions]
-    done = {i for i, j in current_judgements(judgements, predictions).items() if j.get("status") in ("ok", "truncated")}
+    done = {i for i, j in current_judgements(judgements, predictions).items() if j.get("status") in DONE}
 
     def judge(question: dict) -> dict:
         prediction = predictions[question["id"]]
@@ -94,31 +94,27 @@ def cmd_judge(args) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _score(args, bench, questions) -> dict:
-    predictions_store, judgements, metrics_path = _files(args.out)
-    predictions = predictions_store.load()
-    verdicts = current_judgements(judgements, _answered(predictions_store))
-    if args.benchmark == "hle":
-        metrics = bench.score(questions, predictions, verdicts)
-    else:
-        metrics = bench.score(questions, verdicts)
-    write_json(metrics_path, metrics)
-    summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    print(json.dumps(summary, indent=2))
-    print(f"-> {metrics_path}")
+def _write_metrics(out: Path, metrics: dict) -> dict:
+    write_json(out / "metrics.json", metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    print(f"-> {out / 'metrics.json'}")
     return metrics
+
+
+def _score(args, bench, questions) -> dict:
+    predictions_store, judgements = _files(args.out)
+    verdicts = current_judgements(judgements, predictions_store.finished())
+    if args.benchmark == "hle":
+        return _write_metrics(args.out, bench.score(questions, predictions_store.load(), verdicts))
+    return _write_metrics(args.out, bench.score(questions, verdicts))
 
 
 def cmd_score(args) -> int:
     bench = _benchmark(args.benchmark)
     if args.benchmark == "dna" and args.labels:
-        questions, labels = bench.labels_from_csv(args.labels, args.model)
-        metrics = bench.score(questions, labels)
-        write_json(args.out / "metrics.json", metrics)
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-        print(f"-> {args.out / 'metrics.json'}")
-        return 0
-    _score(args, bench, bench.load_questions(args.questions)[: args.limit])
+        _write_metrics(args.out, bench.score(*bench.labels_from_csv(args.labels, args.model)))
+    else:
+        _score(args, bench, bench.load_questions(args.questions)[: args.limit])
     return 0
 
 
@@ -159,13 +155,13 @@ def add_parser(sub) -> None:
                 p.add_argument("--tensor-parallel-size", type=int, default=1, help="with --vllm-model (default: 1)")
                 p.add_argument("--max-model-len", type=int, help="with --vllm-model: vLLM's context limit")
                 p.add_argument("--api-key-env", default="VLLM_API_KEY", help="env var holding the server's key, if any")
-                p.add_argument("--max-tokens", type=int, default=8192 if name == "hle" else 512,
-                               help="completion token limit (HLE default 8192; DNA 512 as in the competition)")
+                p.add_argument("--max-tokens", type=int, default=DEFAULTS.hle_max_response_length if name == "hle" else 512,
+                               help="completion token limit (HLE default %(default)s; DNA 512 as in the competition)")
                 if name == "hle":
                     p.add_argument("--temperature", type=float, help="default: the server's (the model's generation_config)")
             if action == "judge":
                 p.add_argument("--judge-url", help="OpenAI-compatible judge server (default: api.openai.com)")
-                p.add_argument("--judge-model", default=DEFAULT_JUDGE, help=f"default: {DEFAULT_JUDGE}")
+                p.add_argument("--judge-model", default=DEFAULTS.judge_model, help=f"default: {DEFAULTS.judge_model}")
                 p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the judge's key")
             if action == "score" and name == "dna":
                 p.add_argument("--labels", type=Path, help="score an annotated CSV instead (columns <model>_action, <model>_harmful)")

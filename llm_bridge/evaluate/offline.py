@@ -17,7 +17,7 @@ def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store
              max_tokens: int, temperature: float | None = None, top_p: float | None = None,
              tensor_parallel_size: int = 1, max_model_len: int | None = None,
              truncated_status: str = "truncated") -> dict:
-    done = {i for i, r in store.load().items() if r.get("status") in ("ok", "truncated")}
+    done = set(store.finished())
     todo = [item for item in items if str(item["id"]) not in done]
     counts = {"skipped": len(done), "ok": 0, "truncated": 0}
     if not todo:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from llm_bridge.data import atomic_write
 from llm_bridge.evaluate.store import write_json, write_text
 
 
@@ -46,10 +47,8 @@ def plot(model: str, hle: dict | None, dna: dict | None, path: Path) -> None:
         ax.set_title(title)
     fig.suptitle(model)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(model: str, hle: dict | None, dna: dict | None, out: Path) -> list[Path]:

@@ -8,15 +8,12 @@ from typing import Callable, Iterable
 from llm_bridge.evaluate.client import describe
 from llm_bridge.evaluate.store import JsonlStore
 
-DONE = ("ok", "truncated")  # a rerun redoes everything else (failed, or never written)
-
-
 def run_items(items: Iterable[dict], work: Callable[[dict], dict], store: JsonlStore, workers: int, what: str,
               done: set[str] | None = None) -> dict:
     """work(item) -> record (with "id" and "status"). Exceptions become status "failed" records.
-    Items whose id is in `done` (default: a record with a DONE status in the store) are skipped."""
+    Items whose id is in `done` (default: those the store has finished) are skipped."""
     if done is None:
-        done = {i for i, r in store.load().items() if r.get("status") in DONE}
+        done = set(store.finished())
     todo = [item for item in items if str(item["id"]) not in done]
     counts = {"skipped": len(done), "ok": 0, "truncated": 0, "failed": 0}
     start = time.time()

@@ -9,6 +9,11 @@ import os
 import threading
 from pathlib import Path
 
+from llm_bridge.data import atomic_write
+
+
+DONE = ("ok", "truncated")  # finished; a rerun redoes everything else (failed, or never written)
+
 
 class JsonlStore:
     def __init__(self, path: Path):
@@ -28,6 +33,9 @@ class JsonlStore:
                 records[str(record["id"])] = record
         return records
 
+    def finished(self) -> dict[str, dict]:
+        return {i: r for i, r in self.load().items() if r.get("status") in DONE}
+
     def append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
@@ -46,17 +54,8 @@ class JsonlStore:
 
 
 def write_json(path: Path, data) -> None:
-    """Write a whole file atomically: a temp file beside it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -74,10 +74,10 @@ EXPERIMENT=grpo-qwen2.5-0.5b-gsm8k-3nodes
 CKPT_DIR="${HOME}/training/grpo/${EXPERIMENT}"
 
 # ---------------------------------------------------------------------------------------------
-# Final checkpoint before the time limit. verl's PPO trainer saves one when the deadline in
-# MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP (Unix seconds; verl calls it "ESI") is closer
-# than its longest step + 60 s + trainer.esi_redundant_time; llm_bridge.verl_sft applies the
-# same rule to SFT. The deadline is when USR1 comes: the job's end minus 300 s.
+# Final checkpoint before the time limit. The deadline goes in MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP
+# (Unix seconds), the variable of verl's own "ESI" save; llm_bridge.verl_sft and llm_bridge.verl_ppo
+# save and stop once less than their longest step + 60 s is left (llm_bridge/deadline.py).
+# The deadline is when USR1 comes: the job's end minus 300 s.
 # ---------------------------------------------------------------------------------------------
 export_save_deadline() {  # <job id>
   local end=""
