@@ -128,6 +128,17 @@ def test_a_torn_last_line_is_redone_not_fatal(tmp_path):
     assert list(store.load()) == ["a", "b"]
 
 
+def test_responses_with_unicode_line_separators_are_kept(tmp_path):
+    # Found on an H100: 19 of 939 Do-Not-Answer responses vanished between predict and judge, because
+    # str.splitlines() also splits at the U+2028 / U+0085 that json.dumps(ensure_ascii=False) leaves as is.
+    from llm_bridge.evaluate.store import JsonlStore
+
+    store = JsonlStore(tmp_path / "p.jsonl")
+    texts = {"a": "line\u2028separator", "b": "next\x85line", "c": "para\u2029graph", "d": "form\x0cfeed\r\nend"}
+    for key, text in texts.items():
+        store.append({"id": key, "status": "ok", "response": text})
+    assert {key: record["response"] for key, record in store.finished().items()} == texts
+
 # --- HLE metrics against a straightforward reimplementation of the official formulas ----------
 
 def official_calib_err(confidence, correct, beta=100):

@@ -24,7 +24,11 @@ class JsonlStore:
         records: dict[str, dict] = {}
         if not self.path.exists():
             return records
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        # "\n" only: str.splitlines() also breaks at U+2028, U+0085 and the like, which json.dumps
+        # leaves unescaped (ensure_ascii=False) and models do write.
+        for line in self.path.read_text(encoding="utf-8").split("\n"):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
