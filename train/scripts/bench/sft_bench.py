@@ -1,11 +1,13 @@
 """verl SFT throughput on one node: tokens/s, verl's train/mfu, step time and peak GPU memory.
 
-    python train/scripts/bench/sft_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe [-- verl overrides]
+    python train/scripts/bench/sft_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
+        [--recipe templates/team.example.yaml] [-- verl overrides]
 
 Offline by design (the GPU machine has no network): a random-weight Qwen2 model of the named size
 (Qwen2.5-0.5B / 1.5B / 7B architecture values, vocabulary 151,936), a byte-level BPE tokenizer trained
 on GSM8K, and GSM8K question/answer pairs packed into multi-turn conversations of about
 --tokens tokens. Training runs through the recipe's own entrypoint (torchrun -m llm_bridge.verl_sft).
+--recipe adds the speed knobs of the SFT script rendered from that team.yaml; overrides after -- come last.
 Throughput is tokens (verl's train/global_tokens) over wall time from step --warmup to the last step.
 Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
 """
@@ -20,47 +22,21 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
-COMMON = dict(vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-              hidden_act="silu", attention_dropout=0.0, use_sliding_window=False)
-ARCHS = {  # Qwen2.5 config.json values
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                 intermediate_size=8960, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-               intermediate_size=18944, tie_word_embeddings=False),
-}
-
-
-def build_model(arch: str, tokenizer_dir: Path, out: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    if (out / "config.json").is_file():
-        return out
-    config = Qwen2Config(**COMMON, **ARCHS[arch], torch_dtype="bfloat16")
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
-    return out
+from common import ARCHS, REPO, build_model, build_tokenizer, load_gsm8k, markdown_row, recipe_overrides
 
 
 def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Path, Path]:
     """A tokenizer trained on GSM8K, and n conversations of about target_tokens tokens each."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
 
-    sys.path.insert(0, str(REPO / "tests" / "cpu"))
-    from build_tiny import build_tokenizer
-
-    out, tok_dir = work / "sft.parquet", work / "tokenizer"
-    pairs = [json.loads(line) for line in (gsm8k / "train.jsonl").read_text().splitlines()]
-    if out.is_file() and tok_dir.is_dir():
+    out = work / "sft.parquet"
+    pairs = load_gsm8k(gsm8k)
+    tok_dir = build_tokenizer(pairs, work / "tokenizer")
+    if out.is_file():
         return out, tok_dir
-    tokenizer = build_tokenizer([p["question"] + "\n" + p["answer"] for p in pairs], vocab_size=32000)
-    tokenizer.save_pretrained(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     turns = [f"<|im_start|>user\n{p['question']}<|im_end|>\n<|im_start|>assistant\n{p['answer']}<|im_end|>\n" for p in pairs]
     lengths = [len(ids) for ids in tokenizer(turns, add_special_tokens=False)["input_ids"]]
     rng, rows = random.Random(0), []
@@ -111,6 +87,7 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
+    parser.add_argument("--recipe", type=Path, help="a team.yaml: run with the speed knobs of its rendered SFT script")
     parser.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--label", required=True, help="name of this variant in the results")
@@ -125,15 +102,16 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
     model = build_model(args.arch, tok, args.work / f"model-{args.arch}")
-    result = run(args, model, data, args.overrides)
+    knobs = recipe_overrides(args.recipe, "sft/run_sft.sbatch", "SFT_ARGS") if args.recipe else []
+    result = run(args, model, data, knobs + args.overrides)
     with (args.work / "results.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "error"}))
     if "error" in result:
         print(result["error"], file=sys.stderr)
         sys.exit(1)
-    print(f"| {args.arch} | {args.label} | {args.gpus} | {result['tokens_per_s']:,} | {result['mfu']:.3f} | "
-          f"{result['step_s']} | {result['peak_mem_gb']} |")
+    print(markdown_row([args.arch, args.label, args.gpus, result["tokens_per_s"], f"{result['mfu']:.3f}",
+                        result["step_s"], result["peak_mem_gb"]]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""What the SFT and GRPO benchmarks share: offline models, a GSM8K tokenizer, and the recipe's own knobs.
+
+The GPU machine has no network, so models are random-weight Qwen2 models with Qwen2.5's architecture
+values and the tokenizer is a byte-level BPE trained on GSM8K. The recipe's settings are not copied here:
+`recipe_overrides` renders a team.yaml with the recipe's templates and keeps the throughput knobs of the
+verl command line the scripts would run, so a benchmark of "the recipe" measures what teams submit.
+"""
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
+              attention_dropout=0.0, use_sliding_window=False)
+ARCHS = {  # Qwen2.5 config.json values
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+               intermediate_size=18944, tie_word_embeddings=False),
+}
+QWEN_VOCAB = 151936
+
+# verl overrides that change speed and memory but not what is learned. Everything else on the rendered
+# command line (data, batch sizes, lengths, learning rates, paths) is the benchmark's to fix, identically
+# for every variant.
+_KNOBS = re.compile(
+    r"^\+?(data\.(use_dynamic_bsz|max_token_len_per_gpu|micro_batch_size_per_gpu)"
+    r"|model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
+    r"|engine\.\w+"
+    r"|actor_rollout_ref\.model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
+    r"|actor_rollout_ref\.(actor|ref)\.(strategy|use_dynamic_bsz|ppo_max_token_len_per_gpu|ppo_micro_batch_size_per_gpu"
+    r"|log_prob_\w+|fsdp_config\.\w+|use_torch_compile)"
+    r"|actor_rollout_ref\.rollout\.(gpu_memory_utilization|tensor_model_parallel_size|log_prob_\w+|max_num_seqs"
+    r"|max_num_batched_tokens|enforce_eager|free_cache_engine|enable_chunked_prefill|agent\.num_workers)"
+    r"|trainer\.balance_batch)="
+)
+
+
+def load_gsm8k(gsm8k: Path) -> list[dict]:
+    return [json.loads(line) for line in (gsm8k / "train.jsonl").read_text().splitlines()]
+
+
+def build_tokenizer(pairs: list[dict], out: Path) -> Path:
+    """A byte-level BPE tokenizer with Qwen2.5's chat tokens trained on GSM8K (25,577 tokens: GSM8K runs
+    out of merges before the 32,000 asked for)."""
+    if (out / "tokenizer.json").is_file():
+        return out
+    sys.path.insert(0, str(REPO / "tests" / "cpu"))
+    from build_tiny import build_tokenizer as train_bpe
+
+    train_bpe([p["question"] + "\n" + p["answer"] for p in pairs], vocab_size=32000).save_pretrained(out)
+    return out
+
+
+def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB) -> Path:
+    """A random-weight Qwen2 model with Qwen2.5-<arch>'s shapes, saved in bf16 with the tokenizer.
+
+    vocab_size None: the tokenizer's own size, so that every id the model can sample decodes.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(**COMMON, **ARCHS[arch], vocab_size=vocab_size or len(tokenizer), torch_dtype="bfloat16",
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def recipe_overrides(team_file: Path, script: str, array: str) -> list[str]:
+    """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file."""
+    sys.path.insert(0, str(REPO))
+    from llm_bridge.loader import load
+    from llm_bridge.render import render_all
+
+    config, problems = load(team_file)
+    if config is None:
+        raise SystemExit(f"{team_file}: " + "; ".join(p.message for p in problems))
+    text = render_all(config, team_file, "rendered")[Path(script)]
+    block = re.search(rf"^{array}=\($(.*?)^\)$", text, re.S | re.M)
+    if block is None:
+        raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_overrides")
+    words = shlex.split(block.group(1), comments=True)
+    return [w for w in words if _KNOBS.match(w)]
+
+
+def markdown_row(cells: list) -> str:
+    return "| " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in cells) + " |"

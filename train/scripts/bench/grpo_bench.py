@@ -1,0 +1,146 @@
+"""verl GRPO step time on one node: step and rollout time, rollout tokens/s, peak GPU memory.
+
+    python train/scripts/bench/grpo_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
+        [--recipe templates/team.example.yaml] [-- verl overrides]
+
+Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes, its vocabulary cut
+to the GSM8K tokenizer's 25,577 tokens so that every sampled id decodes, and verl's GSM8K RL prompts.
+A random model rarely samples the end token, so nearly every response runs to --response-length: each
+variant generates the same number of tokens. The workload (prompts per step, responses per prompt,
+lengths) is fixed by this script's flags for every variant; --recipe adds the speed knobs of the GRPO
+script rendered from that team.yaml, and overrides after -- come last. Runs the recipe's entrypoint
+(python3 -m llm_bridge.verl_ppo) with vLLM rollout. Step 1 (compilation, CUDA graphs) is left out.
+Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import ARCHS, REPO, build_model, build_tokenizer, load_gsm8k, markdown_row, recipe_overrides
+
+
+def build_data(gsm8k: Path, work: Path) -> Path:
+    """verl's GSM8K RL rows, made by the recipe's own preprocessor (train/scripts/data_preprocess/gsm8k.py)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = work / "grpo.parquet"
+    if out.is_file():
+        return out
+    spec = importlib.util.spec_from_file_location("gsm8k_prep", REPO / "train/scripts/data_preprocess/gsm8k.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    convert = prep.to_rl_row("train")
+    pq.write_table(pa.Table.from_pylist([convert(i, row) for i, row in enumerate(load_gsm8k(gsm8k))]), out)
+    return out
+
+
+class GpuMemory(threading.Thread):
+    """Peak memory.used over all GPUs (nvidia-smi): vLLM's KV cache never shows in torch's own counters."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak_mib, self.stop = 0, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout
+            self.peak_mib = max([self.peak_mib] + [int(v) for v in out.split()])
+
+
+def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
+    run_dir = args.work / "runs" / f"grpo-{args.arch}-{args.label}-{int(time.time())}"
+    run_dir.mkdir(parents=True)
+    metrics_file = run_dir / "metrics.jsonl"
+    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file),
+           "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    argv = [sys.executable, "-m", "llm_bridge.verl_ppo",
+            "algorithm.adv_estimator=grpo", "algorithm.use_kl_in_reward=False",
+            f"data.train_files={data}", f"data.val_files={data}", f"data.train_batch_size={args.prompts}",
+            f"data.max_prompt_length={args.prompt_length}", f"data.max_response_length={args.response_length}",
+            "data.filter_overlong_prompts=True", "data.truncation=error",
+            f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.actor.optim.lr=1e-6",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={args.mini_batch}",
+            "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0.001",
+            "actor_rollout_ref.actor.kl_loss_type=low_var_kl", "actor_rollout_ref.actor.entropy_coeff=0",
+            "actor_rollout_ref.rollout.name=vllm", f"actor_rollout_ref.rollout.n={args.n}",
+            f"trainer.n_gpus_per_node={args.gpus}", "trainer.nnodes=1", f"trainer.total_training_steps={args.steps}",
+            "trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1",
+            "trainer.logger=[console,file]", "trainer.project_name=bench", f"trainer.experiment_name={args.label}",
+            f"trainer.default_local_dir={run_dir / 'ckpt'}", f"hydra.run.dir={run_dir / 'hydra'}",
+            f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}",
+            "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.verl_patches.apply",
+            *overrides]
+    memory = GpuMemory()
+    memory.start()
+    with (run_dir / "log.txt").open("w") as log:
+        rc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    memory.stop.set()
+    result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides,
+              "workload": {"prompts": args.prompts, "n": args.n, "prompt_length": args.prompt_length,
+                           "response_length": args.response_length, "mini_batch": args.mini_batch},
+              "log": str(run_dir / "log.txt"), "peak_gpu_mem_gb": round(memory.peak_mib / 1024, 1)}
+    steps = [m["data"] for m in map(json.loads, metrics_file.read_text().splitlines())
+             if "timing_s/step" in m["data"]] if metrics_file.is_file() else []
+    if rc != 0 or len(steps) < 2:
+        result["error"] = (run_dir / "log.txt").read_text()[-4000:]
+        return result
+    timed = steps[1:]  # step 1 pays for compilation and CUDA graph capture
+
+    def mean(key):
+        values = [s[key] for s in timed if key in s]
+        return round(statistics.mean(values), 3) if values else None
+
+    responses = args.prompts * args.n
+    result.update(step_s=mean("timing_s/step"), gen_s=mean("timing_s/gen"),
+                  response_length=mean("response_length/mean"),
+                  rollout_tokens_per_s=round(statistics.mean(s["response_length/mean"] * responses / s["timing_s/gen"] for s in timed)),
+                  throughput_per_gpu=mean("perf/throughput"),
+                  timing={k: mean(k) for k in sorted(timed[-1]) if k.startswith("timing_s/")},
+                  actor_peak_allocated_gb=mean("perf/max_memory_allocated_gb"), steps_timed=len(timed))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
+    parser.add_argument("--recipe", type=Path, help="a team.yaml: run with the speed knobs of its rendered GRPO script")
+    parser.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--label", required=True, help="name of this variant in the results")
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per step (data.train_batch_size)")
+    parser.add_argument("--n", type=int, default=8, help="responses per prompt")
+    parser.add_argument("--mini-batch", type=int, default=32, help="prompts per actor update (ppo_mini_batch_size)")
+    parser.add_argument("--prompt-length", type=int, default=512)
+    parser.add_argument("--response-length", type=int, default=1024)
+    parser.add_argument("overrides", nargs="*", help="verl overrides after --")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    pairs = load_gsm8k(args.gsm8k)
+    tokenizer = build_tokenizer(pairs, args.work / "tokenizer")
+    model = build_model(args.arch, tokenizer, args.work / f"grpo-model-{args.arch}", vocab_size=None)
+    knobs = recipe_overrides(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else []
+    result = run(args, model, build_data(args.gsm8k, args.work), knobs + args.overrides)
+    with (args.work / "results.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "error"}))
+    if "error" in result:
+        print(result["error"], file=sys.stderr)
+        sys.exit(1)
+    print(markdown_row([args.arch, args.label, args.gpus, result["step_s"], result["gen_s"],
+                        result["rollout_tokens_per_s"], result["peak_gpu_mem_gb"]]))
+
+
+if __name__ == "__main__":
+    main()
