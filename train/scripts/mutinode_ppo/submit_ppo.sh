@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 e796f3433220).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 9cb42ccbf78e).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
@@ -113,9 +113,9 @@ PPO_ARGS=(
   data.truncation=error
   actor_rollout_ref.model.path="Qwen/Qwen2.5-0.5B-Instruct"
   actor_rollout_ref.model.use_remove_padding=True
-  actor_rollout_ref.model.enable_gradient_checkpointing=True
+  actor_rollout_ref.model.enable_gradient_checkpointing=False
   +actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
-  actor_rollout_ref.actor.strategy=fsdp2
+  actor_rollout_ref.actor.strategy=fsdp
   actor_rollout_ref.actor.optim.lr=1e-06
   actor_rollout_ref.actor.ppo_mini_batch_size=48
   actor_rollout_ref.actor.use_dynamic_bsz=True
@@ -125,7 +125,7 @@ PPO_ARGS=(
   actor_rollout_ref.actor.kl_loss_coef=0.001
   actor_rollout_ref.actor.kl_loss_type=low_var_kl
   actor_rollout_ref.actor.entropy_coeff=0.0
-  actor_rollout_ref.ref.strategy=fsdp2
+  actor_rollout_ref.ref.strategy=fsdp
   actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8
   actor_rollout_ref.rollout.name=vllm
   actor_rollout_ref.rollout.n=8
