@@ -11,8 +11,10 @@ after the job has waited in the queue and loaded the model:
 Each rule runs for every layout the recipe renders: one node (single-node scripts) and all nodes (multi-node).
 """
 
+import json
 import math
 import os
+import re
 from pathlib import Path
 
 from . import hostlist
@@ -197,6 +199,44 @@ def check_rl(config: TeamConfig) -> list[Problem]:
     return problems
 
 
+_SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z])")
+
+
+def model_billions(model: str) -> float | None:
+    """Parameters in billions, from a local config.json or from the name (Qwen2.5-7B-Instruct: 7). None: unknown."""
+    config = _expand(model) / "config.json"
+    if config.is_file():
+        try:
+            c = json.loads(config.read_text())
+            layers, hidden, vocab = c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]
+            heads = c.get("num_attention_heads", 1)
+            kv = hidden // heads * c.get("num_key_value_heads", heads)
+            attention, mlp = 2 * hidden * hidden + 2 * hidden * kv, 3 * hidden * c.get("intermediate_size", 4 * hidden)
+            return (layers * (attention + mlp) + vocab * hidden) / 1e9
+        except (ValueError, KeyError, TypeError):
+            return None
+    match = _SIZE_IN_NAME.search(Path(model).name)
+    return float(match.group(1)) if match else None
+
+
+def check_memory(config: TeamConfig) -> list[Problem]:
+    """The example's speed settings were measured on a 0.5B model (docs/benchmarks.md); warn before they OOM a bigger one."""
+    problems = []
+    for name, stage, tokens in (("sft", config.sft, config.sft.max_token_len_per_gpu),
+                                ("rl", config.rl, config.rl.ppo_max_token_len_per_gpu)):
+        size = model_billions(stage.model)
+        if not stage.gradient_checkpointing and size is not None and size >= 1.0:
+            problems.append(Problem(
+                f"{name}.gradient_checkpointing",
+                f"false with a ~{size:.1f}B model ({stage.model}): without checkpointing a 0.5B model already holds "
+                f"32 GiB of activations at 16384 tokens/GPU on an H100; {tokens} tokens/GPU of a {size:.1f}B model will "
+                "run out of GPU memory",
+                f"set {name}.gradient_checkpointing: true (or lower the tokens per GPU and measure: docs/benchmarks.md)",
+                "warning",
+            ))
+    return problems
+
+
 def _expand(path: str) -> Path:
     return Path(path.replace("${HOME}", os.path.expanduser("~"), 1))
 
@@ -251,7 +291,8 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
 
 
 def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
-    problems = check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config) + check_evaluation(config)
+    problems = (check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config)
+                + check_memory(config) + check_evaluation(config))
     if local_paths:
         problems += check_local_paths(config) + check_accounts(config)
     return problems

@@ -106,3 +106,28 @@ def test_local_paths_on_the_cluster_are_checked_one_by_one(example, write_team, 
     by_field = {p.field: p for p in check(config)}
     assert by_field["paths.logs"].fix == "mkdir -p /srv/no-such-dir/logs"
     assert "sft.train_files" in by_field
+
+
+def warnings_of(write_team, data):
+    config, problems = load(write_team(data))
+    assert config is not None, problems
+    return {p.field: p for p in check(config, local_paths=False) if p.severity == "warning"}
+
+
+def test_no_checkpointing_warns_for_models_of_a_billion_parameters_and_more(example, write_team, tmp_path):
+    assert "sft.gradient_checkpointing" not in warnings_of(write_team, example)  # the 0.5B example
+    example["sft"]["model"] = "Qwen/Qwen2.5-7B-Instruct"
+    problem = warnings_of(write_team, example)["sft.gradient_checkpointing"]
+    assert "~7.0B" in problem.message and "sft.gradient_checkpointing: true" in problem.fix
+    example["sft"]["gradient_checkpointing"] = True
+    assert "sft.gradient_checkpointing" not in warnings_of(write_team, example)
+
+    # a merged model directory has no size in its name: its config.json tells (Qwen2.5-1.5B's shapes)
+    model = tmp_path / "my-sft-model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        '{"num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960, "vocab_size": 151936, '
+        '"num_attention_heads": 12, "num_key_value_heads": 2}')
+    example["rl"]["model"] = str(model)
+    problem = warnings_of(write_team, example)["rl.gradient_checkpointing"]
+    assert "~1.5B" in problem.message and "rl.gradient_checkpointing: true" in problem.fix
