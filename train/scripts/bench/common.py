@@ -6,10 +6,14 @@ values and the tokenizer is a byte-level BPE trained on GSM8K. The recipe's sett
 verl command line the scripts would run, so a benchmark of "the recipe" measures what teams submit.
 """
 
+import argparse
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -94,6 +98,44 @@ def recipe_overrides(team_file: Path, script: str, array: str) -> list[str]:
         raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_overrides")
     words = shlex.split(block.group(1), comments=True)
     return [w for w in words if _KNOBS.match(w)]
+
+
+def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes; `script` names the rendered script --recipe reads."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
+    p.add_argument("--recipe", type=Path, help=f"a team.yaml: run with the speed knobs of its rendered {script}")
+    p.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--label", required=True, help="name of this variant in the results")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--steps", type=int, default=default_steps)
+    p.add_argument("overrides", nargs="*", help="verl overrides after --")
+    return p
+
+
+def new_run_dir(args, prefix: str = "") -> Path:
+    run_dir = args.work / "runs" / f"{prefix}{args.arch}-{args.label}-{int(time.time())}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_logged(argv: list[str], run_dir: Path, env: dict[str, str]) -> int:
+    """Run argv from the repo root with the repo importable; all output goes to run_dir/log.txt."""
+    env = {**os.environ, **env, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    with (run_dir / "log.txt").open("w") as log:
+        return subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+
+
+def finish(args, result: dict, row: list) -> None:
+    """Append the result to <work>/results.jsonl, print it, and its Markdown row unless it failed."""
+    with (args.work / "results.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "error"}))
+    if "error" in result:
+        print(result["error"], file=sys.stderr)
+        sys.exit(1)
+    print(markdown_row(row))
 
 
 def markdown_row(cells: list) -> str:

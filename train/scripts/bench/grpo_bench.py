@@ -13,18 +13,16 @@ script rendered from that team.yaml, and overrides after -- come last. Runs the 
 Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
 """
 
-import argparse
 import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from common import ARCHS, REPO, build_model, build_tokenizer, load_gsm8k, markdown_row, recipe_overrides
+from common import REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_overrides, run_logged
+from common import parser as bench_parser
 
 
 def build_data(gsm8k: Path, work: Path) -> Path:
@@ -58,11 +56,8 @@ class GpuMemory(threading.Thread):
 
 
 def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
-    run_dir = args.work / "runs" / f"grpo-{args.arch}-{args.label}-{int(time.time())}"
-    run_dir.mkdir(parents=True)
+    run_dir = new_run_dir(args, prefix="grpo-")
     metrics_file = run_dir / "metrics.jsonl"
-    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file),
-           "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     argv = [sys.executable, "-m", "llm_bridge.verl_ppo",
             "algorithm.adv_estimator=grpo", "algorithm.use_kl_in_reward=False",
             f"data.train_files={data}", f"data.val_files={data}", f"data.train_batch_size={args.prompts}",
@@ -82,8 +77,7 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
             *overrides]
     memory = GpuMemory()
     memory.start()
-    with (run_dir / "log.txt").open("w") as log:
-        rc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    rc = run_logged(argv, run_dir, {"VERL_FILE_LOGGER_PATH": str(metrics_file)})
     memory.stop.set()
     result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides,
               "workload": {"prompts": args.prompts, "n": args.n, "prompt_length": args.prompt_length,
@@ -105,41 +99,25 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
                   response_length=mean("response_length/mean"),
                   rollout_tokens_per_s=round(statistics.mean(s["response_length/mean"] * responses / s["timing_s/gen"] for s in timed)),
                   throughput_per_gpu=mean("perf/throughput"),
-                  timing={k: mean(k) for k in sorted(timed[-1]) if k.startswith("timing_s/")},
-                  actor_peak_allocated_gb=mean("perf/max_memory_allocated_gb"), steps_timed=len(timed))
+                  timing={k: mean(k) for k in sorted(timed[-1]) if k.startswith("timing_s/")}, steps_timed=len(timed))
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
-    parser.add_argument("--recipe", type=Path, help="a team.yaml: run with the speed knobs of its rendered GRPO script")
-    parser.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--label", required=True, help="name of this variant in the results")
-    parser.add_argument("--gpus", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=4)
+    parser = bench_parser(__doc__, "GRPO script", default_steps=4)
     parser.add_argument("--prompts", type=int, default=64, help="prompts per step (data.train_batch_size)")
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--mini-batch", type=int, default=32, help="prompts per actor update (ppo_mini_batch_size)")
     parser.add_argument("--prompt-length", type=int, default=512)
     parser.add_argument("--response-length", type=int, default=1024)
-    parser.add_argument("overrides", nargs="*", help="verl overrides after --")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    pairs = load_gsm8k(args.gsm8k)
-    tokenizer = build_tokenizer(pairs, args.work / "tokenizer")
+    tokenizer = build_tokenizer(load_gsm8k(args.gsm8k), args.work / "tokenizer")
     model = build_model(args.arch, tokenizer, args.work / f"grpo-model-{args.arch}", vocab_size=None)
     knobs = recipe_overrides(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else []
     result = run(args, model, build_data(args.gsm8k, args.work), knobs + args.overrides)
-    with (args.work / "results.jsonl").open("a") as f:
-        f.write(json.dumps(result) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "error"}))
-    if "error" in result:
-        print(result["error"], file=sys.stderr)
-        sys.exit(1)
-    print(markdown_row([args.arch, args.label, args.gpus, result["step_s"], result["gen_s"],
-                        result["rollout_tokens_per_s"], result["peak_gpu_mem_gb"]]))
+    finish(args, result, [args.arch, args.label, args.gpus, result.get("step_s"), result.get("gen_s"),
+                          result.get("rollout_tokens_per_s"), result["peak_gpu_mem_gb"]])
 
 
 if __name__ == "__main__":

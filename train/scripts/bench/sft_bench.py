@@ -12,17 +12,13 @@ Throughput is tokens (verl's train/global_tokens) over wall time from step --war
 Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
 """
 
-import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from common import ARCHS, REPO, build_model, build_tokenizer, load_gsm8k, markdown_row, recipe_overrides
+from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_overrides, run_logged
+from common import parser as bench_parser
 
 
 def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Path, Path]:
@@ -52,10 +48,7 @@ def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Pat
 
 
 def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
-    run_dir = args.work / "runs" / f"{args.arch}-{args.label}-{int(time.time())}"
-    run_dir.mkdir(parents=True)
-    env = {**os.environ, "BRIDGE_STEP_LOG": str(run_dir / "steps.jsonl"),
-           "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"), "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    run_dir = new_run_dir(args)
     argv = ["torchrun", "--standalone", f"--nproc-per-node={args.gpus}", "-m", "llm_bridge.verl_sft",
             f"data.train_files={data}", f"data.val_files={data}", "data.messages_key=messages",
             f"data.max_length={args.max_length}", "data.truncation=right", "data.enable_thinking_default=null",
@@ -63,8 +56,8 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
             "trainer.save_freq=-1", "trainer.logger=[console,file]", f"trainer.default_local_dir={run_dir / 'ckpt'}",
             "checkpoint.save_contents=[]", f"hydra.run.dir={run_dir / 'hydra'}", "trainer.project_name=bench",
             f"trainer.experiment_name={args.label}", *overrides]
-    with (run_dir / "log.txt").open("w") as log:
-        rc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    rc = run_logged(argv, run_dir, {"BRIDGE_STEP_LOG": str(run_dir / "steps.jsonl"),
+                                    "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")})
     result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides, "log": str(run_dir / "log.txt")}
     if rc != 0 or not (run_dir / "steps.jsonl").is_file():
         result["error"] = (run_dir / "log.txt").read_text()[-3000:]
@@ -85,33 +78,19 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
-    parser.add_argument("--recipe", type=Path, help="a team.yaml: run with the speed knobs of its rendered SFT script")
-    parser.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--label", required=True, help="name of this variant in the results")
-    parser.add_argument("--gpus", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=12)
+    parser = bench_parser(__doc__, "SFT script", default_steps=12)
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
     parser.add_argument("--tokens", type=int, default=1024, help="target conversation length")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--conversations", type=int, default=4000)
-    parser.add_argument("overrides", nargs="*", help="verl overrides after --")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
     model = build_model(args.arch, tok, args.work / f"model-{args.arch}")
     knobs = recipe_overrides(args.recipe, "sft/run_sft.sbatch", "SFT_ARGS") if args.recipe else []
     result = run(args, model, data, knobs + args.overrides)
-    with (args.work / "results.jsonl").open("a") as f:
-        f.write(json.dumps(result) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "error"}))
-    if "error" in result:
-        print(result["error"], file=sys.stderr)
-        sys.exit(1)
-    print(markdown_row([args.arch, args.label, args.gpus, result["tokens_per_s"], f"{result['mfu']:.3f}",
-                        result["step_s"], result["peak_mem_gb"]]))
+    finish(args, result, [args.arch, args.label, args.gpus, result.get("tokens_per_s"), f"{result.get('mfu', 0):.3f}",
+                          result.get("step_s"), result.get("peak_mem_gb")])
 
 
 if __name__ == "__main__":
