@@ -1,15 +1,26 @@
 """Workarounds for verl 0.9.1, applied by the recipe's entrypoints (llm_bridge.verl_sft, llm_bridge.verl_ppo).
 
-Label log-probs without flash-attn. verl computes each token's log-prob with flash-attn's Triton
+1. Label log-probs without flash-attn. verl computes each token's log-prob with flash-attn's Triton
 cross-entropy when flash-attn is installed; otherwise it falls back to `logprobs_from_logits_v2`,
 which loops in Python over every token (one log_softmax kernel per row, forward and backward).
 With 8k tokens per micro-batch that loop is most of the step: SFT of a 0.5B model ran at 2% MFU on
 an H100 (docs/benchmarks.md). This replacement does the same arithmetic in chunks of rows and keeps
 only the logits for the backward pass, as flash-attn's kernel does: the memory stays that of the
 logits, the kernel count drops from O(tokens) to O(tokens / CHUNK).
+
+2. Rollout outputs only when a response is finished. verl's vLLM server sends each response as its own
+request with vLLM's default output kind, CUMULATIVE, and keeps only the last output. vLLM then builds a
+new output object for all 256 running requests at every decode step and wakes each waiting coroutine,
+in one Python process: the same engine made 13.3k tokens/s that way and 19.3k with FINAL_ONLY on an
+H100 (train/scripts/bench/vllm_bench.py, docs/benchmarks.md). The patch asks for FINAL_ONLY; the tokens
+and log-probs verl reads are the same. Only the synchronous trainer (main_ppo) is meant: verl's
+partial-rollout abort waits for a request's first output, which FINAL_ONLY sends only at the end.
 """
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 import torch
 
@@ -46,14 +57,67 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return LabelLogProbs.apply(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).view(shape)
 
 
+ROLLOUT_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server"
+
+
+def final_only_outputs(server_module, final_only=None) -> None:
+    """Make the server module's SamplingParams(...) default to output_kind=FINAL_ONLY."""
+    if getattr(server_module.SamplingParams, "bridge_final_only", False):
+        return
+    if final_only is None:
+        from vllm.sampling_params import RequestOutputKind
+
+        final_only = RequestOutputKind.FINAL_ONLY
+    make = server_module.SamplingParams
+
+    def sampling_params(*args, **kwargs):
+        kwargs.setdefault("output_kind", final_only)
+        return make(*args, **kwargs)
+
+    sampling_params.bridge_final_only = True
+    server_module.SamplingParams = sampling_params
+    print("llm_bridge: vLLM rollout sends each response once, when finished (llm_bridge.verl_patches)", flush=True)
+
+
+class AfterImport(importlib.abc.MetaPathFinder):
+    """Calls patch(module) once `name` has been imported. Importing verl's rollout server means importing
+    vLLM, which most Ray workers never do: they should not pay for it to be patched."""
+
+    def __init__(self, name: str, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once, and so that find_spec below finds the real module
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        load, patch = spec.loader.exec_module, self.patch
+
+        def exec_module(module):
+            load(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def patch_when_imported(name: str, patch) -> None:
+    if name in sys.modules:
+        patch(sys.modules[name])
+    elif not any(isinstance(f, AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, AfterImport(name, patch))
+
+
 def apply() -> None:
-    """Patch verl in this process. Idempotent; a no-op where flash-attn's kernel is used anyway.
-    Ray runs it in every worker process of a PPO job (runtime_env worker_process_setup_hook).
-    BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks)."""
+    """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
+    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks)."""
     from verl.utils import torch_functional
 
     if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
         return
+    patch_when_imported(ROLLOUT_SERVER, final_only_outputs)
     if torch_functional.logprobs_from_logits_v2 is not label_logprobs:
         torch_functional.logprobs_from_logits_v2 = label_logprobs
         if not torch_functional.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE:

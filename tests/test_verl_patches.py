@@ -1,5 +1,7 @@
 """llm_bridge.verl_patches: the chunked label log-probs equal log_softmax + gather, values and gradients."""
 
+import sys
+
 import pytest
 import torch
 
@@ -34,3 +36,54 @@ def test_verl_uses_it_once_applied():
         expected = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         assert torch.allclose(torch_functional.logprobs_from_logits(logits, labels), expected, atol=1e-6)
     assert torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs
+
+
+FAKE_SERVER = """
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+def request(**sampling_params):
+    return SamplingParams(max_tokens=3, **sampling_params)
+"""
+
+
+def test_final_only_is_patched_in_when_the_server_module_is_imported(tmp_path, monkeypatch):
+    (tmp_path / "bridge_fake_server.py").write_text(FAKE_SERVER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+
+    def patch(module):
+        verl_patches.final_only_outputs(module, final_only="FINAL_ONLY")
+
+    verl_patches.patch_when_imported("bridge_fake_server", patch)
+    verl_patches.patch_when_imported("bridge_fake_server", patch)  # apply() runs more than once
+    hooks = [f for f in sys.meta_path if isinstance(f, verl_patches.AfterImport)]
+    assert [f.name for f in hooks].count("bridge_fake_server") == 1
+
+    import bridge_fake_server
+
+    try:
+        assert bridge_fake_server.request().kwargs == {"max_tokens": 3, "output_kind": "FINAL_ONLY"}
+        assert bridge_fake_server.request(output_kind="DELTA").kwargs["output_kind"] == "DELTA"
+        assert not any(getattr(f, "name", None) == "bridge_fake_server" for f in sys.meta_path)
+        wrapped = bridge_fake_server.SamplingParams
+        verl_patches.patch_when_imported("bridge_fake_server", patch)  # already imported: patched in place, once
+        assert bridge_fake_server.SamplingParams is wrapped
+    finally:
+        del sys.modules["bridge_fake_server"]
+
+
+def test_verl_server_still_builds_sampling_params_the_patched_way():
+    """The patch replaces the server module's SamplingParams name; verl must still call it by that name and
+    keep only the last output of each request. Read from the source: importing it needs vLLM."""
+    from pathlib import Path
+
+    import verl
+
+    module = Path(verl.__file__).parent.parent.joinpath(*verl_patches.ROLLOUT_SERVER.split("."))
+    source = module.with_suffix(".py").read_text()
+    assert "from vllm import SamplingParams" in source
+    assert "sampling_params = SamplingParams(max_tokens=max_tokens, **sampling_params)" in source
+    assert "output_kind" not in source
+    assert "async for output in generator:" in source and "final_res = output" in source
