@@ -40,8 +40,11 @@ _KNOBS = re.compile(
     r"|actor_rollout_ref\.(actor|ref)\.(strategy|use_dynamic_bsz|ppo_max_token_len_per_gpu|ppo_micro_batch_size_per_gpu"
     r"|log_prob_\w+|fsdp_config\.\w+|use_torch_compile)"
     r"|actor_rollout_ref\.rollout\.(gpu_memory_utilization|tensor_model_parallel_size|log_prob_\w+|max_num_seqs"
-    r"|max_num_batched_tokens|enforce_eager|free_cache_engine|enable_chunked_prefill|agent\.num_workers)"
-    r"|trainer\.balance_batch)="
+    r"|max_num_batched_tokens|enforce_eager|free_cache_engine|enable_chunked_prefill|agent\.num_workers"
+    r"|engine_kwargs\.vllm\.\w+)"
+    r"|trainer\.balance_batch"
+    # These two change the algorithm, not only its speed; the recipe chooses them for speed (docs/benchmarks.md).
+    r"|actor_rollout_ref\.actor\.use_kl_loss|algorithm\.rollout_correction\.bypass_mode)="
 )
 
 
@@ -58,6 +61,20 @@ def build_tokenizer(pairs: list[dict], out: Path) -> Path:
     from build_tiny import build_tokenizer as train_bpe
 
     train_bpe([p["question"] + "\n" + p["answer"] for p in pairs], vocab_size=32000).save_pretrained(out)
+    return out
+
+
+def pad_tokenizer(tokenizer_dir: Path, out: Path, size: int = QWEN_VOCAB) -> Path:
+    """The tokenizer grown to `size` ids with plain added tokens, so that a model with Qwen2.5's
+    vocabulary (and its output layer's cost) can sample any id and every id still decodes."""
+    from transformers import AutoTokenizer
+
+    if (out / "tokenizer.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_tokens([f"<|pad{i}|>" for i in range(size - len(tokenizer))])
+    assert len(tokenizer) == size, len(tokenizer)
+    tokenizer.save_pretrained(out)
     return out
 
 

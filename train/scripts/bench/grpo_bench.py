@@ -3,8 +3,10 @@
     python train/scripts/bench/grpo_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
         [--recipe templates/team.example.yaml] [-- verl overrides]
 
-Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes, its vocabulary cut
-to the GSM8K tokenizer's 25,577 tokens so that every sampled id decodes, and verl's GSM8K RL prompts.
+Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes and verl's GSM8K RL
+prompts. --vocab qwen (the default) grows the GSM8K tokenizer to Qwen2.5's 151,936 ids with plain added
+tokens, so the output layer and log-probs cost what they cost for Qwen and every sampled id decodes;
+--vocab gsm8k keeps the tokenizer's own 25,577 (the figures of the first GRPO table in docs/benchmarks.md).
 A random model rarely samples the end token, so nearly every response runs to --response-length: each
 variant generates the same number of tokens. The workload (prompts per step, responses per prompt,
 lengths) is fixed by this script's flags for every variant; --recipe adds the speed knobs of the GRPO
@@ -15,13 +17,15 @@ Prints one JSON object and one Markdown row; appends both to <work>/results.json
 
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from common import REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_overrides, run_logged
+from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
+                    recipe_overrides, run_logged)
 from common import parser as bench_parser
 
 
@@ -42,16 +46,19 @@ def build_data(gsm8k: Path, work: Path) -> Path:
 
 
 class GpuMemory(threading.Thread):
-    """Peak memory.used over all GPUs (nvidia-smi): vLLM's KV cache never shows in torch's own counters."""
+    """Peak memory.used over this run's GPUs (nvidia-smi; CUDA_VISIBLE_DEVICES when set, so two runs can
+    share a machine): vLLM's KV cache never shows in torch's own counters."""
 
     def __init__(self):
         super().__init__(daemon=True)
         self.peak_mib, self.stop = 0, threading.Event()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.select = [f"--id={visible}"] if visible else []
 
     def run(self):
         while not self.stop.wait(1.0):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(["nvidia-smi", *self.select, "--query-gpu=memory.used",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
             self.peak_mib = max([self.peak_mib] + [int(v) for v in out.split()])
 
 
@@ -79,7 +86,8 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
     memory.start()
     rc = run_logged(argv, run_dir, {"VERL_FILE_LOGGER_PATH": str(metrics_file)})
     memory.stop.set()
-    result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides,
+    result = {"arch": args.arch, "vocab": args.vocab, "label": args.label, "gpus": args.gpus, "rc": rc,
+              "overrides": overrides,
               "workload": {"prompts": args.prompts, "n": args.n, "prompt_length": args.prompt_length,
                            "response_length": args.response_length, "mini_batch": args.mini_batch},
               "log": str(run_dir / "log.txt"), "peak_gpu_mem_gb": round(memory.peak_mib / 1024, 1)}
@@ -103,6 +111,14 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
     return result
 
 
+def grpo_model(arch: str, vocab: str, gsm8k: Path, work: Path) -> Path:
+    tokenizer = build_tokenizer(load_gsm8k(gsm8k), work / "tokenizer")
+    if vocab == "gsm8k":
+        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None)
+    tokenizer = pad_tokenizer(tokenizer, work / "tokenizer-qwen-vocab")
+    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB)
+
+
 def main() -> None:
     parser = bench_parser(__doc__, "GRPO script", default_steps=4)
     parser.add_argument("--prompts", type=int, default=64, help="prompts per step (data.train_batch_size)")
@@ -110,10 +126,10 @@ def main() -> None:
     parser.add_argument("--mini-batch", type=int, default=32, help="prompts per actor update (ppo_mini_batch_size)")
     parser.add_argument("--prompt-length", type=int, default=512)
     parser.add_argument("--response-length", type=int, default=1024)
+    parser.add_argument("--vocab", choices=["qwen", "gsm8k"], default="qwen")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(load_gsm8k(args.gsm8k), args.work / "tokenizer")
-    model = build_model(args.arch, tokenizer, args.work / f"grpo-model-{args.arch}", vocab_size=None)
+    model = grpo_model(args.arch, args.vocab, args.gsm8k, args.work)
     knobs = recipe_overrides(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else []
     result = run(args, model, build_data(args.gsm8k, args.work), knobs + args.overrides)
     finish(args, result, [args.arch, args.label, args.gpus, result.get("step_s"), result.get("gen_s"),
