@@ -225,6 +225,9 @@ class RL(Stage):
     ppo_micro_batch_size_per_gpu: PositiveInt
     log_prob_micro_batch_size_per_gpu: PositiveInt
     use_kl_loss: bool = True
+    # rollout: vLLM's log-probs of the sampled tokens are PPO's old policy (verl's bypass mode);
+    # recompute: the actor recomputes them in one more forward pass (verl's default)
+    old_log_probs: Literal["rollout", "recompute"] = "recompute"
     kl_loss_coef: Annotated[float, Field(ge=0)] = 0.001
     entropy_coeff: Annotated[float, Field(ge=0)] = 0.0
     rollout_tp: PositiveInt

@@ -93,3 +93,25 @@ def test_ppo_with_critic_and_custom_reward_composes(example, write_team):
     assert cfg.algorithm.adv_estimator == "gae"
     assert cfg.critic.model.path == "/home/user/models/critic"
     assert cfg.reward.custom_reward_function.path == "/home/user/rewards/hle.py"
+
+
+def test_ppo_defaults_skip_the_reference_model_and_the_old_log_prob_pass(scripts):
+    from verl.trainer.ppo.utils import need_reference_policy
+
+    cfg = compose_verl("ppo_trainer", verl_argv(scripts["ppo/run_ppo.sbatch"], "llm_bridge.verl_ppo", "PPO_ARGS"))
+    assert cfg.algorithm.rollout_correction.bypass_mode is True  # old_log_probs: rollout
+    assert cfg.actor_rollout_ref.rollout.calculate_log_probs is True  # bypass mode reads vLLM's log-probs
+    assert not need_reference_policy(cfg)
+
+
+def test_verl_defaults_come_back_with_recompute_and_kl(example, write_team):
+    from verl.trainer.ppo.utils import need_reference_policy
+
+    example["rl"].update(old_log_probs="recompute", use_kl_loss=True)
+    team = write_team(example)
+    config, problems = load(team)
+    assert config is not None, problems
+    script = render_all(config, team, "out")[Path("ppo/run_ppo.sbatch")]
+    cfg = compose_verl("ppo_trainer", verl_argv(script, "llm_bridge.verl_ppo", "PPO_ARGS"))
+    assert cfg.algorithm.rollout_correction.bypass_mode is False
+    assert need_reference_policy(cfg) and cfg.actor_rollout_ref.actor.kl_loss_coef == pytest.approx(0.001)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 b07c79da0328).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 7796fbd68f34).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
@@ -104,6 +104,7 @@ PPO_ARGS=(
   hydra.run.dir="${HYDRA_RUN_DIR}"
   algorithm.adv_estimator=grpo
   algorithm.use_kl_in_reward=False
+  algorithm.rollout_correction.bypass_mode=True
   data.train_files="${HOME}/data/gsm8k/train.parquet"
   data.val_files="${HOME}/data/gsm8k/test.parquet"
   data.train_batch_size=96
@@ -121,7 +122,7 @@ PPO_ARGS=(
   actor_rollout_ref.actor.use_dynamic_bsz=True
   actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4
-  actor_rollout_ref.actor.use_kl_loss=True
+  actor_rollout_ref.actor.use_kl_loss=False
   actor_rollout_ref.actor.kl_loss_coef=0.001
   actor_rollout_ref.actor.kl_loss_type=low_var_kl
   actor_rollout_ref.actor.entropy_coeff=0.0
