@@ -9,8 +9,10 @@ tokens, so the output layer and log-probs cost what they cost for Qwen and every
 --vocab gsm8k keeps the tokenizer's own 25,577 (the figures of the first GRPO table in docs/benchmarks.md).
 A random model rarely samples the end token, so nearly every response runs to --response-length: each
 variant generates the same number of tokens. The workload (prompts per step, responses per prompt,
-lengths) is fixed by this script's flags for every variant; --recipe adds the speed knobs of the GRPO
-script rendered from that team.yaml, and overrides after -- come last. Runs the recipe's entrypoint
+lengths) is fixed by this script's flags for every variant. The argv below is verl's example algorithm
+(KL loss, old log-probs recomputed); --recipe adds the speed knobs of the GRPO script rendered from that
+team.yaml, including the recipe's two algorithm switches (use_kl_loss, rollout_correction.bypass_mode),
+which override the example's; overrides after -- come last. Runs the recipe's entrypoint
 (python3 -m llm_bridge.verl_ppo) with vLLM rollout. Step 1 (compilation, CUDA graphs) is left out.
 Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
 """

@@ -67,7 +67,9 @@ async def main_async(args) -> None:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     prompts = prompt_ids(args.data, AutoTokenizer.from_pretrained(args.model), args.prompts)
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(  # verl 0.9.1's rollout defaults
+    # verl 0.9.1's rollout.yaml defaults and what its server sets (sleep mode, cudagraph_mode), with the
+    # recipe's gpu_memory_utilization
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
         model=str(args.model), dtype="bfloat16", gpu_memory_utilization=0.6, max_num_seqs=256,
         max_num_batched_tokens=8192, enable_chunked_prefill=True, enable_prefix_caching=True,
         enable_sleep_mode=True, logprobs_mode="processed_logprobs", disable_log_stats=True,
