@@ -48,13 +48,13 @@ def request(**sampling_params):
 """
 
 
-def test_final_only_is_patched_in_when_the_server_module_is_imported(tmp_path, monkeypatch):
+def test_lean_outputs_are_patched_in_when_the_server_module_is_imported(tmp_path, monkeypatch):
     (tmp_path / "bridge_fake_server.py").write_text(FAKE_SERVER)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
 
     def patch(module):
-        verl_patches.final_only_outputs(module, final_only="FINAL_ONLY")
+        verl_patches.lean_rollout_outputs(module, final_only="FINAL_ONLY")
 
     verl_patches.patch_when_imported("bridge_fake_server", patch)
     verl_patches.patch_when_imported("bridge_fake_server", patch)  # apply() runs more than once
@@ -64,8 +64,10 @@ def test_final_only_is_patched_in_when_the_server_module_is_imported(tmp_path, m
     import bridge_fake_server
 
     try:
-        assert bridge_fake_server.request().kwargs == {"max_tokens": 3, "output_kind": "FINAL_ONLY"}
+        assert bridge_fake_server.request().kwargs == {"max_tokens": 3, "output_kind": "FINAL_ONLY", "detokenize": False}
         assert bridge_fake_server.request(output_kind="DELTA").kwargs["output_kind"] == "DELTA"
+        assert "detokenize" not in bridge_fake_server.request(stop=["\n\n"]).kwargs  # stop strings need the text
+        assert bridge_fake_server.request(detokenize=True).kwargs["detokenize"] is True
         assert not any(getattr(f, "name", None) == "bridge_fake_server" for f in sys.meta_path)
         wrapped = bridge_fake_server.SamplingParams
         verl_patches.patch_when_imported("bridge_fake_server", patch)  # already imported: patched in place, once
@@ -86,4 +88,5 @@ def test_verl_server_still_builds_sampling_params_the_patched_way():
     assert "from vllm import SamplingParams" in source
     assert "sampling_params = SamplingParams(max_tokens=max_tokens, **sampling_params)" in source
     assert "output_kind" not in source
+    assert "].text" not in source  # verl reads token ids and log-probs only, so vLLM need not detokenize
     assert "async for output in generator:" in source and "final_res = output" in source

@@ -9,6 +9,8 @@ on GSM8K, and GSM8K question/answer pairs packed into multi-turn conversations o
 --tokens tokens. Training runs through the recipe's own entrypoint (torchrun -m llm_bridge.verl_sft).
 --recipe adds the speed knobs of the SFT script rendered from that team.yaml; overrides after -- come last.
 Throughput is tokens (verl's train/global_tokens) over wall time from step --warmup to the last step.
+--profile adds one step after the timed ones, recorded by verl's torch profiler, and summarizes
+where its GPU time went (trace_summary.py).
 Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_overrides, run_logged
 from common import parser as bench_parser
+from trace_summary import summarize
 
 
 def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Path, Path]:
@@ -49,10 +52,14 @@ def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Pat
 
 def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
     run_dir = new_run_dir(args)
+    steps_to_run = args.steps + 1 if args.profile else args.steps
+    if args.profile:  # the extra last step; the timing below stops before it
+        overrides = [*overrides, "profiler.enable=True", "profiler.tool=torch", f"profiler.save_path={run_dir / 'profile'}",
+                     f"trainer.profile_interval=[{steps_to_run},{steps_to_run}]"]
     argv = ["torchrun", "--standalone", f"--nproc-per-node={args.gpus}", "-m", "llm_bridge.verl_sft",
             f"data.train_files={data}", f"data.val_files={data}", "data.messages_key=messages",
             f"data.max_length={args.max_length}", "data.truncation=right", "data.enable_thinking_default=null",
-            f"model.path={model}", f"trainer.total_training_steps={args.steps}", "trainer.test_freq=-1",
+            f"model.path={model}", f"trainer.total_training_steps={steps_to_run}", "trainer.test_freq=-1",
             "trainer.save_freq=-1", "trainer.logger=[console,file]", f"trainer.default_local_dir={run_dir / 'ckpt'}",
             "checkpoint.save_contents=[]", f"hydra.run.dir={run_dir / 'hydra'}", "trainer.project_name=bench",
             f"trainer.experiment_name={args.label}", *overrides]
@@ -65,7 +72,7 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
     steps = {s["step"]: s["time"] for s in map(json.loads, (run_dir / "steps.jsonl").read_text().splitlines())}
     metrics = {m["step"]: m["data"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
                if "train/global_tokens" in m["data"]}
-    timed = [s for s in sorted(steps) if s > args.warmup and s in metrics]
+    timed = [s for s in sorted(steps) if args.warmup < s <= args.steps and s in metrics]
     tokens = sum(metrics[s]["train/global_tokens"] for s in timed)
     seconds = steps[timed[-1]] - steps[args.warmup]
     result.update(
@@ -74,6 +81,9 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
         step_s=round(seconds / len(timed), 3), tokens_per_step=round(tokens / len(timed)),
         peak_mem_gb=round(max(metrics[s]["perf/max_memory_allocated_gb"] for s in timed), 1),
         peak_reserved_gb=round(max(metrics[s]["perf/max_memory_reserved_gb"] for s in timed), 1))
+    traces = sorted((run_dir / "profile").glob("*rank0*.json*")) if args.profile else []
+    if traces:
+        result["profile"] = summarize(traces[0])
     return result
 
 
@@ -83,6 +93,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024, help="target conversation length")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--conversations", type=int, default=4000)
+    parser.add_argument("--profile", action="store_true", help="profile one extra step after the timed ones")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)

@@ -1,0 +1,76 @@
+"""Where one profiled training step spends its GPU time, from a torch.profiler chrome trace.
+
+    python train/scripts/bench/trace_summary.py TRACE.json[.gz] [--top 15]
+
+Reports the traced wall time, how much of it the GPU was busy (union of kernel and memcpy intervals),
+GPU time by kernel family, the longest kernels, and the CUDA calls in which the CPU waited. A GPU busy
+well under the wall time means the step is bound by Python or by synchronisation, not by kernels.
+"""
+
+import argparse
+import gzip
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+FAMILIES = [  # first match wins
+    ("nccl", r"nccl"),
+    ("flash-attn", r"flash"),
+    ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|wgmma"),
+    ("triton", r"triton"),
+    ("copy/cast", r"memcpy|memset|copy|cast|to_copy"),
+    ("reduce/softmax", r"reduce|softmax|norm"),
+    ("elementwise", r"elementwise|vectorized|unrolled"),
+]
+
+
+def family(name: str) -> str:
+    lowered = name.lower()
+    return next((fam for fam, pattern in FAMILIES if re.search(pattern, lowered)), "other")
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy / 1e6
+
+
+def summarize(trace: Path, top: int = 15) -> dict:
+    opener = gzip.open if trace.suffix == ".gz" else open
+    with opener(trace, "rt") as handle:
+        events = [e for e in json.load(handle).get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
+    gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    span = (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) / 1e6 if events else 0.0
+    by_family, by_kernel, calls = Counter(), Counter(), Counter()
+    for e in gpu:
+        by_family[family(e["name"])] += e["dur"] / 1e6
+        by_kernel[e["name"][:100]] += e["dur"] / 1e6
+    for e in events:
+        if e.get("cat") == "cuda_runtime" and re.search(r"Synchronize|Memcpy(?!Async)", e["name"]):
+            calls[e["name"]] += e["dur"] / 1e6
+    kernel_total = sum(by_family.values())
+    return {
+        "trace_s": round(span, 3),
+        "gpu_busy_s": round(busy_seconds([(e["ts"], e["ts"] + e["dur"]) for e in gpu]), 3),
+        "kernels": len(gpu),
+        "gpu_s_by_family": {k: round(v, 3) for k, v in by_family.most_common()},
+        "gemm_share": round(by_family["gemm"] / kernel_total, 3) if kernel_total else 0.0,
+        "top_kernels": [[name, round(s, 3)] for name, s in by_kernel.most_common(top)],
+        "cpu_waits_s": {k: round(v, 3) for k, v in calls.most_common(5)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trace", type=Path)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    print(json.dumps(summarize(args.trace, args.top), indent=1))
+
+
+if __name__ == "__main__":
+    main()
