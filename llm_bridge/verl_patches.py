@@ -116,16 +116,25 @@ def patch_when_imported(name: str, patch) -> None:
         sys.meta_path.insert(0, AfterImport(name, patch))
 
 
-def apply() -> None:
-    """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
-    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks)."""
-    from verl.utils import torch_functional
+TORCH_FUNCTIONAL = "verl.utils.torch_functional"
 
-    if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
-        return
-    patch_when_imported(ROLLOUT_SERVER, lean_rollout_outputs)
+
+def chunked_label_logprobs(torch_functional) -> None:
     if torch_functional.logprobs_from_logits_v2 is not label_logprobs:
         torch_functional.logprobs_from_logits_v2 = label_logprobs
         if not torch_functional.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE:
             print("llm_bridge: no flash-attn: verl's label log-probs use the chunked kernel (llm_bridge.verl_patches)",
                   flush=True)
+
+
+def apply() -> None:
+    """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
+    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks).
+
+    Both patches wait for their module's import. Ray runs the hook when a worker process starts, before it
+    gives the process its GPU (CUDA_VISIBLE_DEVICES): importing verl here would run verl.utils.device's
+    torch.cuda.is_available(), CUDA would fix the devices it sees, and every rank would take GPU 0."""
+    if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
+        return
+    patch_when_imported(ROLLOUT_SERVER, lean_rollout_outputs)
+    patch_when_imported(TORCH_FUNCTIONAL, chunked_label_logprobs)

@@ -38,6 +38,32 @@ def test_verl_uses_it_once_applied():
     assert torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs
 
 
+
+HOOK_IN_A_FRESH_WORKER = """
+import sys, torch
+def cuda_touched(*args, **kwargs):
+    raise SystemExit("the setup hook asked CUDA for its devices before Ray set CUDA_VISIBLE_DEVICES")
+real = torch.cuda.is_available, torch.cuda.device_count
+torch.cuda.is_available = torch.cuda.device_count = cuda_touched
+from llm_bridge import verl_patches
+verl_patches.apply()
+assert not [m for m in sys.modules if m.startswith("verl")], "the hook imported verl"
+torch.cuda.is_available, torch.cuda.device_count = real
+from verl.utils import torch_functional  # as verl's worker code does later, once it has its GPU
+assert torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs
+print("ok")
+"""
+
+
+def test_ray_setup_hook_leaves_cuda_alone_until_verl_is_imported():
+    """Ray runs the hook (apply) in each worker before it sets that worker's CUDA_VISIBLE_DEVICES. A CUDA
+    query there fixes the devices the process sees: on a 2-GPU H100 node both GRPO ranks took GPU 0
+    (NCCL "Duplicate GPU detected"). The hook must only arm the patches."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", HOOK_IN_A_FRESH_WORKER], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
 FAKE_SERVER = """
 class SamplingParams:
     def __init__(self, **kwargs):
