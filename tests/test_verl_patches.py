@@ -38,7 +38,6 @@ def test_verl_uses_it_once_applied():
     assert torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs
 
 
-
 HOOK_IN_A_FRESH_WORKER = """
 import sys, torch
 def cuda_touched(*args, **kwargs):
@@ -64,6 +63,7 @@ def test_ray_setup_hook_leaves_cuda_alone_until_verl_is_imported():
     done = subprocess.run([sys.executable, "-c", HOOK_IN_A_FRESH_WORKER], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
+
 FAKE_SERVER = """
 class SamplingParams:
     def __init__(self, **kwargs):
@@ -74,13 +74,13 @@ def request(**sampling_params):
 """
 
 
-def test_lean_outputs_are_patched_in_when_the_server_module_is_imported(tmp_path, monkeypatch):
+def test_final_only_is_patched_in_when_the_server_module_is_imported(tmp_path, monkeypatch):
     (tmp_path / "bridge_fake_server.py").write_text(FAKE_SERVER)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
 
     def patch(module):
-        verl_patches.lean_rollout_outputs(module, final_only="FINAL_ONLY")
+        verl_patches.final_only_outputs(module, final_only="FINAL_ONLY")
 
     verl_patches.patch_when_imported("bridge_fake_server", patch)
     verl_patches.patch_when_imported("bridge_fake_server", patch)  # apply() runs more than once
@@ -90,10 +90,8 @@ def test_lean_outputs_are_patched_in_when_the_server_module_is_imported(tmp_path
     import bridge_fake_server
 
     try:
-        assert bridge_fake_server.request().kwargs == {"max_tokens": 3, "output_kind": "FINAL_ONLY", "detokenize": False}
+        assert bridge_fake_server.request().kwargs == {"max_tokens": 3, "output_kind": "FINAL_ONLY"}
         assert bridge_fake_server.request(output_kind="DELTA").kwargs["output_kind"] == "DELTA"
-        assert "detokenize" not in bridge_fake_server.request(stop=["\n\n"]).kwargs  # stop strings need the text
-        assert bridge_fake_server.request(detokenize=True).kwargs["detokenize"] is True
         assert not any(getattr(f, "name", None) == "bridge_fake_server" for f in sys.meta_path)
         wrapped = bridge_fake_server.SamplingParams
         verl_patches.patch_when_imported("bridge_fake_server", patch)  # already imported: patched in place, once
@@ -114,5 +112,4 @@ def test_verl_server_still_builds_sampling_params_the_patched_way():
     assert "from vllm import SamplingParams" in source
     assert "sampling_params = SamplingParams(max_tokens=max_tokens, **sampling_params)" in source
     assert "output_kind" not in source
-    assert "].text" not in source  # verl reads token ids and log-probs only, so vLLM need not detokenize
     assert "async for output in generator:" in source and "final_res = output" in source
