@@ -131,3 +131,22 @@ def test_no_checkpointing_warns_for_models_of_a_billion_parameters_and_more(exam
     example["rl"]["model"] = str(model)
     problem = warnings_of(write_team, example)["rl.gradient_checkpointing"]
     assert "~1.5B" in problem.message and "rl.gradient_checkpointing: true" in problem.fix
+
+
+def test_sft_validation_set_smaller_than_one_batch_per_gpu_is_an_error(example, write_team, tmp_path):
+    """A 2-GPU H100 run of the example with a 64-row validation file logged val/loss nan: verl's SFT
+    validates in batches of train_batch_size / GPUs (192 / 2 = 96 rows per GPU) and drops incomplete ones."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    val = tmp_path / "val.parquet"
+    example["sft"]["val_files"] = str(val)
+    example["slurm"].pop("nodelist")
+    example["slurm"].update(nodes=1, gpus_per_node=2)
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "q"}]] * 64}), val)
+    problem = errors_of(write_team, example, local_paths=True)["sft.val_files"]
+    assert "64 rows: 32 per GPU" in problem.message and "val/loss nan" in problem.message
+    assert "at least 192 validation rows" in problem.fix
+
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "q"}]] * 192}), val)
+    assert "sft.val_files" not in errors_of(write_team, example, local_paths=True)
