@@ -277,30 +277,26 @@ def _parquet_rows(path: Path) -> int | None:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # not a single parquet file (a directory, another format): verl will say
+    except Exception:  # missing, a directory, another format: check_local_paths or verl will say
         return None
 
 
 def check_sft_val_rows(config: TeamConfig) -> list[Problem]:
     """verl's SFT validates in batches of train_batch_size / GPUs per rank and drops incomplete ones
-    (`sft_trainer.py`, drop_last=True). With fewer rows than that it validates nothing and logs
-    val/loss nan at every test_freq, after the job has queued and trained."""
+    (`sft_trainer.py`, drop_last=True). With fewer rows than train_batch_size (which check_sft makes divide
+    by every layout's GPUs) it validates nothing and logs val/loss nan, after the job has queued and trained."""
     sft = config.sft
-    path = _expand(sft.val_files) if sft.val_files else None
-    rows = _parquet_rows(path) if path is not None and path.is_file() else None
-    if rows is None:
+    rows = _parquet_rows(_expand(sft.val_files)) if sft.val_files else None
+    if rows is None or rows >= sft.train_batch_size:
         return []
-    for layout, dp in _layouts(config):
-        per_rank = sft.train_batch_size // dp
-        if per_rank and rows // dp < per_rank:
-            return [Problem(
-                "sft.val_files",
-                f"{sft.val_files} has {rows} rows: {rows // dp} per GPU on {layout}, less than one validation batch "
-                f"of {per_rank} (train_batch_size {sft.train_batch_size} / {dp}); verl would validate nothing and log "
-                f"val/loss nan",
-                f"use at least {per_rank * dp} validation rows, or lower sft.train_batch_size, or leave sft.val_files out",
-            )]
-    return []
+    layout, dp = _layouts(config)[0]
+    return [Problem(
+        "sft.val_files",
+        f"{sft.val_files} has {rows} rows: {rows // dp} per GPU on {layout}, less than one validation batch "
+        f"of {sft.train_batch_size // dp} (train_batch_size {sft.train_batch_size} / {dp}); verl would validate "
+        f"nothing and log val/loss nan",
+        f"use at least {sft.train_batch_size} validation rows, or lower sft.train_batch_size, or leave sft.val_files out",
+    )]
 
 
 def check_accounts(config: TeamConfig) -> list[Problem]:

@@ -82,8 +82,8 @@ def final_only_outputs(server_module, final_only=None) -> None:
 
 
 class AfterImport(importlib.abc.MetaPathFinder):
-    """Calls patch(module) once `name` has been imported. Importing verl's rollout server means importing
-    vLLM, which most Ray workers never do: they should not pay for it to be patched."""
+    """Calls patch(module) once `name` has been imported: a worker pays for no import it would not make
+    (verl's rollout server means vLLM), and none happens before Ray has given the worker its GPU."""
 
     def __init__(self, name: str, patch):
         self.name, self.patch = name, patch
