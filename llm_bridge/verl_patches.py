@@ -17,6 +17,15 @@ and log-probs verl reads are the same. Only the synchronous trainer (main_ppo) i
 partial-rollout abort waits for a request's first output, which FINAL_ONLY sends only at the end.
 Turning vLLM's detokenizing off as well (verl reads only token ids) made no measurable difference
 (16.3-16.6k tokens/s against 15.4-17.3k), so it stays on.
+
+3. Sequence boundaries computed once per micro-batch, not three times per layer. verl packs a
+micro-batch into one row and passes only position_ids; transformers' flash-attention path then
+re-derives the boundaries in every attention layer of every forward (`_is_packed_sequence`, a
+`nonzero`, a `max` turned into an int), and each of the three waits for the GPU: 24 layers x 3
+micro-batches x 3 = 216 host-device syncs in a 0.5B SFT step, each one draining the GPU's queue. The
+patch adds the boundaries (`cu_seq_lens_q/k`, `max_length_q/k`, transformers' own padding-free
+kwargs) to the model inputs, from the nested tensor's offsets, with one sync per micro-batch. SFT and
+the GRPO actor share this code (verl's FSDP engine), so both get it.
 """
 
 import importlib.abc
@@ -123,14 +132,54 @@ def chunked_label_logprobs(torch_functional) -> None:
                   flush=True)
 
 
+FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
+FLASH_VARLEN = ("flash_attention_2", "flash_attention_3")  # transformers' _flash_attention_forward
+
+
+def varlen_kwargs(input_ids: torch.Tensor) -> dict:
+    """transformers' padding-free flash-attention kwargs for a packed row of nested sequences."""
+    offsets = input_ids.offsets()
+    cu_seqlens = offsets.to(torch.int32)
+    max_length = int(offsets.diff().max())  # the only sync: an int, as flash-attn's varlen call wants
+    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": max_length, "max_length_k": max_length}
+
+
+def add_varlen_kwargs(config, micro_batch, model_inputs: dict, output_args: dict) -> None:
+    """Only where the row is exactly the nested sequences back to back: flash attention, remove-padding
+    (no attention mask), no padding appended (static bucket or sequence parallel), text only."""
+    input_ids = micro_batch["input_ids"]
+    if (getattr(config, "_attn_implementation", None) in FLASH_VARLEN
+            and set(model_inputs) == {"input_ids", "attention_mask", "position_ids"}
+            and model_inputs["attention_mask"] is None and model_inputs["position_ids"].dim() == 2
+            and not output_args.get("pad_size") and input_ids.is_nested
+            and model_inputs["input_ids"].shape == (1, input_ids.values().shape[0])):
+        model_inputs.update(varlen_kwargs(input_ids))
+
+
+def packed_sequence_boundaries(engine_module) -> None:
+    cls = engine_module.FSDPEngineWithLMHead
+    if getattr(cls.prepare_model_inputs, "bridge_varlen", False):
+        return
+    prepare = cls.prepare_model_inputs
+
+    def prepare_model_inputs(self, micro_batch):
+        model_inputs, output_args = prepare(self, micro_batch)
+        add_varlen_kwargs(getattr(self.module, "config", None), micro_batch, model_inputs, output_args)
+        return model_inputs, output_args
+
+    prepare_model_inputs.bridge_varlen = True
+    cls.prepare_model_inputs = prepare_model_inputs
+
+
 def apply() -> None:
     """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
     (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks).
 
-    Both patches wait for their module's import. Ray runs the hook when a worker process starts, before it
+    Every patch waits for its module's import. Ray runs the hook when a worker process starts, before it
     gives the process its GPU (CUDA_VISIBLE_DEVICES): importing verl here would run verl.utils.device's
     torch.cuda.is_available(), CUDA would fix the devices it sees, and every rank would take GPU 0."""
     if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
         return
     patch_when_imported(ROLLOUT_SERVER, final_only_outputs)
     patch_when_imported(TORCH_FUNCTIONAL, chunked_label_logprobs)
+    patch_when_imported(FSDP_ENGINE, packed_sequence_boundaries)

@@ -50,6 +50,8 @@ assert not [m for m in sys.modules if m.startswith("verl")], "the hook imported 
 torch.cuda.is_available, torch.cuda.device_count = real
 from verl.utils import torch_functional  # as verl's worker code does later, once it has its GPU
 assert torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+assert FSDPEngineWithLMHead.prepare_model_inputs.bridge_varlen
 print("ok")
 """
 
@@ -113,3 +115,53 @@ def test_verl_server_still_builds_sampling_params_the_patched_way():
     assert "sampling_params = SamplingParams(max_tokens=max_tokens, **sampling_params)" in source
     assert "output_kind" not in source
     assert "async for output in generator:" in source and "final_res = output" in source
+
+
+def packed_micro_batch(lengths: list[int]):
+    """A micro-batch as verl's SFT and PPO engines get it: nested (jagged) sequences, no padding."""
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.dataset.dataset_utils import DatasetPadMode
+
+    def nested(rows):
+        return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+    return tu.get_tensordict(
+        {"input_ids": nested([torch.randint(0, 100, (n,)) for n in lengths]),
+         "position_ids": nested([torch.arange(n) for n in lengths])},
+        non_tensor_dict={"temperature": 1.0, "use_remove_padding": True, "pad_mode": DatasetPadMode.NO_PADDING,
+                         "use_fused_kernels": False})
+
+
+def fsdp_engine(attn_implementation: str, pad_to_length=None):
+    """verl's real FSDPEngineWithLMHead.prepare_model_inputs, on an engine holding only what it reads."""
+    from types import SimpleNamespace
+
+    from verl.workers.engine.fsdp import transformer_impl
+
+    verl_patches.packed_sequence_boundaries(transformer_impl)
+    engine = object.__new__(transformer_impl.FSDPEngineWithLMHead)
+    engine.module = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attn_implementation))
+    engine.pad_to_length, engine.pad_to_length_bucket, engine.use_ulysses_sp = pad_to_length, pad_to_length, False
+    return engine
+
+
+def test_flash_attention_gets_the_boundaries_transformers_would_derive_in_every_layer():
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    inputs, _ = fsdp_engine("flash_attention_2").prepare_model_inputs(packed_micro_batch([5, 3, 9, 1]))
+
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(inputs["position_ids"])
+    assert inputs["cu_seq_lens_q"].tolist() == inputs["cu_seq_lens_k"].tolist() == cu_q.tolist() == [0, 5, 8, 17, 18]
+    assert inputs["cu_seq_lens_q"].dtype == cu_q.dtype == torch.int32
+    assert inputs["max_length_q"] == inputs["max_length_k"] == int(max_q) == 9
+    assert type(inputs["max_length_q"]) is int  # an int: flash-attn's varlen call takes no tensor, no sync per layer
+
+
+@pytest.mark.parametrize("attn_implementation, pad_to_length", [("sdpa", None), ("flex_attention", None),
+                                                                ("flash_attention_2", 64)])
+def test_no_boundaries_where_the_packed_row_is_not_just_the_sequences(attn_implementation, pad_to_length):
+    """Other attentions take the boundaries from position_ids through their mask; a padded row (static
+    bucket) has a tail that no offset describes: both keep verl's inputs as they are."""
+    inputs, args = fsdp_engine(attn_implementation, pad_to_length).prepare_model_inputs(packed_micro_batch([5, 3, 9]))
+    assert set(inputs) == {"input_ids", "attention_mask", "position_ids"}
+    assert inputs["input_ids"].shape[-1] == 17 + args["pad_size"]
