@@ -234,7 +234,21 @@ def check_memory(config: TeamConfig) -> list[Problem]:
                 f"set {name}.gradient_checkpointing: true (or lower the tokens per GPU and measure: docs/benchmarks.md)",
                 "warning",
             ))
+    size = model_billions(config.sft.model)
+    if config.sft.max_token_len_per_gpu > MEASURED_TOKENS_1B and size is not None and size >= 1.0:
+        problems.append(Problem(
+            "sft.max_token_len_per_gpu",
+            f"{config.sft.max_token_len_per_gpu} tokens/GPU with a ~{size:.1f}B model ({config.sft.model}): the example's "
+            f"32768 was measured on 0.5B only (66 GiB of 80 on an H100); 1.5B with checkpointing took 52.5 GiB at "
+            f"{MEASURED_TOKENS_1B}",
+            f"set sft.max_token_len_per_gpu: {MEASURED_TOKENS_1B} (and sft.gradient_checkpointing: true) for models of "
+            "1B parameters and more",
+            "warning",
+        ))
     return problems
+
+
+MEASURED_TOKENS_1B = 16384  # the most SFT tokens/GPU measured to fit for 1B+ models (docs/benchmarks.md)
 
 
 def _expand(path: str) -> Path:

@@ -133,6 +133,16 @@ def test_no_checkpointing_warns_for_models_of_a_billion_parameters_and_more(exam
     assert "~1.5B" in problem.message and "rl.gradient_checkpointing: true" in problem.fix
 
 
+def test_the_0_5b_token_budget_warns_for_models_of_a_billion_parameters_and_more(example, write_team):
+    assert example["sft"]["max_token_len_per_gpu"] > 16384
+    assert "sft.max_token_len_per_gpu" not in warnings_of(write_team, example)  # the 0.5B it was measured on
+    example["sft"].update(model="Qwen/Qwen2.5-1.5B-Instruct", gradient_checkpointing=True)
+    problem = warnings_of(write_team, example)["sft.max_token_len_per_gpu"]
+    assert "~1.5B" in problem.message and "sft.max_token_len_per_gpu: 16384" in problem.fix
+    example["sft"]["max_token_len_per_gpu"] = 16384
+    assert "sft.max_token_len_per_gpu" not in warnings_of(write_team, example)
+
+
 def test_sft_validation_set_smaller_than_one_batch_per_gpu_is_an_error(example, write_team, tmp_path):
     """A 2-GPU H100 run of the example with a 64-row validation file logged val/loss nan: verl's SFT
     validates in batches of train_batch_size / GPUs (192 / 2 = 96 rows per GPU) and drops incomplete ones."""

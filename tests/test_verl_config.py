@@ -55,7 +55,7 @@ def test_sft_overrides_compose(scripts, name):
     assert cfg.data.train_files == "/home/user/data/gsm8k_sft/train.parquet"
     assert cfg.data.train_batch_size == 192 and cfg.data.enable_thinking_default is None
     assert cfg.engine.strategy == "fsdp" and cfg.optim.lr == pytest.approx(1e-5)
-    assert cfg.data.max_token_len_per_gpu == 16384 and cfg.model.enable_gradient_checkpointing is False
+    assert cfg.data.max_token_len_per_gpu == 32768 and cfg.model.enable_gradient_checkpointing is False
     assert cfg.model.override_config.attn_implementation == "flash_attention_2"
     assert cfg.trainer.default_local_dir == "/ckpt/exp" and cfg.trainer.resume_mode == "auto"
     assert list(cfg.trainer.logger) == ["console", "file", "wandb"]
