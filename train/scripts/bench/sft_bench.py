@@ -80,7 +80,8 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
         mfu=round(statistics.mean(metrics[s].get("train/mfu", 0) for s in timed), 4),
         step_s=round(seconds / len(timed), 3), tokens_per_step=round(tokens / len(timed)),
         peak_mem_gb=round(max(metrics[s]["perf/max_memory_allocated_gb"] for s in timed), 1),
-        peak_reserved_gb=round(max(metrics[s]["perf/max_memory_reserved_gb"] for s in timed), 1))
+        peak_reserved_gb=round(max(metrics[s]["perf/max_memory_reserved_gb"] for s in timed), 1),
+        loss=[round(metrics[s]["train/loss"], 4) for s in sorted(metrics)])  # a change that keeps the math keeps these
     traces = sorted((run_dir / "profile").glob("*rank0*.json*")) if args.profile else []
     if traces:
         result["profile"] = summarize(traces[0])
