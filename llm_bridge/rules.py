@@ -219,13 +219,18 @@ def model_billions(model: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+MEASURED_TOKENS_1B = 16384  # the most SFT tokens/GPU measured to fit for 1B+ models (docs/benchmarks.md)
+
+
 def check_memory(config: TeamConfig) -> list[Problem]:
     """The example's speed settings were measured on a 0.5B model (docs/benchmarks.md); warn before they OOM a bigger one."""
     problems = []
     for name, stage, tokens in (("sft", config.sft, config.sft.max_token_len_per_gpu),
                                 ("rl", config.rl, config.rl.ppo_max_token_len_per_gpu)):
         size = model_billions(stage.model)
-        if not stage.gradient_checkpointing and size is not None and size >= 1.0:
+        if size is None or size < 1.0:
+            continue
+        if not stage.gradient_checkpointing:
             problems.append(Problem(
                 f"{name}.gradient_checkpointing",
                 f"false with a ~{size:.1f}B model ({stage.model}): without checkpointing a 0.5B model already holds "
@@ -234,21 +239,16 @@ def check_memory(config: TeamConfig) -> list[Problem]:
                 f"set {name}.gradient_checkpointing: true (or lower the tokens per GPU and measure: docs/benchmarks.md)",
                 "warning",
             ))
-    size = model_billions(config.sft.model)
-    if config.sft.max_token_len_per_gpu > MEASURED_TOKENS_1B and size is not None and size >= 1.0:
-        problems.append(Problem(
-            "sft.max_token_len_per_gpu",
-            f"{config.sft.max_token_len_per_gpu} tokens/GPU with a ~{size:.1f}B model ({config.sft.model}): the example's "
-            f"32768 was measured on 0.5B only (66 GiB of 80 on an H100); 1.5B with checkpointing took 52.5 GiB at "
-            f"{MEASURED_TOKENS_1B}",
-            f"set sft.max_token_len_per_gpu: {MEASURED_TOKENS_1B} (and sft.gradient_checkpointing: true) for models of "
-            "1B parameters and more",
-            "warning",
-        ))
+        if name == "sft" and tokens > MEASURED_TOKENS_1B:
+            problems.append(Problem(
+                "sft.max_token_len_per_gpu",
+                f"{tokens} tokens/GPU with a ~{size:.1f}B model ({stage.model}): the example's 32768 was measured on "
+                f"0.5B only (66 GiB of 80 on an H100); 1.5B with checkpointing took 52.5 GiB at {MEASURED_TOKENS_1B}",
+                f"set sft.max_token_len_per_gpu: {MEASURED_TOKENS_1B} (and sft.gradient_checkpointing: true) for models "
+                "of 1B parameters and more",
+                "warning",
+            ))
     return problems
-
-
-MEASURED_TOKENS_1B = 16384  # the most SFT tokens/GPU measured to fit for 1B+ models (docs/benchmarks.md)
 
 
 def _expand(path: str) -> Path:

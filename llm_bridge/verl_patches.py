@@ -136,24 +136,20 @@ FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
 FLASH_VARLEN = ("flash_attention_2", "flash_attention_3")  # transformers' _flash_attention_forward
 
 
-def varlen_kwargs(input_ids: torch.Tensor) -> dict:
-    """transformers' padding-free flash-attention kwargs for a packed row of nested sequences."""
+def add_varlen_kwargs(config, micro_batch, model_inputs: dict) -> None:
+    """transformers' padding-free flash-attention kwargs, only where the packed row is exactly the nested
+    sequences back to back: flash attention, remove-padding (no mask), text only, nothing appended (a
+    static bucket or sequence-parallel pad changes the row's length)."""
+    input_ids = micro_batch["input_ids"]
+    if not (getattr(config, "_attn_implementation", None) in FLASH_VARLEN
+            and set(model_inputs) == {"input_ids", "attention_mask", "position_ids"}
+            and model_inputs["attention_mask"] is None and model_inputs["position_ids"].dim() == 2
+            and input_ids.is_nested and model_inputs["input_ids"].shape == (1, input_ids.values().shape[0])):
+        return
     offsets = input_ids.offsets()
     cu_seqlens = offsets.to(torch.int32)
     max_length = int(offsets.diff().max())  # the only sync: an int, as flash-attn's varlen call wants
-    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": max_length, "max_length_k": max_length}
-
-
-def add_varlen_kwargs(config, micro_batch, model_inputs: dict, output_args: dict) -> None:
-    """Only where the row is exactly the nested sequences back to back: flash attention, remove-padding
-    (no attention mask), no padding appended (static bucket or sequence parallel), text only."""
-    input_ids = micro_batch["input_ids"]
-    if (getattr(config, "_attn_implementation", None) in FLASH_VARLEN
-            and set(model_inputs) == {"input_ids", "attention_mask", "position_ids"}
-            and model_inputs["attention_mask"] is None and model_inputs["position_ids"].dim() == 2
-            and not output_args.get("pad_size") and input_ids.is_nested
-            and model_inputs["input_ids"].shape == (1, input_ids.values().shape[0])):
-        model_inputs.update(varlen_kwargs(input_ids))
+    model_inputs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_length, max_length_k=max_length)
 
 
 def packed_sequence_boundaries(engine_module) -> None:
@@ -164,7 +160,7 @@ def packed_sequence_boundaries(engine_module) -> None:
 
     def prepare_model_inputs(self, micro_batch):
         model_inputs, output_args = prepare(self, micro_batch)
-        add_varlen_kwargs(getattr(self.module, "config", None), micro_batch, model_inputs, output_args)
+        add_varlen_kwargs(getattr(self.module, "config", None), micro_batch, model_inputs)
         return model_inputs, output_args
 
     prepare_model_inputs.bridge_varlen = True
