@@ -195,6 +195,7 @@ class Stage(Section):
     strategy: Literal["fsdp", "fsdp2"] = "fsdp2"
     gradient_checkpointing: bool = True
     attn_implementation: Literal["flash_attention_2", "sdpa", "flex_attention", "eager"] = "flash_attention_2"
+    use_liger: bool = False  # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU): GPU only, needs liger-kernel
 
 
 class SFT(Stage):

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from llm_bridge.loader import load
 from llm_bridge.render import RenderError, render_all, script_templates
 
-from conftest import EXAMPLE, bridge, fake_token
+from conftest import EXAMPLE, REPO, bridge, fake_token
 
 
 def test_example_renders_and_shellcheck_finds_nothing(tmp_path):
@@ -126,3 +127,21 @@ def test_wandb_disabled_drops_the_wandb_logger(example, write_team):
     text = render_all(config, team, "out")[Path("sft/run_sft.sbatch")]
     assert "'trainer.logger=[\"console\",\"file\"]'" in text
     assert "wandb login" not in text
+
+
+@pytest.mark.parametrize("stage, script", [("sft", "sft/run_sft.sbatch"), ("rl", "ppo/run_ppo.sbatch")])
+def test_use_liger_without_liger_kernel_stops_the_job_before_training(tmp_path, stage, script):
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tests" / "cpu"))
+    import pipeline
+
+    team = pipeline.team_config(tmp_path)  # this test environment has no liger-kernel (GPU only)
+    team[stage]["use_liger"] = True
+    (tmp_path / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
+    assert bridge("render", "--team", str(tmp_path / "team.yaml"), "--out", str(tmp_path / "out")).returncode == 0
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    run = subprocess.run(["bash", str(tmp_path / "out" / script)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1
+    assert f"{stage}.use_liger is true" in run.stderr and f"set {stage}.use_liger: false" in run.stderr
+    assert "===" not in run.stdout  # stopped before the settings banner and the launch

@@ -56,7 +56,7 @@ def test_sft_overrides_compose(scripts, name):
     assert cfg.data.train_batch_size == 192 and cfg.data.enable_thinking_default is None
     assert cfg.engine.strategy == "fsdp" and cfg.optim.lr == pytest.approx(1e-5)
     assert cfg.data.max_token_len_per_gpu == 32768 and cfg.model.enable_gradient_checkpointing is False
-    assert cfg.model.override_config.attn_implementation == "flash_attention_2"
+    assert cfg.model.override_config.attn_implementation == "flash_attention_2" and cfg.model.use_liger is True
     assert cfg.trainer.default_local_dir == "/ckpt/exp" and cfg.trainer.resume_mode == "auto"
     assert list(cfg.trainer.logger) == ["console", "file", "wandb"]
 
@@ -68,6 +68,7 @@ def test_ppo_overrides_compose(scripts, name, nnodes):
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.actor_rollout_ref.rollout.n == 8
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 48
+    assert cfg.actor_rollout_ref.model.use_liger is False
     assert cfg.trainer.save_freq == 20 and cfg.trainer.nnodes == nnodes and cfg.trainer.n_gpus_per_node == 8
     if nnodes == 1:  # main_ppo starts its own Ray; the multi-node driver attaches to the job's cluster
         assert cfg.ray_kwargs.ray_init.num_cpus == 240 and cfg.ray_kwargs.ray_init.address == "local"

@@ -74,8 +74,9 @@ def team_config(work: Path, nodes: int = 1, rl_model: Path | None = None) -> dic
     team["wandb"] = {"project": "llm-bridge-cpu", "mode": "disabled"}
     team["huggingface"] = {"org": "local", "offline": True}
     # verl's FSDP1 wrapper insists on GPU parameters (sync_module_states=True): CPU runs take FSDP2.
-    cpu = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "strategy": "fsdp2", "test_freq": -1,
-           "total_epochs": 1}
+    # Liger's kernels are Triton, GPU only.
+    cpu = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "strategy": "fsdp2", "use_liger": False,
+           "test_freq": -1, "total_epochs": 1}
     team["sft"].update(cpu, experiment_name="sft-tiny", model=str(work / "tiny" / "model"),
                        train_files=str(work / "data" / "gsm8k_sft" / "train.parquet"),
                        val_files=str(work / "data" / "gsm8k_sft" / "test.parquet"),

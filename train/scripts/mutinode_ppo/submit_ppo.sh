@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 202b8d987af4).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 9c11730ed0eb).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
@@ -116,6 +116,7 @@ PPO_ARGS=(
   actor_rollout_ref.model.use_remove_padding=True
   actor_rollout_ref.model.enable_gradient_checkpointing=False
   +actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
+  actor_rollout_ref.model.use_liger=False
   actor_rollout_ref.actor.strategy=fsdp
   actor_rollout_ref.actor.optim.lr=1e-06
   actor_rollout_ref.actor.ppo_mini_batch_size=48
