@@ -7,11 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llm_bridge.loader import load
 from llm_bridge.render import RenderError, render_all, script_templates
 
 from conftest import EXAMPLE, REPO, bridge, fake_token
+
+sys.path.insert(0, str(REPO / "tests" / "cpu"))
+import pipeline  # noqa: E402
 
 
 def test_example_renders_and_shellcheck_finds_nothing(tmp_path):
@@ -131,11 +135,6 @@ def test_wandb_disabled_drops_the_wandb_logger(example, write_team):
 
 @pytest.mark.parametrize("stage, script", [("sft", "sft/run_sft.sbatch"), ("rl", "ppo/run_ppo.sbatch")])
 def test_use_liger_without_liger_kernel_stops_the_job_before_training(tmp_path, stage, script):
-    import yaml
-
-    sys.path.insert(0, str(REPO / "tests" / "cpu"))
-    import pipeline
-
     team = pipeline.team_config(tmp_path)  # this test environment has no liger-kernel (GPU only)
     team[stage]["use_liger"] = True
     (tmp_path / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
