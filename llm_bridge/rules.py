@@ -219,16 +219,29 @@ def model_billions(model: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-MEASURED_TOKENS_1B = 16384  # the most SFT tokens/GPU measured to fit for 1B+ models (docs/benchmarks.md)
+MEASURED_TOKENS_1B = 16384  # the most SFT tokens/GPU measured to fit for 1B+ models with checkpointing (docs/benchmarks.md)
+MEASURED_TOKENS_1_5B_NO_CKPT = 12288  # 1.5B SFT with Liger and no checkpointing: the fastest measured, 60.7 GiB on an H100
 
 
 def check_memory(config: TeamConfig) -> list[Problem]:
-    """The example's speed settings were measured on a 0.5B model (docs/benchmarks.md); warn before they OOM a bigger one."""
+    """The example's speed settings were measured on 0.5B and 1.5B models (docs/benchmarks.md); warn before they OOM a bigger one."""
     problems = []
     for name, stage, tokens in (("sft", config.sft, config.sft.max_token_len_per_gpu),
                                 ("rl", config.rl, config.rl.ppo_max_token_len_per_gpu)):
         size = model_billions(stage.model)
         if size is None or size < 1.0:
+            continue
+        if name == "sft" and size < 2.0 and stage.use_liger and not stage.gradient_checkpointing:
+            if tokens > MEASURED_TOKENS_1_5B_NO_CKPT:
+                problems.append(Problem(
+                    "sft.max_token_len_per_gpu",
+                    f"{tokens} tokens/GPU without checkpointing with a ~{size:.1f}B model ({stage.model}): 1.5B took "
+                    f"76.8 GiB of 80 on an H100 at 16384; {MEASURED_TOKENS_1_5B_NO_CKPT} took 60.7 GiB and was the "
+                    "fastest 1.5B setting measured",
+                    f"set sft.max_token_len_per_gpu: {MEASURED_TOKENS_1_5B_NO_CKPT} (or sft.gradient_checkpointing: "
+                    f"true with {MEASURED_TOKENS_1B})",
+                    "warning",
+                ))
             continue
         if not stage.gradient_checkpointing:
             problems.append(Problem(
@@ -243,7 +256,7 @@ def check_memory(config: TeamConfig) -> list[Problem]:
             problems.append(Problem(
                 "sft.max_token_len_per_gpu",
                 f"{tokens} tokens/GPU with a ~{size:.1f}B model ({stage.model}): the example's 32768 was measured on "
-                f"0.5B only (66 GiB of 80 on an H100); 1.5B with checkpointing took 52.5 GiB at {MEASURED_TOKENS_1B}",
+                f"0.5B only (57 GiB of 80 on an H100); 1.5B with checkpointing took 55 GiB at {MEASURED_TOKENS_1B}",
                 f"set sft.max_token_len_per_gpu: {MEASURED_TOKENS_1B} (and sft.gradient_checkpointing: true) for models "
                 "of 1B parameters and more",
                 "warning",

@@ -143,6 +143,24 @@ def test_the_0_5b_token_budget_warns_for_models_of_a_billion_parameters_and_more
     assert "sft.max_token_len_per_gpu" not in warnings_of(write_team, example)
 
 
+def test_1_5b_sft_without_checkpointing_is_the_measured_fast_path_up_to_its_token_budget(example, write_team):
+    """On an H100, 1.5B SFT with Liger and no checkpointing at 12288 tokens/GPU was the fastest setting (MFU 0.467,
+    60.7 GiB); at 16384 it took 76.8 GiB. docs/benchmarks.md."""
+    example["sft"].update(model="Qwen/Qwen2.5-1.5B-Instruct", gradient_checkpointing=False, use_liger=True)
+    warnings = warnings_of(write_team, example)
+    assert "sft.gradient_checkpointing" not in warnings
+    problem = warnings["sft.max_token_len_per_gpu"]
+    assert "without checkpointing" in problem.message and "76.8 GiB" in problem.message
+    assert "sft.max_token_len_per_gpu: 12288" in problem.fix and "gradient_checkpointing: true with 16384" in problem.fix
+    example["sft"]["max_token_len_per_gpu"] = 12288
+    assert not {"sft.max_token_len_per_gpu", "sft.gradient_checkpointing"} & warnings_of(write_team, example).keys()
+
+    example["sft"]["use_liger"] = False  # measured with Liger only
+    assert "sft.gradient_checkpointing" in warnings_of(write_team, example)
+    example["sft"].update(use_liger=True, model="Qwen/Qwen2.5-3B-Instruct")  # measured on 1.5B only
+    assert "sft.gradient_checkpointing" in warnings_of(write_team, example)
+
+
 def test_sft_validation_set_smaller_than_one_batch_per_gpu_is_an_error(example, write_team, tmp_path):
     """A 2-GPU H100 run of the example with a 64-row validation file logged val/loss nan: verl's SFT
     validates in batches of train_batch_size / GPUs (192 / 2 = 96 rows per GPU) and drops incomplete ones."""
