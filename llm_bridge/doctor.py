@@ -101,7 +101,7 @@ def run() -> list[Row]:
                       "SFT and GRPO default to attn_implementation: flash_attention_2; build it (install_env.sbatch), "
                       "or set attn_implementation: flex_attention, the fastest without it (docs/benchmarks.md)"),
         check_package("liger-kernel", "liger-kernel", "0.8.", "WARN",
-                      "sft.use_liger: true needs it: rerun install_env.sbatch, or set use_liger: false"),
+                      "sft.use_liger and rl.use_liger (true by default) need it: rerun install_env.sbatch, or set them to false"),
         check_package("transformers", "transformers", "5.", "FAIL", "pip install 'transformers<5.11'"),
         check_package("ray", "ray", "2.", "FAIL", "pip install 'ray[default]'"),
         *check_logins(),

@@ -226,11 +226,11 @@ MEASURED_TOKENS_1_5B_NO_CKPT = 12288  # 1.5B SFT with Liger and no checkpointing
 def check_memory(config: TeamConfig) -> list[Problem]:
     """The example's speed settings were measured on 0.5B and 1.5B models (docs/benchmarks.md); warn before they OOM a bigger one."""
     problems = []
-    for name, stage, tokens in (("sft", config.sft, config.sft.max_token_len_per_gpu),
-                                ("rl", config.rl, config.rl.ppo_max_token_len_per_gpu)):
+    for name, stage, field in (("sft", config.sft, "max_token_len_per_gpu"), ("rl", config.rl, "ppo_max_token_len_per_gpu")):
         size = model_billions(stage.model)
         if size is None or size < 1.0:
             continue
+        tokens = getattr(stage, field)
         # 1.5B SFT with Liger runs faster without checkpointing, within its own (smaller) token budget
         fast_1_5b = name == "sft" and size < 2.0 and stage.use_liger and not stage.gradient_checkpointing
         if not stage.gradient_checkpointing and not fast_1_5b:
@@ -242,8 +242,6 @@ def check_memory(config: TeamConfig) -> list[Problem]:
                 f"set {name}.gradient_checkpointing: true (or lower the tokens per GPU and measure: docs/benchmarks.md)",
                 "warning",
             ))
-        if name != "sft":
-            continue
         if fast_1_5b:
             budget = MEASURED_TOKENS_1_5B_NO_CKPT
             message = (f"{tokens} tokens/GPU without checkpointing with a ~{size:.1f}B model ({stage.model}): 1.5B took "
@@ -253,11 +251,11 @@ def check_memory(config: TeamConfig) -> list[Problem]:
         else:
             budget = MEASURED_TOKENS_1B
             message = (f"{tokens} tokens/GPU with a ~{size:.1f}B model ({stage.model}): the example's 32768 was measured "
-                       f"on 0.5B only (57 GiB of 80 on an H100); 1.5B with checkpointing took 55 GiB at {budget}")
-            fix = (f"set sft.max_token_len_per_gpu: {budget} (and sft.gradient_checkpointing: true) for models of 1B "
+                       f"on 0.5B only (SFT: 38 GiB of 80 on an H100); 1.5B SFT with checkpointing took 55 GiB at {budget}")
+            fix = (f"set {name}.{field}: {budget} (and {name}.gradient_checkpointing: true) for models of 1B "
                    "parameters and more")
         if tokens > budget:
-            problems.append(Problem("sft.max_token_len_per_gpu", message, fix, "warning"))
+            problems.append(Problem(f"{name}.{field}", message, fix, "warning"))
     return problems
 
 

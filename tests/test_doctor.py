@@ -17,7 +17,7 @@ def test_doctor_reports_missing_gpu_and_vllm(tmp_path):
     assert "FAIL" in rows["vllm"] and "not installed" in rows["vllm"]
     assert "PASS" in rows["verl"] and "0.9.1" in rows["verl"]
     assert "PASS" in rows["verl.trainer.sft_trainer"]
-    assert "WARN" in rows["liger-kernel"] and "sft.use_liger: true needs it" in rows["liger-kernel"]
+    assert "WARN" in rows["liger-kernel"] and "rl.use_liger (true by default) need it" in rows["liger-kernel"]
     assert "token found (not shown)" in result.stdout
     assert token not in result.stdout + result.stderr
     assert "FAIL: gpus, nccl, vllm" in result.stdout

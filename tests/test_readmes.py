@@ -62,6 +62,8 @@ def test_quick_start_main_job_runs_the_cpu_pipeline(tmp_path):
     assert all(n > 0 for n in summary["new_tokens"].values())
     for model in ("sft", "grpo"):
         assert (checkout / ".cpu_pipeline" / "models" / model / "model.safetensors").is_file()
+    # the rendered SFT script hands torchrun PyTorch's expandable segments (docs/benchmarks.md)
+    assert re.search(r"allocator\s+expandable_segments:True", (checkout / ".cpu_pipeline" / "logs" / "sft.log").read_text())
 
 
 @pytest.mark.parametrize("readme", READMES)

@@ -47,6 +47,21 @@ def test_every_script_includes_the_one_environment_preamble(tmp_path):
         assert "set -euo pipefail" in text
 
 
+def test_only_the_sft_scripts_set_the_allocator(tmp_path):
+    """Expandable segments are the SFT scripts' default (docs/benchmarks.md). verl switches them on for the GRPO actor
+    and off around vLLM itself, and vLLM serves generation: those scripts must leave PyTorch's allocator alone."""
+    config, _ = load(EXAMPLE)
+    scripts = {str(name): text for name, text in render_all(config, EXAMPLE, "out").items()}
+    setters = sorted(name for name, text in scripts.items() if "export PYTORCH_CUDA_ALLOC_CONF" in text)
+    assert setters == ["mutinode_sft/run_sft_multinode.sbatch", "sft/run_sft.sbatch"]
+    line = next(line for line in scripts["sft/run_sft.sbatch"].splitlines() if "export PYTORCH_CUDA_ALLOC_CONF" in line)
+    for preset, expected in ((None, "expandable_segments:True"), ("max_split_size_mb:512", "max_split_size_mb:512")):
+        env = {"PATH": os.environ["PATH"], **({"PYTORCH_CUDA_ALLOC_CONF": preset} if preset else {})}
+        run = subprocess.run(["bash", "-c", f'{line}\nbash -c "echo \\$PYTORCH_CUDA_ALLOC_CONF"'], env=env,
+                             capture_output=True, text=True)
+        assert run.stdout.strip() == expected  # exported to child processes; a team's own value wins
+
+
 def _render_one_template(tmp_path, source: str):
     templates = tmp_path / "templates"
     (templates / "x").mkdir(parents=True)

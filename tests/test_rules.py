@@ -143,6 +143,17 @@ def test_the_0_5b_token_budget_warns_for_models_of_a_billion_parameters_and_more
     assert "sft.max_token_len_per_gpu" not in warnings_of(write_team, example)
 
 
+def test_the_grpo_token_budget_warns_for_models_of_a_billion_parameters_and_more(example, write_team):
+    """The GRPO actor's 32768 tokens/GPU (with Liger) was measured on 0.5B only (docs/benchmarks.md)."""
+    assert example["rl"]["ppo_max_token_len_per_gpu"] > 16384
+    assert "rl.ppo_max_token_len_per_gpu" not in warnings_of(write_team, example)
+    example["rl"].update(model="Qwen/Qwen2.5-1.5B-Instruct", gradient_checkpointing=True)
+    problem = warnings_of(write_team, example)["rl.ppo_max_token_len_per_gpu"]
+    assert "~1.5B" in problem.message and "rl.ppo_max_token_len_per_gpu: 16384" in problem.fix
+    example["rl"]["ppo_max_token_len_per_gpu"] = 16384
+    assert "rl.ppo_max_token_len_per_gpu" not in warnings_of(write_team, example)
+
+
 def test_1_5b_sft_without_checkpointing_is_the_measured_fast_path_up_to_its_token_budget(example, write_team):
     """On an H100, 1.5B SFT with Liger and no checkpointing at 12288 tokens/GPU was the fastest setting (MFU 0.467,
     60.7 GiB); at 16384 it took 76.8 GiB. docs/benchmarks.md."""

@@ -108,6 +108,7 @@ def test_multinode_sft_over_srun_torchrun(lab, work):
     start = time.time()
     proc, job = lab.submit(work / "rendered" / "mutinode_sft" / "run_sft_multinode.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
     assert proc.wait(timeout=600) == 0, job_log(work, job)[-5000:]
+    assert re.search(r"allocator\s+expandable_segments:True", job_log(work, job))  # the SFT scripts' allocator default
     print(f"\n2-node SFT wall time: {time.time() - start:.0f} s")
     step = work / "checkpoints" / "sft" / "sft-tiny-2nodes" / "global_step_4"
     assert sorted(p.name for p in step.glob("model_world_size_*")) == [f"model_world_size_4_rank_{r}.pt" for r in range(4)]

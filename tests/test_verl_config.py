@@ -68,7 +68,7 @@ def test_ppo_overrides_compose(scripts, name, nnodes):
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.actor_rollout_ref.rollout.n == 8
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 48
-    assert cfg.actor_rollout_ref.model.use_liger is False
+    assert cfg.actor_rollout_ref.model.use_liger is True and cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 32768
     assert cfg.trainer.save_freq == 20 and cfg.trainer.nnodes == nnodes and cfg.trainer.n_gpus_per_node == 8
     if nnodes == 1:  # main_ppo starts its own Ray; the multi-node driver attaches to the job's cluster
         assert cfg.ray_kwargs.ray_init.num_cpus == 240 and cfg.ray_kwargs.ray_init.address == "local"

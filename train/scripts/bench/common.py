@@ -2,8 +2,9 @@
 
 The GPU machine has no network, so models are random-weight Qwen2 models with Qwen2.5's architecture
 values and the tokenizer is a byte-level BPE trained on GSM8K. The recipe's settings are not copied here:
-`recipe_overrides` renders a team.yaml with the recipe's templates and keeps the throughput knobs of the
-verl command line the scripts would run, so a benchmark of "the recipe" measures what teams submit.
+`recipe_knobs` renders a team.yaml with the recipe's templates and keeps the throughput knobs of the
+verl command line the scripts would run, and the environment defaults they export (PyTorch's allocator),
+so a benchmark of "the recipe" measures what teams submit.
 """
 
 import argparse
@@ -100,8 +101,9 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     return out
 
 
-def recipe_overrides(team_file: Path, script: str, array: str) -> list[str]:
-    """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file."""
+def recipe_knobs(team_file: Path, script: str, array: str) -> tuple[list[str], dict[str, str]]:
+    """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file, and the
+    variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none."""
     sys.path.insert(0, str(REPO))
     from llm_bridge.loader import load
     from llm_bridge.render import render_all
@@ -112,9 +114,10 @@ def recipe_overrides(team_file: Path, script: str, array: str) -> list[str]:
     text = render_all(config, team_file, "rendered")[Path(script)]
     block = re.search(rf"^{array}=\($(.*?)^\)$", text, re.S | re.M)
     if block is None:
-        raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_overrides")
+        raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_knobs")
     words = shlex.split(block.group(1), comments=True)
-    return [w for w in words if _KNOBS.match(w)]
+    defaults = dict(re.findall(r'^export (\w+)="\$\{\1:-([^}"]*)\}"$', text, re.M))
+    return [w for w in words if _KNOBS.match(w)], {k: v for k, v in defaults.items() if k not in os.environ}
 
 
 def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 
 from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
-                    recipe_overrides, run_logged)
+                    recipe_knobs, run_logged)
 from common import parser as bench_parser
 
 
@@ -64,7 +64,7 @@ class GpuMemory(threading.Thread):
             self.peak_mib = max([self.peak_mib] + [int(v) for v in out.split()])
 
 
-def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
+def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]) -> dict:
     run_dir = new_run_dir(args, prefix="grpo-")
     metrics_file = run_dir / "metrics.jsonl"
     argv = [sys.executable, "-m", "llm_bridge.verl_ppo",
@@ -86,9 +86,9 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
             *overrides]
     memory = GpuMemory()
     memory.start()
-    rc = run_logged(argv, run_dir, {"VERL_FILE_LOGGER_PATH": str(metrics_file)})
+    rc = run_logged(argv, run_dir, {**env, "VERL_FILE_LOGGER_PATH": str(metrics_file)})
     memory.stop.set()
-    result = {"arch": args.arch, "vocab": args.vocab, "label": args.label, "gpus": args.gpus, "rc": rc,
+    result = {"arch": args.arch, "vocab": args.vocab, "label": args.label, "gpus": args.gpus, "rc": rc, "env": env,
               "overrides": overrides,
               "workload": {"prompts": args.prompts, "n": args.n, "prompt_length": args.prompt_length,
                            "response_length": args.response_length, "mini_batch": args.mini_batch},
@@ -132,8 +132,8 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model = grpo_model(args.arch, args.vocab, args.gsm8k, args.work)
-    knobs = recipe_overrides(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else []
-    result = run(args, model, build_data(args.gsm8k, args.work), knobs + args.overrides)
+    knobs, env = recipe_knobs(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else ([], {})
+    result = run(args, model, build_data(args.gsm8k, args.work), knobs + args.overrides, env)
     finish(args, result, [args.arch, args.label, args.gpus, result.get("step_s"), result.get("gen_s"),
                           result.get("rollout_tokens_per_s"), result["peak_gpu_mem_gb"]])
 

@@ -19,7 +19,7 @@ import random
 import statistics
 from pathlib import Path
 
-from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_overrides, run_logged
+from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, run_logged
 from common import parser as bench_parser
 from trace_summary import summarize
 
@@ -50,7 +50,7 @@ def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Pat
     return out, tok_dir
 
 
-def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
+def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]) -> dict:
     run_dir = new_run_dir(args)
     steps_to_run = args.steps + 1 if args.profile else args.steps
     if args.profile:  # the extra last step; the timing below stops before it
@@ -63,9 +63,9 @@ def run(args, model: Path, data: Path, overrides: list[str]) -> dict:
             "trainer.save_freq=-1", "trainer.logger=[console,file]", f"trainer.default_local_dir={run_dir / 'ckpt'}",
             "checkpoint.save_contents=[]", f"hydra.run.dir={run_dir / 'hydra'}", "trainer.project_name=bench",
             f"trainer.experiment_name={args.label}", *overrides]
-    rc = run_logged(argv, run_dir, {"BRIDGE_STEP_LOG": str(run_dir / "steps.jsonl"),
+    rc = run_logged(argv, run_dir, {**env, "BRIDGE_STEP_LOG": str(run_dir / "steps.jsonl"),
                                     "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")})
-    result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides, "log": str(run_dir / "log.txt")}
+    result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides, "env": env, "log": str(run_dir / "log.txt")}
     if rc != 0 or not (run_dir / "steps.jsonl").is_file():
         result["error"] = (run_dir / "log.txt").read_text()[-3000:]
         return result
@@ -99,8 +99,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
     model = build_model(args.arch, tok, args.work / f"model-{args.arch}")
-    knobs = recipe_overrides(args.recipe, "sft/run_sft.sbatch", "SFT_ARGS") if args.recipe else []
-    result = run(args, model, data, knobs + args.overrides)
+    knobs, env = recipe_knobs(args.recipe, "sft/run_sft.sbatch", "SFT_ARGS") if args.recipe else ([], {})
+    result = run(args, model, data, knobs + args.overrides, env)
     finish(args, result, [args.arch, args.label, args.gpus, result.get("tokens_per_s"), f"{result.get('mfu', 0):.3f}",
                           result.get("step_s"), result.get("peak_mem_gb")])
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 04e4471469d2).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 06b230256944).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
@@ -100,6 +100,12 @@ RUN_NAME="${EXPERIMENT}-${SLURM_JOB_ID:-local}-$(date +%Y%m%d-%H%M%S)"
 export VERL_FILE_LOGGER_PATH="/home/Competition2025/P01/shareP01/logs/${RUN_NAME}.metrics.jsonl"
 # Hydra's run directory (resolved config, trainer log); by default it litters the working directory with outputs/.
 HYDRA_RUN_DIR="/home/Competition2025/P01/shareP01/logs/hydra/${RUN_NAME}"
+# rl.use_liger: verl imports liger-kernel only once the model is built, minutes into the job; check now.
+if ! python3 -c "import liger_kernel" 2>/dev/null; then
+  echo "ERROR: rl.use_liger is true in team.yaml, but $(command -v python3) has no liger-kernel." >&2
+  echo "       Fix: rerun install_env.sbatch (it installs liger-kernel), or set rl.use_liger: false in team.yaml." >&2
+  exit 1
+fi
 PPO_ARGS=(
   hydra.run.dir="${HYDRA_RUN_DIR}"
   algorithm.adv_estimator=grpo
@@ -116,12 +122,12 @@ PPO_ARGS=(
   actor_rollout_ref.model.use_remove_padding=True
   actor_rollout_ref.model.enable_gradient_checkpointing=False
   +actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
-  actor_rollout_ref.model.use_liger=False
+  actor_rollout_ref.model.use_liger=True
   actor_rollout_ref.actor.strategy=fsdp
   actor_rollout_ref.actor.optim.lr=1e-06
   actor_rollout_ref.actor.ppo_mini_batch_size=48
   actor_rollout_ref.actor.use_dynamic_bsz=True
-  actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384
+  actor_rollout_ref.actor.ppo_max_token_len_per_gpu=32768
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4
   actor_rollout_ref.actor.use_kl_loss=False
   actor_rollout_ref.actor.kl_loss_coef=0.001
