@@ -219,7 +219,7 @@ def model_billions(model: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-MEASURED_TOKENS_1B = 16384  # the most SFT tokens/GPU measured to fit for 1B+ models with checkpointing (docs/benchmarks.md)
+MEASURED_TOKENS_1B = 16384  # the most tokens/GPU measured to fit for 1B+ models (SFT, checkpointing); GRPO's budget too (docs/benchmarks.md)
 MEASURED_TOKENS_1_5B_NO_CKPT = 12288  # 1.5B SFT with Liger and no checkpointing: the fastest measured, 60.7 GiB on an H100
 
 

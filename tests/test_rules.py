@@ -133,25 +133,16 @@ def test_no_checkpointing_warns_for_models_of_a_billion_parameters_and_more(exam
     assert "~1.5B" in problem.message and "rl.gradient_checkpointing: true" in problem.fix
 
 
-def test_the_0_5b_token_budget_warns_for_models_of_a_billion_parameters_and_more(example, write_team):
-    assert example["sft"]["max_token_len_per_gpu"] > 16384
-    assert "sft.max_token_len_per_gpu" not in warnings_of(write_team, example)  # the 0.5B it was measured on
-    example["sft"].update(model="Qwen/Qwen2.5-1.5B-Instruct", gradient_checkpointing=True)
-    problem = warnings_of(write_team, example)["sft.max_token_len_per_gpu"]
-    assert "~1.5B" in problem.message and "sft.max_token_len_per_gpu: 16384" in problem.fix
-    example["sft"]["max_token_len_per_gpu"] = 16384
-    assert "sft.max_token_len_per_gpu" not in warnings_of(write_team, example)
-
-
-def test_the_grpo_token_budget_warns_for_models_of_a_billion_parameters_and_more(example, write_team):
-    """The GRPO actor's 32768 tokens/GPU (with Liger) was measured on 0.5B only (docs/benchmarks.md)."""
-    assert example["rl"]["ppo_max_token_len_per_gpu"] > 16384
-    assert "rl.ppo_max_token_len_per_gpu" not in warnings_of(write_team, example)
-    example["rl"].update(model="Qwen/Qwen2.5-1.5B-Instruct", gradient_checkpointing=True)
-    problem = warnings_of(write_team, example)["rl.ppo_max_token_len_per_gpu"]
-    assert "~1.5B" in problem.message and "rl.ppo_max_token_len_per_gpu: 16384" in problem.fix
-    example["rl"]["ppo_max_token_len_per_gpu"] = 16384
-    assert "rl.ppo_max_token_len_per_gpu" not in warnings_of(write_team, example)
+@pytest.mark.parametrize("stage, field", [("sft", "max_token_len_per_gpu"), ("rl", "ppo_max_token_len_per_gpu")])
+def test_the_0_5b_token_budget_warns_for_models_of_a_billion_parameters_and_more(example, write_team, stage, field):
+    """32768 tokens/GPU (SFT, and the GRPO actor with Liger) was measured on 0.5B only (docs/benchmarks.md)."""
+    assert example[stage][field] > 16384
+    assert f"{stage}.{field}" not in warnings_of(write_team, example)  # the 0.5B it was measured on
+    example[stage].update(model="Qwen/Qwen2.5-1.5B-Instruct", gradient_checkpointing=True)
+    problem = warnings_of(write_team, example)[f"{stage}.{field}"]
+    assert "~1.5B" in problem.message and f"{stage}.{field}: 16384" in problem.fix
+    example[stage][field] = 16384
+    assert f"{stage}.{field}" not in warnings_of(write_team, example)
 
 
 def test_1_5b_sft_without_checkpointing_is_the_measured_fast_path_up_to_its_token_budget(example, write_team):
