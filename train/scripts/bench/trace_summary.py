@@ -4,10 +4,14 @@
 
 Reports the traced wall time, how much of it the GPU was busy (union of kernel and memcpy intervals),
 GPU time by kernel family, the longest kernels, and the CUDA calls in which the CPU waited. A GPU busy
-well under the wall time means the step is bound by Python or by synchronisation, not by kernels.
+well under the wall time means the step is bound by Python or by synchronisation, not by kernels; the
+idle gaps (GPU doing nothing for --gap-ms or longer) say where: each is charged to the innermost CPU op
+(any thread) running at its middle, "(none)" when only Python ran, and to the last CUDA call issued before
+it began (a synchronize there means the CPU had waited for the GPU to drain).
 """
 
 import argparse
+import bisect
 import gzip
 import json
 import re
@@ -39,7 +43,41 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return busy / 1e6
 
 
-def summarize(trace: Path, top: int = 15) -> dict:
+def _innermost(ops: list[dict], t: float) -> str:
+    inside = [e for e in ops if e["ts"] <= t < e["ts"] + e["dur"]]
+    return min(inside, key=lambda e: e["dur"])["name"][:80] if inside else "(none)"
+
+
+def idle_gaps(events: list[dict], gpu: list[dict], gap_ms: float, top: int) -> dict:
+    """GPU idle intervals of at least gap_ms, charged to the CPU side (see the module docstring)."""
+    busy = sorted((e["ts"], e["ts"] + e["dur"]) for e in gpu)
+    gaps, end = [], busy[0][1] if busy else 0.0
+    for start, stop in busy[1:]:
+        if start - end >= gap_ms * 1e3:
+            gaps.append((end, start))
+        end = max(end, stop)
+    ops = [e for e in events if e.get("cat") == "cpu_op"]  # every thread: the backward runs on autograd's own
+    marks = [e for e in events if e.get("cat") == "user_annotation"]
+    runtime = sorted((e for e in events if e.get("cat") == "cuda_runtime"), key=lambda e: e["ts"])
+    starts = [e["ts"] for e in runtime]
+    by_op, by_call, listed = Counter(), Counter(), []
+    for a, b in gaps:
+        ms = (b - a) / 1e3
+        op = _innermost(ops, (a + b) / 2)
+        i = bisect.bisect_right(starts, a) - 1
+        call = runtime[i]["name"] if i >= 0 else "(none)"
+        by_op[op] += ms
+        by_call[call] += ms
+        listed.append((ms, op, call, _innermost(marks, (a + b) / 2)))
+    return {
+        "gaps": len(gaps), "gap_total_s": round(sum(b - a for a, b in gaps) / 1e6, 3),
+        "gap_ms_by_cpu_op": {k: round(v, 1) for k, v in by_op.most_common(top)},
+        "gap_ms_by_last_cuda_call": {k: round(v, 1) for k, v in by_call.most_common(8)},
+        "longest_gaps": [[round(ms, 1), op, call, mark] for ms, op, call, mark in sorted(listed, reverse=True)[:top]],
+    }
+
+
+def summarize(trace: Path, top: int = 15, gap_ms: float = 0.5) -> dict:
     opener = gzip.open if trace.suffix == ".gz" else open
     with opener(trace, "rt") as handle:
         events = [e for e in json.load(handle).get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
@@ -61,6 +99,7 @@ def summarize(trace: Path, top: int = 15) -> dict:
         "gemm_share": round(by_family["gemm"] / kernel_total, 3) if kernel_total else 0.0,
         "top_kernels": [[name, round(s, 3)] for name, s in by_kernel.most_common(top)],
         "cpu_waits_s": {k: round(v, 3) for k, v in calls.most_common(5)},
+        "idle": idle_gaps(events, gpu, gap_ms, top),
     }
 
 
@@ -68,8 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trace", type=Path)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--gap-ms", type=float, default=0.5, help="shortest GPU idle interval to report")
     args = parser.parse_args()
-    print(json.dumps(summarize(args.trace, args.top), indent=1))
+    print(json.dumps(summarize(args.trace, args.top, args.gap_ms), indent=1))
 
 
 if __name__ == "__main__":
