@@ -19,18 +19,22 @@ def test_idle_gaps_are_charged_to_the_cpu_op_and_the_sync_before_them(tmp_path):
         event("cpu_op", "aten::item", 1_000, 4_000),
         event("cpu_op", "aten::_local_scalar_dense", 1_010, 3_900),
         event("cuda_runtime", "cudaStreamSynchronize", 1_020, 900),
+        event("cuda_runtime", "cudaLaunchKernel", 4_950, 10),  # issued inside the gap: not what the gap waited on
         event("cpu_op", "aten::mm", 5_380, 50),
         event("cuda_runtime", "cudaLaunchKernel", 5_390, 10),
         event("kernel", "nvjet_gemm", 0, 1_900, tid=7),    # GPU busy, then idle 1.9-5.0 ms while the CPU waits
         event("kernel", "elementwise", 5_000, 100, tid=7),  # idle 5.1-5.4 ms: 0.3 ms, under the 0.5 ms floor
-        event("kernel", "nvjet_gemm", 5_400, 600, tid=7),   # then idle 6.0-9.0 ms with no CPU op running
-        event("kernel", "nvjet_gemm", 9_000, 1_000, tid=7),
+        event("kernel", "nvjet_gemm", 5_400, 600, tid=7),   # then idle 6.0-9.0 ms while autograd's thread works
+        event("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 7_000, 1_000, tid=2),  # autograd's thread
+        event("kernel", "nvjet_gemm", 9_000, 1_000, tid=7),  # then idle 10.0-11.0 ms: nothing on any thread
+        event("kernel", "nvjet_gemm", 11_000, 500, tid=7),
     ]}))
 
     idle = summarize(trace)["idle"]
 
-    assert idle["gaps"] == 2
-    assert idle["gap_total_s"] == 0.006
-    assert idle["gap_ms_by_cpu_op"] == {"aten::_local_scalar_dense": 3.1, "(none)": 3.0}
-    assert idle["gap_ms_by_last_cuda_call"] == {"cudaStreamSynchronize": 3.1, "cudaLaunchKernel": 3.0}
+    assert idle["gaps"] == 3
+    assert idle["gap_total_s"] == 0.007
+    assert idle["gap_ms_by_cpu_op"] == {"aten::_local_scalar_dense": 3.1,
+                                        "autograd::engine::evaluate_function: MmBackward0": 3.0, "(none)": 1.0}
+    assert idle["gap_ms_by_last_cuda_call"] == {"cudaStreamSynchronize": 3.1, "cudaLaunchKernel": 4.0}
     assert idle["longest_gaps"][0] == [3.1, "aten::_local_scalar_dense", "cudaStreamSynchronize", "micro_batch0"]
