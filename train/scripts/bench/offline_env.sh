@@ -25,6 +25,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) && cd "$OUT"
 
 TORCH=2.11.0 FLASH_ATTN=2.8.3
+IMAGE_HAS=("torch==$TORCH" torchvision==0.26.0 torchaudio==2.11.0 triton==3.6.0)  # stood in for by empty wheels
 PINS=("verl[verl-core]==0.9.1" vllm==0.24.0 ray==2.60.0 transformers==5.10.4 tokenizers==0.22.2 liger-kernel==0.8.5
       "omegaconf>=2.3" "hydra-core>=1.3")
 PLATFORM=(--only-binary=:all: --python-version 3.12 --platform any --platform linux_x86_64 --platform manylinux2014_x86_64
@@ -37,9 +38,9 @@ build_site() {
   echo "== resolve for Python 3.12, with the image's torch standing in as empty wheels"
   "$PY312" -m venv py312 && py312/bin/pip install -q -U pip
   mkdir -p stand-ins wheels
-  py312/bin/python - <<'EOF'
-import zipfile
-for name, version in [("torch", "2.11.0"), ("torchvision", "0.26.0"), ("torchaudio", "2.11.0"), ("triton", "3.6.0")]:
+  py312/bin/python - "${IMAGE_HAS[@]}" <<'EOF'
+import sys, zipfile
+for name, version in (pin.split("==") for pin in sys.argv[1:]):
     info = f"{name}-{version}+image.dist-info"
     with zipfile.ZipFile(f"stand-ins/{name}-{version}+image-py3-none-any.whl", "w") as whl:
         whl.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}+image\n")
@@ -50,7 +51,7 @@ EOF
   # to omegaconf 1.4 and hydra 0.11, which verl cannot import.
   py312/bin/pip wheel -q --no-deps -w stand-ins antlr4-python3-runtime==4.9.3
   py312/bin/pip install -q --dry-run --ignore-installed --report report.json --target "$OUT/unused" "${PLATFORM[@]}" \
-    --find-links stand-ins "${PINS[@]}" torch==$TORCH+image torchvision==0.26.0+image torchaudio==$TORCH+image triton==3.6.0+image
+    --find-links stand-ins "${PINS[@]}" "${IMAGE_HAS[@]/%/+image}"
   py312/bin/python - "$ON_IMAGE" <<'EOF' > urls.txt
 import json, re, sys
 for item in json.load(open("report.json"))["install"]:
@@ -67,10 +68,10 @@ EOF
   rm -f site/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so site/vllm/_moe_C_stable_libtorch.abi3.so site/vllm/vllm-rs
   rm -rf site/vllm/third_party/deep_gemm site/vllm/third_party/fmha_sm100 site/ray/jars
   find site -name __pycache__ -prune -exec rm -rf {} +
-  VLLM_ONLY=(site/vllm site/vllm-*.dist-info site/xgrammar site/xgrammar-*.dist-info site/tvm_ffi site/apache_tvm_ffi-*.dist-info)
-  tar cf - --exclude=site/vllm --exclude='site/vllm-*' --exclude='site/xgrammar*' --exclude='site/tvm_ffi*' \
-    --exclude='site/apache_tvm_ffi*' site | xz -T0 -6 > base.tar.xz
-  tar cf - "${VLLM_ONLY[@]}" | xz -T0 -6 > vllm.tar.xz
+  local vllm_only=(site/vllm site/vllm-*.dist-info site/xgrammar site/xgrammar-*.dist-info site/tvm_ffi
+                   site/apache_tvm_ffi-*.dist-info)  # what GRPO needs and SFT does not
+  tar cf - "${vllm_only[@]/#/--exclude=}" site | xz -T0 -6 > base.tar.xz
+  tar cf - "${vllm_only[@]}" | xz -T0 -6 > vllm.tar.xz
 }
 
 build_flash_attn() {

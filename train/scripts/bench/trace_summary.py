@@ -34,13 +34,15 @@ def family(name: str) -> str:
     return next((fam for fam, pattern in FAMILIES if re.search(pattern, lowered)), "other")
 
 
-def busy_seconds(intervals: list[tuple[float, float]]) -> float:
-    busy, end = 0.0, float("-inf")
-    for start, stop in sorted(intervals):
-        if stop > end:
-            busy += stop - max(start, end)
-            end = stop
-    return busy / 1e6
+def busy_spans(gpu: list[dict]) -> list[tuple[float, float]]:
+    """The union of the GPU events' intervals, as disjoint (start, stop) spans in time order."""
+    spans: list[list[float]] = []
+    for start, stop in sorted((e["ts"], e["ts"] + e["dur"]) for e in gpu):
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], stop)
+        else:
+            spans.append([start, stop])
+    return [(start, stop) for start, stop in spans]
 
 
 def _innermost(ops: list[dict], t: float) -> str:
@@ -48,14 +50,9 @@ def _innermost(ops: list[dict], t: float) -> str:
     return min(inside, key=lambda e: e["dur"])["name"][:80] if inside else "(none)"
 
 
-def idle_gaps(events: list[dict], gpu: list[dict], gap_ms: float, top: int) -> dict:
-    """GPU idle intervals of at least gap_ms, charged to the CPU side (see the module docstring)."""
-    busy = sorted((e["ts"], e["ts"] + e["dur"]) for e in gpu)
-    gaps, end = [], busy[0][1] if busy else 0.0
-    for start, stop in busy[1:]:
-        if start - end >= gap_ms * 1e3:
-            gaps.append((end, start))
-        end = max(end, stop)
+def idle_gaps(events: list[dict], busy: list[tuple[float, float]], gap_ms: float, top: int) -> dict:
+    """GPU idle intervals of at least gap_ms between the busy spans, charged to the CPU side (module docstring)."""
+    gaps = [(end, start) for (_, end), (start, _) in zip(busy, busy[1:]) if start - end >= gap_ms * 1e3]
     ops = [e for e in events if e.get("cat") == "cpu_op"]  # every thread: the backward runs on autograd's own
     marks = [e for e in events if e.get("cat") == "user_annotation"]
     runtime = sorted((e for e in events if e.get("cat") == "cuda_runtime"), key=lambda e: e["ts"])
@@ -91,15 +88,16 @@ def summarize(trace: Path, top: int = 15, gap_ms: float = 0.5) -> dict:
         if e.get("cat") == "cuda_runtime" and re.search(r"Synchronize|Memcpy(?!Async)", e["name"]):
             calls[e["name"]] += e["dur"] / 1e6
     kernel_total = sum(by_family.values())
+    busy = busy_spans(gpu)
     return {
         "trace_s": round(span, 3),
-        "gpu_busy_s": round(busy_seconds([(e["ts"], e["ts"] + e["dur"]) for e in gpu]), 3),
+        "gpu_busy_s": round(sum(stop - start for start, stop in busy) / 1e6, 3),
         "kernels": len(gpu),
         "gpu_s_by_family": {k: round(v, 3) for k, v in by_family.most_common()},
         "gemm_share": round(by_family["gemm"] / kernel_total, 3) if kernel_total else 0.0,
         "top_kernels": [[name, round(s, 3)] for name, s in by_kernel.most_common(top)],
         "cpu_waits_s": {k: round(v, 3) for k, v in calls.most_common(5)},
-        "idle": idle_gaps(events, gpu, gap_ms, top),
+        "idle": idle_gaps(events, busy, gap_ms, top),
     }
 
 
