@@ -71,7 +71,9 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
             "algorithm.adv_estimator=grpo", "algorithm.use_kl_in_reward=False",
             f"data.train_files={data}", f"data.val_files={data}", f"data.train_batch_size={args.prompts}",
             f"data.max_prompt_length={args.prompt_length}", f"data.max_response_length={args.response_length}",
-            "data.filter_overlong_prompts=True", "data.truncation=error",
+            # main() checks every prompt fits (GSM8K's longest is 243 tokens), so verl's own filter would drop nothing,
+            # yet `datasets` pickles the padded tokenizer (126k added tokens) to fingerprint it: 30 s a run on H6.
+            "data.filter_overlong_prompts=False", "data.truncation=error",
             f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.actor.optim.lr=1e-6",
             f"actor_rollout_ref.actor.ppo_mini_batch_size={args.mini_batch}",
             "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0.001",
@@ -121,6 +123,17 @@ def grpo_model(arch: str, vocab: str, gsm8k: Path, work: Path) -> Path:
     return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB)
 
 
+def longest_prompt(model: Path, data: Path) -> int:
+    """The longest prompt in data, in tokens of model's tokenizer, chat template included (as verl counts it)."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+             for messages in pq.read_table(data, columns=["prompt"]).column("prompt").to_pylist()]
+    return max(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
+
+
 def main() -> None:
     parser = bench_parser(__doc__, "GRPO script", default_steps=4)
     parser.add_argument("--prompts", type=int, default=64, help="prompts per step (data.train_batch_size)")
@@ -133,7 +146,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     model = grpo_model(args.arch, args.vocab, args.gsm8k, args.work)
     knobs, env = recipe_knobs(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else ([], {})
-    result = run(args, model, build_data(args.gsm8k, args.work), knobs + args.overrides, env)
+    data = build_data(args.gsm8k, args.work)
+    longest = longest_prompt(model, data)
+    if longest > args.prompt_length:
+        raise SystemExit(f"the longest prompt has {longest} tokens, more than --prompt-length {args.prompt_length}; "
+                         f"raise --prompt-length to at least {longest}")
+    result = run(args, model, data, knobs + args.overrides, env)
     finish(args, result, [args.arch, args.label, args.gpus, result.get("step_s"), result.get("gen_s"),
                           result.get("rollout_tokens_per_s"), result["peak_gpu_mem_gb"]])
 
