@@ -99,6 +99,7 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     if child.exitcode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise SystemExit(f"building the {arch} model failed (exit code {child.exitcode}); the error is above")
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished model from before builds went through .partial
     partial.rename(out)
     return out
 
