@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[3]
 COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
@@ -55,30 +56,47 @@ def load_gsm8k(gsm8k: Path) -> list[dict]:
     return [json.loads(line) for line in (gsm8k / "train.jsonl").read_text().splitlines()]
 
 
+def build_once(out: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """out, once out/marker is there; otherwise build(partial) into out.partial and rename it into place,
+    so that a run stopped half-way never leaves a folder the next run takes for a finished one."""
+    if (out / marker).is_file():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        build(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)  # unfinished, from before builds went through .partial
+    partial.rename(out)
+    return out
+
+
 def build_tokenizer(pairs: list[dict], out: Path) -> Path:
     """A byte-level BPE tokenizer with Qwen2.5's chat tokens trained on GSM8K (25,577 tokens: GSM8K runs
     out of merges before the 32,000 asked for)."""
-    if (out / "tokenizer.json").is_file():
-        return out
-    sys.path.insert(0, str(REPO / "tests" / "cpu"))
-    from build_tiny import build_tokenizer as train_bpe
+    def build(partial: Path) -> None:
+        sys.path.insert(0, str(REPO / "tests" / "cpu"))
+        from build_tiny import build_tokenizer as train_bpe
 
-    train_bpe([p["question"] + "\n" + p["answer"] for p in pairs], vocab_size=32000).save_pretrained(out)
-    return out
+        train_bpe([p["question"] + "\n" + p["answer"] for p in pairs], vocab_size=32000).save_pretrained(partial)
+
+    return build_once(out, "tokenizer.json", build)
 
 
 def pad_tokenizer(tokenizer_dir: Path, out: Path, size: int = QWEN_VOCAB) -> Path:
     """The tokenizer grown to `size` ids with plain added tokens, so that a model with Qwen2.5's
     vocabulary (and its output layer's cost) can sample any id and every id still decodes."""
-    from transformers import AutoTokenizer
+    def build(partial: Path) -> None:
+        from transformers import AutoTokenizer
 
-    if (out / "tokenizer.json").is_file():
-        return out
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.add_tokens([f"<|pad{i}|>" for i in range(size - len(tokenizer))])
-    assert len(tokenizer) == size, len(tokenizer)
-    tokenizer.save_pretrained(out)
-    return out
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer.add_tokens([f"<|pad{i}|>" for i in range(size - len(tokenizer))])
+        assert len(tokenizer) == size, len(tokenizer)
+        tokenizer.save_pretrained(partial)
+
+    return build_once(out, "tokenizer.json", build)
 
 
 def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB) -> Path:
@@ -88,20 +106,15 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     Built in a child process: a CUDA context and cached blocks left in the benchmark's own process would
     sit on the GPU through the run (3.1 GiB for 0.5B on an H100) and count in the GRPO peak.
     """
-    if (out / "config.json").is_file():
-        return out
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    child = multiprocessing.get_context("spawn").Process(
-        target=_build_model, args=(ARCHS[arch], tokenizer_dir, partial, vocab_size))
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise SystemExit(f"building the {arch} model failed (exit code {child.exitcode}); the error is above")
-    shutil.rmtree(out, ignore_errors=True)  # an unfinished model from before builds went through .partial
-    partial.rename(out)
-    return out
+    def build(partial: Path) -> None:
+        child = multiprocessing.get_context("spawn").Process(
+            target=_build_model, args=(ARCHS[arch], tokenizer_dir, partial, vocab_size))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"building the {arch} model failed (exit code {child.exitcode}); the error is above")
+
+    return build_once(out, "config.json", build)
 
 
 def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
