@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
@@ -48,20 +49,51 @@ def build_data(gsm8k: Path, work: Path) -> Path:
 
 
 class GpuMemory(threading.Thread):
-    """Peak memory.used over this run's GPUs (nvidia-smi; CUDA_VISIBLE_DEVICES when set, so two runs can
-    share a machine): vLLM's KV cache never shows in torch's own counters."""
+    """Every 0.5 s, memory.used over this run's GPUs and per process (nvidia-smi; CUDA_VISIBLE_DEVICES when
+    set, so two runs can share a machine): vLLM's KV cache never shows in torch's own counters. Each sample is
+    a line of <run_dir>/gpu_memory.tsv (seconds since start, steps finished, total MiB, pid:MiB ...), so a
+    peak can be placed in a step's phases; `peak_by_process` is the split at the highest total."""
 
-    def __init__(self):
+    def __init__(self, timeline: Path, metrics: Path, interval_s: float = 0.5):
         super().__init__(daemon=True)
-        self.peak_mib, self.stop = 0, threading.Event()
+        self.timeline, self.metrics, self.interval_s = timeline, metrics, interval_s
+        self.peak_mib, self.peak_by_process, self.names = 0, {}, {}
+        self.stop = threading.Event()
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.select = [f"--id={visible}"] if visible else []
 
+    def query(self, what: str) -> list[list[str]]:
+        out = subprocess.run(["nvidia-smi", *self.select, f"--query-{what}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True).stdout
+        return [[cell.strip() for cell in line.split(",")] for line in out.splitlines() if line.strip()]
+
+    def record(self, seconds: float, steps: int, total_mib: int, by_pid: dict[int, int]) -> str:
+        """Keep the peak and its per-process split; return the timeline line."""
+        for pid in by_pid.keys() - self.names.keys():
+            self.names[pid] = process_name(pid)
+        if total_mib > self.peak_mib:
+            self.peak_mib = total_mib
+            self.peak_by_process = {f"{pid} {self.names[pid]}": mib for pid, mib in by_pid.items()}
+        return f"{seconds:.1f}\t{steps}\t{total_mib}\t" + " ".join(f"{pid}:{mib}" for pid, mib in sorted(by_pid.items()))
+
     def run(self):
-        while not self.stop.wait(1.0):
-            out = subprocess.run(["nvidia-smi", *self.select, "--query-gpu=memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
-            self.peak_mib = max([self.peak_mib] + [int(v) for v in out.split()])
+        start = time.monotonic()
+        with self.timeline.open("w") as out:
+            while not self.stop.wait(self.interval_s):
+                total = sum(int(row[0]) for row in self.query("gpu=memory.used"))
+                apps = {int(row[0]): int(row[1]) for row in self.query("compute-apps=pid,used_memory")
+                        if len(row) == 2 and row[0].isdigit() and row[1].isdigit()}  # "[N/A]" while one exits
+                steps = len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0
+                out.write(self.record(time.monotonic() - start, steps, total, apps) + "\n")
+                out.flush()
+
+
+def process_name(pid: int) -> str:
+    """A short name for a GPU process: Ray workers and vLLM's engine set their title (ray::WorkerDict...)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")[:60]
+    except OSError:
+        return "?"
 
 
 def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]) -> dict:
@@ -86,7 +118,7 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
             f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}",
             "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.verl_patches.apply",
             *overrides]
-    memory = GpuMemory()
+    memory = GpuMemory(run_dir / "gpu_memory.tsv", metrics_file)
     memory.start()
     rc = run_logged(argv, run_dir, {**env, "VERL_FILE_LOGGER_PATH": str(metrics_file)})
     memory.stop.set()
@@ -94,7 +126,8 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
               "overrides": overrides,
               "workload": {"prompts": args.prompts, "n": args.n, "prompt_length": args.prompt_length,
                            "response_length": args.response_length, "mini_batch": args.mini_batch},
-              "log": str(run_dir / "log.txt"), "peak_gpu_mem_gb": round(memory.peak_mib / 1024, 1)}
+              "log": str(run_dir / "log.txt"), "peak_gpu_mem_gb": round(memory.peak_mib / 1024, 1),
+              "peak_gpu_mem_by_process_mib": memory.peak_by_process}
     steps = [m["data"] for m in map(json.loads, metrics_file.read_text().splitlines())
              if "timing_s/step" in m["data"]] if metrics_file.is_file() else []
     if rc != 0 or len(steps) < 2:
