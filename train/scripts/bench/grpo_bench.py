@@ -28,15 +28,12 @@ import time
 from pathlib import Path
 
 from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
-                    recipe_knobs, run_logged)
+                    recipe_knobs, run_logged, write_rows)
 from common import parser as bench_parser
 
 
 def build_data(gsm8k: Path, work: Path) -> Path:
     """verl's GSM8K RL rows, made by the recipe's own preprocessor (train/scripts/data_preprocess/gsm8k.py)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = work / "grpo.parquet"
     if out.is_file():
         return out
@@ -44,7 +41,7 @@ def build_data(gsm8k: Path, work: Path) -> Path:
     prep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prep)
     convert = prep.to_rl_row("train")
-    pq.write_table(pa.Table.from_pylist([convert(i, row) for i, row in enumerate(load_gsm8k(gsm8k))]), out)
+    write_rows([convert(i, row) for i, row in enumerate(load_gsm8k(gsm8k))], out)
     return out
 
 

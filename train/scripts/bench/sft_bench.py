@@ -19,15 +19,13 @@ import random
 import statistics
 from pathlib import Path
 
-from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, run_logged
+from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, run_logged, write_rows
 from common import parser as bench_parser
 from trace_summary import summarize
 
 
 def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Path, Path]:
     """A tokenizer trained on GSM8K, and n conversations of about target_tokens tokens each."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
     out = work / "sft.parquet"
@@ -46,7 +44,7 @@ def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Pat
             messages += [{"role": "user", "content": pairs[i]["question"]}, {"role": "assistant", "content": pairs[i]["answer"]}]
             length += lengths[i]
         rows.append({"messages": messages})
-    pq.write_table(pa.Table.from_pylist(rows), out)
+    write_rows(rows, out)
     return out, tok_dir
 
 
