@@ -73,15 +73,18 @@ class GpuMemory(threading.Thread):
             self.peak_by_process = {f"{pid} {self.names[pid]}": mib for pid, mib in by_pid.items()}
         return f"{seconds:.1f}\t{steps}\t{total_mib}\t" + " ".join(f"{pid}:{mib}" for pid, mib in sorted(by_pid.items()))
 
+    def sample(self, seconds: float) -> str:
+        total = sum(int(row[0]) for row in self.query("gpu=memory.used"))
+        apps = {int(row[0]): int(row[1]) for row in self.query("compute-apps=pid,used_memory")
+                if len(row) == 2 and row[0].isdigit() and row[1].isdigit()}  # "[N/A]" while one exits
+        steps = len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0
+        return self.record(seconds, steps, total, apps)
+
     def run(self):
         start = time.monotonic()
         with self.timeline.open("w") as out:
             while not self.stop.wait(self.interval_s):
-                total = sum(int(row[0]) for row in self.query("gpu=memory.used"))
-                apps = {int(row[0]): int(row[1]) for row in self.query("compute-apps=pid,used_memory")
-                        if len(row) == 2 and row[0].isdigit() and row[1].isdigit()}  # "[N/A]" while one exits
-                steps = len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0
-                out.write(self.record(time.monotonic() - start, steps, total, apps) + "\n")
+                out.write(self.sample(time.monotonic() - start) + "\n")
                 out.flush()
 
 
