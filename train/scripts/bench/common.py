@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # llm_bridge: the recipe's own renderer and parquet writer
 COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
               attention_dropout=0.0, use_sliding_window=False)
 ARCHS = {  # Qwen2.5 config.json values
@@ -135,8 +137,6 @@ def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | 
 def write_rows(rows: list[dict], out: Path) -> None:
     """The recipe's own parquet writer (temp file, then rename): the benchmarks reuse an existing file, so a
     run stopped mid-write must not leave one behind."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from llm_bridge.data import write_parquet
 
     write_parquet(rows, out)
@@ -145,7 +145,6 @@ def write_rows(rows: list[dict], out: Path) -> None:
 def recipe_knobs(team_file: Path, script: str, array: str) -> tuple[list[str], dict[str, str]]:
     """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file, and the
     variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none."""
-    sys.path.insert(0, str(REPO))
     from llm_bridge.loader import load
     from llm_bridge.render import render_all
 
