@@ -26,8 +26,16 @@ micro-batches x 3 = 216 host-device syncs in a 0.5B SFT step, each one draining 
 patch adds the boundaries (`cu_seq_lens_q/k`, `max_length_q/k`, transformers' own padding-free
 kwargs) to the model inputs, from the nested tensor's offsets, with one sync per micro-batch. SFT and
 the GRPO actor share this code (verl's FSDP engine), so both get it.
+
+4. The trainer notices finished rollouts within 0.2 s, not 2 s. verl's V1 trainer (main_ppo's default)
+takes each step's batch from its replay buffer, which looks for finished trajectories every 2.0 s
+(`ReplayBuffer.poll_interval`, not in the config). So `timing_s/gen` comes in steps of 2 s: every GRPO
+step on an H100 and H200 read 12.1, 14.1, 16.1 or 18.1 s, and a step waits 1 s on average, 2 s at
+worst, after vLLM is done (docs/benchmarks.md). Only the synchronous trainer's buffer is changed: the
+separate-async trainer also reads the interval to decide whether the rollout sat idle.
 """
 
+import functools
 import importlib.abc
 import importlib.util
 import os
@@ -167,6 +175,26 @@ def packed_sequence_boundaries(engine_module) -> None:
     cls.prepare_model_inputs = prepare_model_inputs
 
 
+REPLAY_BUFFER = "verl.trainer.ppo.v1.replay_buffer"
+REPLAY_POLL_S = 0.2  # one poll is one TransferQueue kv_list over ZMQ: 5 a second cost nothing next to a step
+
+
+def prompt_replay_polls(replay_module) -> None:
+    cls = replay_module.ReplayBuffer
+    if getattr(cls.__init__, "bridge_poll", False):
+        return
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self.trainer_mode == "sync":
+            self.poll_interval = min(self.poll_interval, REPLAY_POLL_S)
+
+    __init__.bridge_poll = True
+    cls.__init__ = __init__
+
+
 def apply() -> None:
     """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
     (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks).
@@ -179,3 +207,4 @@ def apply() -> None:
     patch_when_imported(ROLLOUT_SERVER, final_only_outputs)
     patch_when_imported(TORCH_FUNCTIONAL, chunked_label_logprobs)
     patch_when_imported(FSDP_ENGINE, packed_sequence_boundaries)
+    patch_when_imported(REPLAY_BUFFER, prompt_replay_polls)

@@ -52,6 +52,8 @@ from verl.utils import torch_functional  # as verl's worker code does later, onc
 assert torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 assert FSDPEngineWithLMHead.prepare_model_inputs.bridge_varlen
+from verl.trainer.ppo.v1 import replay_buffer  # in the TaskRunner, when the trainer builds its buffer
+assert replay_buffer.ReplayBuffer.__init__.bridge_poll
 print("ok")
 """
 
@@ -64,6 +66,31 @@ def test_ray_setup_hook_leaves_cuda_alone_until_verl_is_imported():
 
     done = subprocess.run([sys.executable, "-c", HOOK_IN_A_FRESH_WORKER], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def replay_buffer(cls_name: str, trainer_mode: str):
+    """verl's V1 replay buffer, built with the arguments the trainer passes (trainer_base._build_replay_buffer)."""
+    from verl.trainer.ppo.v1 import replay_buffer as module
+
+    verl_patches.prompt_replay_polls(module)
+    verl_patches.prompt_replay_polls(module)  # apply() runs in every worker, more than once
+    return module, getattr(module, cls_name)(
+        trainer_mode=trainer_mode, trainer_config={}, max_off_policy_threshold=None, max_off_policy_strategy="drop",
+        sampler_kwargs={}, refill_fn=lambda n: None)
+
+
+def test_sync_trainer_looks_for_finished_rollouts_every_fifth_of_a_second(monkeypatch):
+    module, buffer = replay_buffer("ReplayBuffer", "sync")
+    slept = []
+    monkeypatch.setattr(module.time, "sleep", slept.append)
+    buffer._wait_for_next_poll("train", last_debug_time=0.0)  # what sample() calls while rollouts run
+    assert slept == [verl_patches.REPLAY_POLL_S] and verl_patches.REPLAY_POLL_S < 2.0
+
+
+def test_async_trainers_keep_verls_interval():
+    """The separate-async trainer also reads poll_interval, to judge whether the rollout sat idle."""
+    _, buffer = replay_buffer("ReplayBufferAsync", "separate_async")
+    assert buffer.poll_interval == 2.0
 
 
 FAKE_SERVER = """
