@@ -30,9 +30,10 @@ the GRPO actor share this code (verl's FSDP engine), so both get it.
 4. The trainer notices finished rollouts within 0.2 s, not 2 s. verl's V1 trainer (main_ppo's default)
 takes each step's batch from its replay buffer, which looks for finished trajectories every 2.0 s
 (`ReplayBuffer.poll_interval`, not in the config). So `timing_s/gen` comes in steps of 2 s: every GRPO
-step on an H100 and H200 read 12.1, 14.1, 16.1 or 18.1 s, and a step waits 1 s on average, 2 s at
-worst, after vLLM is done (docs/benchmarks.md). Only the synchronous trainer's buffer is changed: the
-separate-async trainer also reads the interval to decide whether the rollout sat idle.
+step logged on an H100 read 12.1, 14.1, 16.1 or 18.1 s, and a step waits 1 s on average, 2 s at worst,
+after vLLM is done. On the CPU pipeline gen went from 2.02 s to 0.85-1.03 s (docs/benchmarks.md).
+Only the synchronous trainer's buffer is changed: the separate-async trainer also reads the interval
+to decide whether the rollout sat idle.
 """
 
 import functools
