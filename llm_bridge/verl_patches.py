@@ -180,7 +180,7 @@ REPLAY_BUFFER = "verl.trainer.ppo.v1.replay_buffer"
 REPLAY_POLL_S = 0.2  # one poll is one TransferQueue kv_list over ZMQ: 5 a second cost nothing next to a step
 
 
-def prompt_replay_polls(replay_module) -> None:
+def frequent_replay_polls(replay_module) -> None:
     cls = replay_module.ReplayBuffer
     if getattr(cls.__init__, "bridge_poll", False):
         return
@@ -208,4 +208,4 @@ def apply() -> None:
     patch_when_imported(ROLLOUT_SERVER, final_only_outputs)
     patch_when_imported(TORCH_FUNCTIONAL, chunked_label_logprobs)
     patch_when_imported(FSDP_ENGINE, packed_sequence_boundaries)
-    patch_when_imported(REPLAY_BUFFER, prompt_replay_polls)
+    patch_when_imported(REPLAY_BUFFER, frequent_replay_polls)

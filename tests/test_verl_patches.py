@@ -72,8 +72,8 @@ def replay_buffer(cls_name: str, trainer_mode: str):
     """verl's V1 replay buffer, built with the arguments the trainer passes (trainer_base._build_replay_buffer)."""
     from verl.trainer.ppo.v1 import replay_buffer as module
 
-    verl_patches.prompt_replay_polls(module)
-    verl_patches.prompt_replay_polls(module)  # apply() runs in every worker, more than once
+    verl_patches.frequent_replay_polls(module)
+    verl_patches.frequent_replay_polls(module)  # apply() runs in every worker, more than once
     return module, getattr(module, cls_name)(
         trainer_mode=trainer_mode, trainer_config={}, max_off_policy_threshold=None, max_off_policy_strategy="drop",
         sampler_kwargs={}, refill_fn=lambda n: None)
