@@ -12,13 +12,14 @@ import grpo_bench  # noqa: E402
 
 def fake_nvidia_smi(samples):
     """query() answering from samples [(total MiB, {pid: MiB})], one per memory.used read."""
-    samples, last = iter(samples), [(0, {})]
+    samples, last = iter(samples), (0, {})
 
     def query(what):
+        nonlocal last
         if what.startswith("gpu="):
-            last[0] = next(samples, last[0])
-            return [[str(last[0][0])]]
-        return [[str(pid), str(mib)] for pid, mib in last[0][1].items()] + [[str(os.getpid()), "[N/A]"]]
+            last = next(samples, last)
+            return [[str(last[0])]]
+        return [[str(pid), str(mib)] for pid, mib in last[1].items()] + [[str(os.getpid()), "[N/A]"]]
     return query
 
 

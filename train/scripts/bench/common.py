@@ -134,14 +134,6 @@ def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | 
     tokenizer.save_pretrained(out)
 
 
-def write_rows(rows: list[dict], out: Path) -> None:
-    """The recipe's own parquet writer (temp file, then rename): the benchmarks reuse an existing file, so a
-    run stopped mid-write must not leave one behind."""
-    from llm_bridge.data import write_parquet
-
-    write_parquet(rows, out)
-
-
 def recipe_knobs(team_file: Path, script: str, array: str) -> tuple[list[str], dict[str, str]]:
     """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file, and the
     variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none."""

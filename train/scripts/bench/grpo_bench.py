@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
-                    recipe_knobs, run_logged, write_rows)
+                    recipe_knobs, run_logged)
 from common import parser as bench_parser
+from llm_bridge.data import write_parquet  # temp file, then rename: a stopped run leaves no half file to reuse
 
 
 def build_data(gsm8k: Path, work: Path) -> Path:
@@ -41,7 +42,7 @@ def build_data(gsm8k: Path, work: Path) -> Path:
     prep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prep)
     convert = prep.to_rl_row("train")
-    write_rows([convert(i, row) for i, row in enumerate(load_gsm8k(gsm8k))], out)
+    write_parquet([convert(i, row) for i, row in enumerate(load_gsm8k(gsm8k))], out)
     return out
 
 

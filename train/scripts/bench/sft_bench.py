@@ -19,8 +19,9 @@ import random
 import statistics
 from pathlib import Path
 
-from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, run_logged, write_rows
+from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, run_logged
 from common import parser as bench_parser
+from llm_bridge.data import write_parquet  # temp file, then rename: a stopped run leaves no half file to reuse
 from trace_summary import summarize
 
 
@@ -44,7 +45,7 @@ def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Pat
             messages += [{"role": "user", "content": pairs[i]["question"]}, {"role": "assistant", "content": pairs[i]["answer"]}]
             length += lengths[i]
         rows.append({"messages": messages})
-    write_rows(rows, out)
+    write_parquet(rows, out)
     return out, tok_dir
 
 
