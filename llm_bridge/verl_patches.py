@@ -196,16 +196,28 @@ def frequent_replay_polls(replay_module) -> None:
     cls.__init__ = __init__
 
 
+PATCHES = {  # name: (the verl module it patches, the patch)
+    "chunked_label_logprobs": (TORCH_FUNCTIONAL, chunked_label_logprobs),
+    "final_only_outputs": (ROLLOUT_SERVER, final_only_outputs),
+    "packed_sequence_boundaries": (FSDP_ENGINE, packed_sequence_boundaries),
+    "frequent_replay_polls": (REPLAY_BUFFER, frequent_replay_polls),
+}
+
+
 def apply() -> None:
     """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
-    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (for benchmarks).
+    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released, and
+    BRIDGE_VERL_PATCHES_OFF=name,... leaves out the patches named in PATCHES (both for benchmarks).
 
     Every patch waits for its module's import. Ray runs the hook when a worker process starts, before it
     gives the process its GPU (CUDA_VISIBLE_DEVICES): importing verl here would run verl.utils.device's
     torch.cuda.is_available(), CUDA would fix the devices it sees, and every rank would take GPU 0."""
     if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
         return
-    patch_when_imported(ROLLOUT_SERVER, final_only_outputs)
-    patch_when_imported(TORCH_FUNCTIONAL, chunked_label_logprobs)
-    patch_when_imported(FSDP_ENGINE, packed_sequence_boundaries)
-    patch_when_imported(REPLAY_BUFFER, frequent_replay_polls)
+    off = {name.strip() for name in os.environ.get("BRIDGE_VERL_PATCHES_OFF", "").split(",") if name.strip()}
+    if off - PATCHES.keys():
+        raise ValueError(f"BRIDGE_VERL_PATCHES_OFF names no patch: {', '.join(sorted(off - PATCHES.keys()))}. "
+                         f"Fix: name some of {', '.join(PATCHES)}, comma-separated")
+    for name, (module, patch) in PATCHES.items():
+        if name not in off:
+            patch_when_imported(module, patch)

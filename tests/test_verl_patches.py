@@ -1,5 +1,6 @@
 """llm_bridge.verl_patches: the chunked label log-probs equal log_softmax + gather, values and gradients."""
 
+import os
 import sys
 
 import pytest
@@ -66,6 +67,36 @@ def test_ray_setup_hook_leaves_cuda_alone_until_verl_is_imported():
 
     done = subprocess.run([sys.executable, "-c", HOOK_IN_A_FRESH_WORKER], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+ONE_PATCH_OFF = """
+from llm_bridge import verl_patches
+verl_patches.apply()
+from verl.utils import torch_functional
+from verl.trainer.ppo.v1 import replay_buffer
+print(torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs,
+      getattr(replay_buffer.ReplayBuffer.__init__, "bridge_poll", False))
+"""
+
+
+def run_fresh(script, **env):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_one_patch_can_be_left_out_for_a_benchmark():
+    done = run_fresh(ONE_PATCH_OFF, BRIDGE_VERL_PATCHES_OFF="frequent_replay_polls")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].split() == ["True", "False"]  # the others still apply
+
+
+def test_an_unknown_patch_name_is_an_error_that_lists_the_names():
+    done = run_fresh(ONE_PATCH_OFF, BRIDGE_VERL_PATCHES_OFF="frequent_replay_poll")
+    assert done.returncode != 0
+    assert "BRIDGE_VERL_PATCHES_OFF names no patch: frequent_replay_poll." in done.stderr
+    assert "frequent_replay_polls" in done.stderr.split("Fix:")[1]
 
 
 def replay_buffer(cls_name: str, trainer_mode: str):
