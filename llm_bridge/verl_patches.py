@@ -34,6 +34,11 @@ step logged on an H100 read 12.1, 14.1, 16.1 or 18.1 s, and a step waits 1 s on 
 after vLLM is done. On the CPU pipeline gen went from 2.02 s to 0.85-1.03 s (docs/benchmarks.md).
 Only the synchronous trainer's buffer is changed: the separate-async trainer also reads the interval
 to decide whether the rollout sat idle.
+
+5. Opt-in, for benchmarks: BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer (torch.compile, dynamic
+shapes) when verl's FSDP engine builds the model, before FSDP wraps it. A 0.5B SFT step is bound by the
+CPU launching ~2,000 kernels per micro-batch (docs/benchmarks.md); fusing a layer's elementwise work
+would launch fewer. Not measured on a GPU yet, so it is no default.
 """
 
 import functools
@@ -126,7 +131,7 @@ class AfterImport(importlib.abc.MetaPathFinder):
 def patch_when_imported(name: str, patch) -> None:
     if name in sys.modules:
         patch(sys.modules[name])
-    elif not any(isinstance(f, AfterImport) and f.name == name for f in sys.meta_path):
+    elif not any(isinstance(f, AfterImport) and (f.name, f.patch) == (name, patch) for f in sys.meta_path):
         sys.meta_path.insert(0, AfterImport(name, patch))
 
 
@@ -176,6 +181,29 @@ def packed_sequence_boundaries(engine_module) -> None:
     cls.prepare_model_inputs = prepare_model_inputs
 
 
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer of a transformers causal LM in place; returns how many."""
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def compiled_decoder_layers(engine_module) -> None:
+    cls = engine_module.FSDPEngine
+    if getattr(cls._build_module, "bridge_compile", False):
+        return
+    build = cls._build_module
+
+    def _build_module(self):
+        module = build(self)
+        print(f"llm_bridge: BRIDGE_COMPILE_LAYERS=1: compiled {compile_decoder_layers(module)} decoder layers", flush=True)
+        return module
+
+    _build_module.bridge_compile = True
+    cls._build_module = _build_module
+
+
 REPLAY_BUFFER = "verl.trainer.ppo.v1.replay_buffer"
 REPLAY_POLL_S = 0.2  # one poll is one TransferQueue kv_list over ZMQ: 5 a second cost nothing next to a step
 
@@ -221,3 +249,5 @@ def apply() -> None:
     for name, (module, patch) in PATCHES.items():
         if name not in off:
             patch_when_imported(module, patch)
+    if os.environ.get("BRIDGE_COMPILE_LAYERS") == "1":
+        patch_when_imported(FSDP_ENGINE, compiled_decoder_layers)

@@ -92,6 +92,44 @@ def test_one_patch_can_be_left_out_for_a_benchmark():
     assert done.stdout.splitlines()[-1].split() == ["True", "False"]  # the others still apply
 
 
+COMPILE_ARMED = """
+from llm_bridge import verl_patches
+verl_patches.apply()
+from verl.workers.engine.fsdp import transformer_impl as engine
+print(getattr(engine.FSDPEngine._build_module, "bridge_compile", False),
+      getattr(engine.FSDPEngineWithLMHead.prepare_model_inputs, "bridge_varlen", False))
+"""
+
+
+@pytest.mark.parametrize("flag, compiled", [("1", "True"), ("0", "False")])
+def test_layer_compile_is_armed_only_when_asked_beside_the_boundaries_patch(flag, compiled):
+    done = run_fresh(COMPILE_ARMED, BRIDGE_COMPILE_LAYERS=flag)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].split() == [compiled, "True"]  # same module, both patches
+
+
+def test_compiled_decoder_layers_give_the_eager_loss_and_gradients():
+    import copy
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    eager = Qwen2ForCausalLM(config)
+    compiled = copy.deepcopy(eager)
+    assert verl_patches.compile_decoder_layers(compiled) == 2
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.layers)
+    for length in (9, 13):  # a second length: dynamic shapes, no failure on a new packed length
+        ids = torch.randint(0, 128, (1, length))
+        losses = [model(input_ids=ids, labels=ids).loss for model in (eager, compiled)]
+        for loss in losses:
+            loss.backward()
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_an_unknown_patch_name_is_an_error_that_lists_the_names():
     done = run_fresh(ONE_PATCH_OFF, BRIDGE_VERL_PATCHES_OFF="frequent_replay_poll")
     assert done.returncode != 0
