@@ -1,4 +1,4 @@
-"""llm_bridge.verl_patches: the chunked label log-probs equal log_softmax + gather, values and gradients."""
+"""llm_bridge.verl_patches: each workaround does what verl did, faster, and apply() arms exactly the ones asked for."""
 
 import os
 import sys
@@ -59,13 +59,19 @@ print("ok")
 """
 
 
+def run_fresh(script, **env):
+    """Run script in a new Python process: patches change verl's modules for the rest of a process."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
 def test_ray_setup_hook_leaves_cuda_alone_until_verl_is_imported():
     """Ray runs the hook (apply) in each worker before it sets that worker's CUDA_VISIBLE_DEVICES. A CUDA
     query there fixes the devices the process sees: on a 2-GPU H100 node both GRPO ranks took GPU 0
     (NCCL "Duplicate GPU detected"). The hook must only arm the patches."""
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-c", HOOK_IN_A_FRESH_WORKER], capture_output=True, text=True, timeout=300)
+    done = run_fresh(HOOK_IN_A_FRESH_WORKER)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
@@ -77,13 +83,6 @@ from verl.trainer.ppo.v1 import replay_buffer
 print(torch_functional.logprobs_from_logits_v2 is verl_patches.label_logprobs,
       getattr(replay_buffer.ReplayBuffer.__init__, "bridge_poll", False))
 """
-
-
-def run_fresh(script, **env):
-    import subprocess
-
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
 
 
 def test_one_patch_can_be_left_out_for_a_benchmark():
