@@ -35,10 +35,10 @@ after vLLM is done. On the CPU pipeline gen went from 2.02 s to 0.85-1.03 s (doc
 Only the synchronous trainer's buffer is changed: the separate-async trainer also reads the interval
 to decide whether the rollout sat idle.
 
-5. Opt-in, for benchmarks: BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer (torch.compile, dynamic
-shapes) when verl's FSDP engine builds the model, before FSDP wraps it. A 0.5B SFT step is bound by the
-CPU launching ~2,000 kernels per micro-batch (docs/benchmarks.md); fusing a layer's elementwise work
-would launch fewer. Not measured on a GPU yet, so it is no default.
+Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
+(torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it. A 0.5B
+SFT step is bound by the CPU launching ~2,000 kernels per micro-batch (docs/benchmarks.md); fusing a
+layer's elementwise work would launch fewer. Not measured on a GPU yet, so it is no default.
 """
 
 import functools
