@@ -197,7 +197,8 @@ def compiled_decoder_layers(engine_module) -> None:
 
     def _build_module(self):
         module = build(self)
-        print(f"llm_bridge: BRIDGE_COMPILE_LAYERS=1: compiled {compile_decoder_layers(module)} decoder layers", flush=True)
+        compiled = compile_decoder_layers(module)
+        print(f"llm_bridge: BRIDGE_COMPILE_LAYERS=1: compiled {compiled} decoder layers", flush=True)
         return module
 
     _build_module.bridge_compile = True

@@ -41,7 +41,8 @@ def test_summary_counts_live_default_pool_segments_by_the_code_that_made_them():
     }
     by_pool, by_site = vllm_memory.summarize(snapshot)
     assert by_pool == {"(0, 0)": 3.0, "(0, 5)": 4.0}
-    assert dict(by_site) == {"vllm/v1/sample/sampler.py:96:forward < vllm/v1/worker/gpu_model_runner.py:3593:_sample": 3 * GIB}
+    site = "vllm/v1/sample/sampler.py:96:forward < vllm/v1/worker/gpu_model_runner.py:3593:_sample"
+    assert dict(by_site) == {site: 3 * GIB}
 
 
 def run_with_fake_vllm(tmp_path, env_extra):

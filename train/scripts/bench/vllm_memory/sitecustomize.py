@@ -54,7 +54,8 @@ def report(directory, tag):
     import torch
     by_pool, by_site = summarize(torch.cuda.memory._snapshot())
     lines = [f"== pid {os.getpid()} {tag} {time.strftime('%T')}",
-             f"reserved {torch.cuda.memory_reserved() / GIB:.2f} GiB, allocated {torch.cuda.memory_allocated() / GIB:.2f} GiB",
+             f"reserved {torch.cuda.memory_reserved() / GIB:.2f} GiB, "
+             f"allocated {torch.cuda.memory_allocated() / GIB:.2f} GiB",
              f"segments by pool (GiB): {by_pool}",
              "live default-pool segments by the code that made them:"]
     lines += [f"  {size / GIB:7.2f} GiB  {site}" for site, size in by_site.most_common(12)]
