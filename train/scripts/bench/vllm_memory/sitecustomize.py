@@ -10,12 +10,12 @@ the reserved memory by pool and the live segments of PyTorch's default pool by t
   PYTHONPATH=train/scripts/bench/vllm_memory:$PYTHONPATH BRIDGE_MEMSNAP_DIR=/tmp/memsnap \\
       python train/scripts/bench/grpo_bench.py --recipe templates/team.example.yaml --label memsnap ...
 
-Only segment events are recorded (not every allocation), so generation keeps its speed. Without
-BRIDGE_MEMSNAP_DIR this file only runs the sitecustomize it shadows.
+Only segment events are recorded (not every allocation), so generation keeps its speed. The hook is
+the recipe's own (llm_bridge.verl_patches.patch_when_imported; grpo_bench puts the repo on PYTHONPATH).
+Without BRIDGE_MEMSNAP_DIR this file only runs the sitecustomize it shadows.
 """
 import collections
-import importlib.abc
-import importlib.util
+import functools
 import os
 import sys
 import time
@@ -67,7 +67,7 @@ def instrument(module, directory):
     """Record segments from the worker's device start; report before each sleep, never failing the run."""
     Worker = module.Worker
     init_device, sleep = Worker.init_device, Worker.sleep
-    sleeps = [0]
+    sleeps = 0
 
     def recording_init_device(self, *args, **kwargs):
         init_device(self, *args, **kwargs)
@@ -77,35 +77,15 @@ def instrument(module, directory):
             skip_actions=["alloc", "free_requested", "free_completed"])
 
     def reporting_sleep(self, *args, **kwargs):
-        sleeps[0] += 1
+        nonlocal sleeps
+        sleeps += 1
         try:
-            report(directory, f"before sleep {sleeps[0]}")
+            report(directory, f"before sleep {sleeps}")
         except Exception as exc:  # a diagnostic must not stop the rollout
             print(f"vllm_memory: no report: {exc!r}", file=sys.stderr)
         return sleep(self, *args, **kwargs)
 
     Worker.init_device, Worker.sleep = recording_init_device, reporting_sleep
-
-
-class _InstrumentOnImport(importlib.abc.MetaPathFinder):
-    def __init__(self, directory):
-        self.directory = directory
-
-    def find_spec(self, name, path, target=None):
-        if name != WORKER_MODULE:
-            return None
-        sys.meta_path.remove(self)  # find the real module, then stop watching
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_instrument(module):
-            exec_module(module)
-            instrument(module, self.directory)
-
-        spec.loader.exec_module = exec_and_instrument
-        return spec
 
 
 def _run_shadowed_sitecustomize():
@@ -120,6 +100,8 @@ def _run_shadowed_sitecustomize():
 
 
 if os.environ.get("BRIDGE_MEMSNAP_DIR"):
+    from llm_bridge.verl_patches import patch_when_imported  # the recipe's own after-import hook
+
     os.makedirs(os.environ["BRIDGE_MEMSNAP_DIR"], exist_ok=True)
-    sys.meta_path.insert(0, _InstrumentOnImport(os.environ["BRIDGE_MEMSNAP_DIR"]))
+    patch_when_imported(WORKER_MODULE, functools.partial(instrument, directory=os.environ["BRIDGE_MEMSNAP_DIR"]))
 _run_shadowed_sitecustomize()
