@@ -36,9 +36,11 @@ Only the synchronous trainer's buffer is changed: the separate-async trainer als
 to decide whether the rollout sat idle.
 
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
-(torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it. A 0.5B
-SFT step is bound by the CPU launching ~2,000 kernels per micro-batch (docs/benchmarks.md); fusing a
-layer's elementwise work would launch fewer. Not measured on a GPU yet, so it is no default.
+(torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the
+flash-attention call left eager. A 0.5B SFT step is bound by the CPU launching ~2,000 kernels per
+micro-batch, and fusing a layer's elementwise work would launch fewer. Measured on H100s it does not pay
+(docs/benchmarks.md): with Liger it crashes in Dynamo; without Liger whole layers trace only under
+engine.use_orig_params=True, and then run at 0.6x the recipe's tokens/s. So it is no default.
 """
 
 import functools
@@ -181,9 +183,24 @@ def packed_sequence_boundaries(engine_module) -> None:
     cls.prepare_model_inputs = prepare_model_inputs
 
 
+def flash_attention_outside_compile() -> None:
+    """Run transformers' flash-attention call eagerly inside compiled layers. Traced, flash_attn's varlen
+    kernel fails on a GPU: Dynamo cannot lift its symbolic max_seqlen (`s52 + 1`) to a graph input."""
+    try:
+        from transformers.integrations import flash_attention
+    except ImportError:
+        return
+    forward = flash_attention._flash_attention_forward  # verl's Ulysses/remove-padding version by now
+    if not getattr(forward, "bridge_eager", False):
+        forward = torch.compiler.disable(forward)
+        forward.bridge_eager = True
+        flash_attention._flash_attention_forward = forward
+
+
 def compile_decoder_layers(model) -> int:
     """torch.compile each decoder layer of a transformers causal LM in place; returns how many."""
     layers = getattr(getattr(model, "model", None), "layers", None) or []
+    flash_attention_outside_compile()
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
@@ -199,6 +216,10 @@ def compiled_decoder_layers(engine_module) -> None:
         module = build(self)
         compiled = compile_decoder_layers(module)
         print(f"llm_bridge: BRIDGE_COMPILE_LAYERS=1: compiled {compiled} decoder layers", flush=True)
+        config = self.engine_config
+        if config.strategy == "fsdp" and not config.use_orig_params:
+            print("llm_bridge: BRIDGE_COMPILE_LAYERS=1: Dynamo traces FSDP1 layers only with "
+                  "engine.use_orig_params=True; without it each layer runs eager, with pieces compiled.", flush=True)
         return module
 
     _build_module.bridge_compile = True

@@ -107,10 +107,13 @@ def test_layer_compile_is_armed_only_when_asked_beside_the_boundaries_patch(flag
     assert done.stdout.splitlines()[-1].split() == [compiled, "True"]  # same module, both patches
 
 
-def test_compiled_decoder_layers_give_the_eager_loss_and_gradients():
+def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(monkeypatch):
     import copy
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.integrations import flash_attention
+
+    monkeypatch.setattr(flash_attention, "_flash_attention_forward", flash_attention._flash_attention_forward)
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -119,6 +122,7 @@ def test_compiled_decoder_layers_give_the_eager_loss_and_gradients():
     compiled = copy.deepcopy(eager)
     assert verl_patches.compile_decoder_layers(compiled) == 2
     assert all(layer._compiled_call_impl is not None for layer in compiled.model.layers)
+    assert flash_attention._flash_attention_forward.bridge_eager  # traced, flash_attn's varlen call fails on GPU
     for length in (9, 13):  # a second length: dynamic shapes, no failure on a new packed length
         ids = torch.randint(0, 128, (1, length))
         losses = [model(input_ids=ids, labels=ids).loss for model in (eager, compiled)]
@@ -127,6 +131,27 @@ def test_compiled_decoder_layers_give_the_eager_loss_and_gradients():
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("strategy, orig_params, warned", [("fsdp", False, True), ("fsdp", True, False),
+                                                          ("fsdp2", False, False)])
+def test_layer_compile_says_when_fsdp1_flat_parameters_keep_layers_eager(capsys, monkeypatch, strategy, orig_params,
+                                                                         warned):
+    from types import SimpleNamespace
+
+    from transformers.integrations import flash_attention
+
+    monkeypatch.setattr(flash_attention, "_flash_attention_forward", flash_attention._flash_attention_forward)
+
+    class FSDPEngine:  # verl's engine, down to what the patch touches
+        engine_config = SimpleNamespace(strategy=strategy, use_orig_params=orig_params)
+
+        def _build_module(self):
+            return torch.nn.Module()
+
+    verl_patches.compiled_decoder_layers(SimpleNamespace(FSDPEngine=FSDPEngine))
+    FSDPEngine()._build_module()
+    assert ("engine.use_orig_params=True" in capsys.readouterr().out) == warned
 
 
 def test_an_unknown_patch_name_is_an_error_that_lists_the_names():
