@@ -107,13 +107,19 @@ def test_layer_compile_is_armed_only_when_asked_beside_the_boundaries_patch(flag
     assert done.stdout.splitlines()[-1].split() == [compiled, "True"]  # same module, both patches
 
 
-def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(monkeypatch):
-    import copy
-
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+@pytest.fixture
+def flash_attention(monkeypatch):
+    """transformers' flash-attention module, whose forward compile_decoder_layers wraps; restored afterwards."""
     from transformers.integrations import flash_attention
 
     monkeypatch.setattr(flash_attention, "_flash_attention_forward", flash_attention._flash_attention_forward)
+    return flash_attention
+
+
+def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(flash_attention):
+    import copy
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -135,13 +141,9 @@ def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(monkeypatch):
 
 @pytest.mark.parametrize("strategy, orig_params, warned", [("fsdp", False, True), ("fsdp", True, False),
                                                           ("fsdp2", False, False)])
-def test_layer_compile_says_when_fsdp1_flat_parameters_keep_layers_eager(capsys, monkeypatch, strategy, orig_params,
-                                                                         warned):
+@pytest.mark.usefixtures("flash_attention")
+def test_layer_compile_says_when_fsdp1_flat_parameters_keep_layers_eager(capsys, strategy, orig_params, warned):
     from types import SimpleNamespace
-
-    from transformers.integrations import flash_attention
-
-    monkeypatch.setattr(flash_attention, "_flash_attention_forward", flash_attention._flash_attention_forward)
 
     class FSDPEngine:  # verl's engine, down to what the patch touches
         engine_config = SimpleNamespace(strategy=strategy, use_orig_params=orig_params)
