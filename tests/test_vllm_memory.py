@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
+
 TOOL = Path(__file__).resolve().parents[1] / "train" / "scripts" / "bench" / "vllm_memory"
 # Loaded under its own name: Python may already have imported another module called sitecustomize.
 _spec = importlib.util.spec_from_file_location("vllm_memory", TOOL / "sitecustomize.py")
@@ -45,7 +47,11 @@ def test_summary_counts_live_default_pool_segments_by_the_code_that_made_them():
     assert dict(by_site) == {site: 3 * GIB}
 
 
-def run_with_fake_vllm(tmp_path, env_extra):
+def run_with_fake_vllm(tmp_path, env_extra, installed=True):
+    """Import a fake vLLM worker with the tool first on PYTHONPATH. installed=False is the GPU machine's case: the
+    recipe is not pip-installed and the process starts elsewhere (`python train/scripts/bench/grpo_bench.py` puts
+    only its own folder on sys.path), so site-packages is on the path without its .pth files and the tool is
+    imported by hand, as site would."""
     worker = tmp_path / "fake" / "vllm" / "v1" / "worker"
     worker.mkdir(parents=True)
     for package in (worker, worker.parent, worker.parent.parent):
@@ -61,8 +67,13 @@ def run_with_fake_vllm(tmp_path, env_extra):
               "print('sleep is', Worker.sleep.__name__)\n"
               "Worker().sleep(level=2)\n")
     env = {k: v for k, v in os.environ.items() if k != "BRIDGE_MEMSNAP_DIR"}
-    env.update(PYTHONPATH=f"{TOOL}{os.pathsep}{tmp_path / 'fake'}", **env_extra)
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    path = [TOOL, tmp_path / "fake"]
+    command = [sys.executable, "-c", script]
+    if not installed:
+        path.append(Path(torch.__file__).parents[1])
+        command = [sys.executable, "-S", "-c", "import sitecustomize\n" + script]
+    env.update(PYTHONPATH=os.pathsep.join(map(str, path)), **env_extra)
+    return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
 
 def test_worker_is_instrumented_and_a_failed_report_still_sleeps(tmp_path):
@@ -73,6 +84,12 @@ def test_worker_is_instrumented_and_a_failed_report_still_sleeps(tmp_path):
     assert "vLLM slept at level 2" in result.stdout  # no GPU here: the report fails, the sleep still happens
     assert "vllm_memory: no report" in result.stderr
     assert out.is_dir()
+
+
+def test_the_hook_finds_the_recipe_when_it_is_not_installed(tmp_path):
+    result = run_with_fake_vllm(tmp_path, {"BRIDGE_MEMSNAP_DIR": str(tmp_path / "memsnap")}, installed=False)
+    assert result.returncode == 0, result.stderr
+    assert "sleep is reporting_sleep" in result.stdout
 
 
 def test_without_the_variable_nothing_is_instrumented(tmp_path):
