@@ -1,4 +1,5 @@
-"""Workarounds for verl 0.9.1, applied by the recipe's entrypoints (llm_bridge.verl_sft, llm_bridge.verl_ppo).
+"""Workarounds for verl 0.9.1 and the kernels it runs, applied by the recipe's entrypoints
+(llm_bridge.verl_sft, llm_bridge.verl_ppo).
 
 1. Label log-probs without flash-attn. verl computes each token's log-prob with flash-attn's Triton
 cross-entropy when flash-attn is installed; otherwise it falls back to `logprobs_from_logits_v2`,
@@ -34,6 +35,14 @@ step logged on an H100 read 12.1, 14.1, 16.1 or 18.1 s, and a step waits 1 s on 
 after vLLM is done. On the CPU pipeline gen went from 2.02 s to 0.85-1.03 s (docs/benchmarks.md).
 Only the synchronous trainer's buffer is changed: the separate-async trainer also reads the interval
 to decide whether the rollout sat idle.
+
+5. Liger's RoPE on its Triton kernel. liger-kernel 0.8.5 runs RoPE with a CuTe DSL kernel on Hopper
+wherever nvidia-cutlass-dsl is installed (vLLM 0.24 requires it), for heads of 128 or more (Qwen2.5 1.5B
+and 7B; 0.5B's are 64) in micro-batches of 131,072 head-rows or more. That kernel is compiled for
+each sequence length, and a packed micro-batch has a new length nearly every time: 25 steps of 1.5B SFT
+on an H100 spent 20 of their 70 s compiling (py-spy) and ran at MFU 0.18-0.23; on Triton, which
+compiles once, 0.43-0.44 (docs/benchmarks.md). Liger reads LIGER_KERNEL_IMPL_ROPE at every call, so a value set
+before the job wins.
 
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
 (torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the
@@ -247,11 +256,19 @@ def frequent_replay_polls(replay_module) -> None:
     cls.__init__ = __init__
 
 
-PATCHES = {  # name: (the verl module it patches, the patch)
+LIGER = "liger_kernel"
+
+
+def liger_rope_on_triton(liger_module) -> None:
+    os.environ.setdefault("LIGER_KERNEL_IMPL_ROPE", "nvidia-triton")
+
+
+PATCHES = {  # name: (the module it patches, the patch)
     "chunked_label_logprobs": (TORCH_FUNCTIONAL, chunked_label_logprobs),
     "final_only_outputs": (ROLLOUT_SERVER, final_only_outputs),
     "packed_sequence_boundaries": (FSDP_ENGINE, packed_sequence_boundaries),
     "frequent_replay_polls": (REPLAY_BUFFER, frequent_replay_polls),
+    "liger_rope_on_triton": (LIGER, liger_rope_on_triton),
 }
 
 
