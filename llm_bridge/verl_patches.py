@@ -37,12 +37,12 @@ Only the synchronous trainer's buffer is changed: the separate-async trainer als
 to decide whether the rollout sat idle.
 
 5. Liger's RoPE on its Triton kernel. liger-kernel 0.8.5 runs RoPE with a CuTe DSL kernel on Hopper
-wherever nvidia-cutlass-dsl is installed (vLLM 0.24 requires it), for heads of 128 or more (Qwen2.5 1.5B
-and 7B; 0.5B's are 64) in micro-batches of 131,072 head-rows or more. That kernel is compiled for
-each sequence length, and a packed micro-batch has a new length nearly every time: 25 steps of 1.5B SFT
-on an H100 spent 20 of their 70 s compiling (py-spy) and ran at MFU 0.18-0.23; on Triton, which
-compiles once, 0.43-0.44 (docs/benchmarks.md). Liger reads LIGER_KERNEL_IMPL_ROPE at every call, so a value set
-before the job wins.
+wherever nvidia-cutlass-dsl is installed (vLLM 0.24 requires it), for heads of 128 or more (Qwen2.5
+1.5B and 7B; 0.5B's are 64) in micro-batches of 131,072 head-rows or more. That kernel is compiled
+for each sequence length, and a packed micro-batch has a new length nearly every time: 25 steps of
+1.5B SFT on an H100 spent 20 of their 70 s compiling (py-spy) and ran at MFU 0.18-0.23; on Triton,
+which compiles once, 0.43-0.44 (docs/benchmarks.md). Liger reads LIGER_KERNEL_IMPL_ROPE at every
+call, so a value set before the job wins.
 
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
 (torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the

@@ -114,7 +114,8 @@ def test_liger_rope_is_pinned_to_triton_once_liger_is_imported(tmp_path, env, pr
     (tmp_path / "liger_kernel").mkdir()
     (tmp_path / "liger_kernel" / "__init__.py").write_text("")
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    done = run_fresh(LIGER_ROPE, PYTHONPATH=path, **{"LIGER_KERNEL_IMPL_ROPE": None, "BRIDGE_VERL_PATCHES_OFF": None, **env})
+    unset = {"LIGER_KERNEL_IMPL_ROPE": None, "BRIDGE_VERL_PATCHES_OFF": None}
+    done = run_fresh(LIGER_ROPE, PYTHONPATH=path, **{**unset, **env})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == printed
 
