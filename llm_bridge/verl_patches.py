@@ -273,7 +273,7 @@ PATCHES = {  # name: (the module it patches, the patch)
 
 
 def apply() -> None:
-    """Patch verl in this process. Idempotent. Ray runs it in every worker process of a PPO job
+    """Patch verl (and Liger, patch 5) in this process. Idempotent. Ray runs it in every worker process of a PPO job
     (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released, and
     BRIDGE_VERL_PATCHES_OFF=name,... leaves out the patches named in PATCHES (both for benchmarks).
 

@@ -108,9 +108,8 @@ print(before, os.environ.get("LIGER_KERNEL_IMPL_ROPE"))
     ({"BRIDGE_VERL_PATCHES_OFF": "liger_rope_on_triton"}, "None None"),
 ])
 def test_liger_rope_is_pinned_to_triton_once_liger_is_imported(tmp_path, env, printed):
-    """On an H100, Liger's CuTe DSL RoPE compiled anew for each packed length (1.5B SFT at MFU 0.18-0.23,
-    0.43-0.44 on Triton). The CPU tests have no liger-kernel (it needs Triton), so an empty package of that
-    name stands in: what is tested is that importing it sets the variable Liger reads at each call."""
+    """Patch 5 (why: verl_patches' docstring). The CPU tests have no liger-kernel (it needs Triton), so an
+    empty package of that name stands in: what is tested is that importing it sets the variable Liger reads."""
     (tmp_path / "liger_kernel").mkdir()
     (tmp_path / "liger_kernel" / "__init__.py").write_text("")
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
