@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 4464fa06e7c5).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 fbe456042871).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
