@@ -14,7 +14,8 @@
 # On the GPU host, with the pieces in one folder:
 #   for t in base vllm; do cat $t.tar.xz.part* | xz -d | tar x -C /root; done   # -> /root/site
 #   python3 -m pip install --no-deps --no-index --target /root/site flash_attn-*.whl
-#   export PYTHONPATH=/root/site VLLM_USE_FLASHINFER_SAMPLER=0
+#   export PYTHONPATH=/root/site:/root/site/nvidia_cutlass_dsl/python_packages VLLM_USE_FLASHINFER_SAMPLER=0
+# (the second entry is what nvidia-cutlass-dsl's .pth file adds; pip --target leaves .pth files unread).
 # base.tar.xz alone is enough for SFT; GRPO needs vllm.tar.xz too.
 set -euo pipefail
 
@@ -32,7 +33,8 @@ PLATFORM=(--only-binary=:all: --python-version 3.12 --platform any --platform li
           --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64)
 for v in 17 24 26 27 28 29 31 32 33 34 35 36 37 38 39; do PLATFORM+=(--platform "manylinux_2_${v}_x86_64"); done
 # Already on the image, or not needed for a dense model without flashinfer (VLLM_USE_FLASHINFER_SAMPLER=0).
-ON_IMAGE='^(torch|torchvision|torchaudio|triton|numpy|scipy|pandas|pyarrow|pillow|numba|llvmlite|grpcio|setuptools|ninja|pybind11|tensorboard.*|nvidia-.*|cuda-.*|flashinfer.*|tilelang|tokenspeed.*|quack-kernels|humming-kernels|z3-solver|torchcodec|av|opencv-python-headless|pytest.*|iniconfig|pluggy|virtualenv|distlib|python-discovery|wandb|sentry-sdk|cwevals|anthropic|mcp|mcp-types|fastapi-cloud-cli|fastar|rignore)$'
+# vLLM's nvidia-cutlass-dsl stays, as in a team's env: with it Liger picks its CuTe DSL RoPE (llm_bridge/verl_patches.py, patch 5).
+ON_IMAGE='^(torch|torchvision|torchaudio|triton|numpy|scipy|pandas|pyarrow|pillow|numba|llvmlite|grpcio|setuptools|ninja|pybind11|tensorboard.*|nvidia-(?!cutlass-dsl).*|cuda-.*|flashinfer.*|tilelang|tokenspeed.*|quack-kernels|humming-kernels|z3-solver|torchcodec|av|opencv-python-headless|pytest.*|iniconfig|pluggy|virtualenv|distlib|python-discovery|wandb|sentry-sdk|cwevals|anthropic|mcp|mcp-types|fastapi-cloud-cli|fastar|rignore)$'
 
 build_site() {
   echo "== resolve for Python 3.12, with the image's torch standing in as empty wheels"
