@@ -17,6 +17,8 @@
 #   export PYTHONPATH=/root/site:/root/site/nvidia_cutlass_dsl/python_packages VLLM_USE_FLASHINFER_SAMPLER=0
 # (the second entry is what nvidia-cutlass-dsl's .pth file adds; pip --target leaves .pth files unread).
 # base.tar.xz alone is enough for SFT; GRPO needs vllm.tar.xz too.
+# A run that must outlive the remote call that starts it needs its own session (setsid nohup CMD &):
+# these hosts end a call's leftover processes when it returns (docs/benchmarks.md, H6).
 set -euo pipefail
 
 OUT=${1:?"usage: bash train/scripts/bench/offline_env.sh OUT (a new folder for the packed environment)"}
