@@ -259,6 +259,49 @@ def check_memory(config: TeamConfig) -> list[Problem]:
     return problems
 
 
+# GRPO/PPO memory per GPU while vLLM generates, fitted to one H100's nvidia-smi peaks (docs/benchmarks.md, H7-H16):
+# 0.5B on 1 GPU measured 64.1-64.3 GiB at gpu_memory_utilization 0.5 (estimate 64.5) and 69.3-72.6 at 0.6 (72.5).
+H100_GIB = 79.65                # nvidia-smi's 81,559 MiB; gpu_memory_utilization is a share of this
+VLLM_SAMPLER_GIB = 17.7         # the most vLLM's sampler held outside its pool (vocab 151,936, 256 sequences)
+TRAINER_PROCESS_GIB = 1.4       # the FSDP worker's CUDA context and cache besides its weights (6.9 GiB for 0.5B)
+BYTES_PER_TRAINED_PARAM = 12    # fp32 weights + Adam's two moments stay on the GPU while vLLM generates
+BYTES_PER_REF_PARAM = 4         # the reference model: verl 0.9.1 loads it in fp32 too (ref.fsdp_config.model_dtype)
+HEADROOM = 0.10
+
+
+def check_rollout_memory(config: TeamConfig) -> list[Problem]:
+    """vLLM's pool, its sampler's workspace and the resident FSDP models share one GPU while generating; warn when
+    the estimate leaves less than 10% of an 80 GB H100. The smallest layout (one node) shards the models least."""
+    rl = config.rl
+    dp = _layouts(config)[0][1]
+    size = model_billions(rl.model)
+    models = {"actor": (size or 0.0) * BYTES_PER_TRAINED_PARAM}
+    if rl.use_kl_loss:
+        models["reference"] = (size or 0.0) * BYTES_PER_REF_PARAM
+    if rl.algorithm == "ppo":
+        models["critic"] = (model_billions(rl.critic_model or rl.model) or 0.0) * BYTES_PER_TRAINED_PARAM
+    per_gpu = {name: gb * 1e9 / 2**30 / dp for name, gb in models.items()}
+    trainer = sum(per_gpu.values()) + TRAINER_PROCESS_GIB
+    pool = rl.gpu_memory_utilization * H100_GIB
+    total, limit = pool + VLLM_SAMPLER_GIB + trainer, (1 - HEADROOM) * H100_GIB
+    if total <= limit:
+        return []
+    split = " + ".join(f"{name} {gib:.1f}" for name, gib in per_gpu.items() if gib)
+    held = (f"{trainer:.1f} GiB per GPU ({split} GiB of weights and optimizer state over {dp} GPU(s), "
+            f"~{TRAINER_PROCESS_GIB} GiB CUDA context)" if split
+            else f"at least {TRAINER_PROCESS_GIB} GiB per GPU (the model's size is unknown here)")
+    most = math.floor((limit - VLLM_SAMPLER_GIB - trainer) / H100_GIB * 100) / 100
+    fix = (f"set rl.gpu_memory_utilization: {most} or lower (0.5B on one H100: 0.5 peaked at 64 GiB, 0.6 at 73 GiB)"
+           if most >= 0.2 else "shard the models over more GPUs (slurm.gpus_per_node), or use a smaller model")
+    return [Problem(
+        "rl.gpu_memory_utilization",
+        f"{rl.gpu_memory_utilization} gives vLLM {pool:.1f} GiB, its sampler takes up to {VLLM_SAMPLER_GIB} GiB more "
+        f"while generating, and the FSDP workers keep {held}: about {total:.0f} GiB per GPU, less than "
+        f"{HEADROOM:.0%} headroom on an 80 GB H100 ({H100_GIB} GiB), so a rollout can run out of memory mid-run",
+        fix, "warning",
+    )]
+
+
 def _expand(path: str) -> Path:
     return Path(path.replace("${HOME}", os.path.expanduser("~"), 1))
 
@@ -341,7 +384,7 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
 
 def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
     problems = (check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config)
-                + check_memory(config) + check_evaluation(config))
+                + check_memory(config) + check_rollout_memory(config) + check_evaluation(config))
     if local_paths:
         problems += check_local_paths(config) + check_sft_val_rows(config) + check_accounts(config)
     return problems
