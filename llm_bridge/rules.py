@@ -259,10 +259,11 @@ def check_memory(config: TeamConfig) -> list[Problem]:
     return problems
 
 
-# GRPO/PPO memory per GPU while vLLM generates, fitted to one H100's nvidia-smi peaks (docs/benchmarks.md, H7-H16):
-# 0.5B on 1 GPU measured 64.1-64.3 GiB at gpu_memory_utilization 0.5 (estimate 64.5) and 69.3-72.6 at 0.6 (72.5).
+# GRPO/PPO memory per GPU while vLLM generates, fitted to nvidia-smi peaks (docs/benchmarks.md): 0.5B on 1 GPU with
+# an H100's 0.5 of vLLM pool measured 47.2 GiB (estimate 47.8) under the scripts' expandable segments, and 64.1-64.3 GiB
+# without them, when the sampler's share was up to 18.4 GiB (a team that exports another allocator gets that back).
 H100_GIB = 79.65                # nvidia-smi's 81,559 MiB; gpu_memory_utilization is a share of this
-VLLM_SAMPLER_GIB = 17.7         # the most vLLM's sampler held outside its pool (vocab 151,936, 256 sequences)
+VLLM_SAMPLER_GIB = 1.0          # vLLM's sampler outside its pool: 4 fp32 [256 sequences x 151,936] = 0.58, measured 0.4-0.7
 TRAINER_PROCESS_GIB = 1.4       # the FSDP worker's CUDA context and cache besides its weights (6.9 GiB for 0.5B)
 BYTES_PER_TRAINED_PARAM = 12    # fp32 weights + Adam's two moments stay on the GPU while vLLM generates
 BYTES_PER_REF_PARAM = 4         # the reference model: verl 0.9.1 loads it in fp32 too (ref.fsdp_config.model_dtype)
@@ -291,12 +292,13 @@ def check_rollout_memory(config: TeamConfig) -> list[Problem]:
             f"~{TRAINER_PROCESS_GIB} GiB CUDA context)" if split
             else f"at least {TRAINER_PROCESS_GIB} GiB per GPU (the model's size is unknown here)")
     most = math.floor((limit - VLLM_SAMPLER_GIB - trainer) / H100_GIB * 100) / 100
-    fix = (f"set rl.gpu_memory_utilization: {most} or lower (0.5B on one H100: 0.5 peaked at 64 GiB, 0.6 at 73 GiB)"
+    fix = (f"set rl.gpu_memory_utilization: {most} or lower (0.5B on one GPU: 0.5 of an H100 peaked at 47 GiB)"
            if most >= 0.2 else "shard the models over more GPUs (slurm.gpus_per_node), or use a smaller model")
     return [Problem(
         "rl.gpu_memory_utilization",
-        f"{rl.gpu_memory_utilization} gives vLLM {pool:.1f} GiB, its sampler takes up to {VLLM_SAMPLER_GIB} GiB more "
-        f"while generating, and the FSDP workers keep {held}: about {total:.0f} GiB per GPU, less than "
+        f"{rl.gpu_memory_utilization} gives vLLM {pool:.1f} GiB, its sampler takes ~{VLLM_SAMPLER_GIB} GiB more while "
+        f"generating (with the scripts' expandable segments), and the FSDP workers keep {held}: about {total:.0f} GiB "
+        "per GPU, less than "
         f"{HEADROOM:.0%} headroom on an 80 GB H100 ({H100_GIB} GiB), so a rollout can run out of memory mid-run",
         fix, "warning",
     )]

@@ -77,6 +77,16 @@ def test_ppo_overrides_compose(scripts, name, nnodes):
     assert "MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP" not in cfg.ray_kwargs.ray_init.runtime_env.env_vars
 
 
+@pytest.mark.parametrize("name", ["ppo/run_ppo.sbatch", "mutinode_ppo/run_ppo_multinode.sbatch", "mutinode_ppo/submit_ppo.sh"])
+def test_ppo_hands_the_allocator_to_every_ray_worker(scripts, name):
+    """Workers on other nodes run under a Ray started elsewhere: the allocator must travel in Ray's runtime_env,
+    whole, even with the comma a team's own value may have (Hydra would read an unquoted one as a sweep)."""
+    value = "expandable_segments:True,max_split_size_mb:128"
+    argv = verl_argv(scripts[name], "llm_bridge.verl_ppo", "PPO_ARGS", env={"PYTORCH_CUDA_ALLOC_CONF": value})
+    cfg = compose_verl("ppo_trainer", argv)
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.PYTORCH_CUDA_ALLOC_CONF == value
+
+
 @pytest.mark.parametrize("name", ["ppo/run_ppo.sbatch", "mutinode_ppo/run_ppo_multinode.sbatch"])
 def test_ppo_hands_the_save_deadline_to_the_trainer_actor_as_a_string(scripts, name):
     deadline = {"MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP": "1790000000"}

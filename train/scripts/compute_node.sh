@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 fbe456042871).
+# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 f19a8d79f8dc).
 # Do not edit: change the team config or templates/, then run `bridge render` again.
 #
 # An interactive shell on one compute node of partition P01, with the same resources
