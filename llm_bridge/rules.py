@@ -260,10 +260,11 @@ def check_memory(config: TeamConfig) -> list[Problem]:
 
 
 # GRPO/PPO memory per GPU while vLLM generates, fitted to nvidia-smi peaks (docs/benchmarks.md): 0.5B on 1 GPU with
-# an H100's 0.5 of vLLM pool measured 47.2 GiB (estimate 47.8) under the scripts' expandable segments, and 64.1-64.3 GiB
-# without them, when the sampler's share was up to 18.4 GiB (a team that exports another allocator gets that back).
+# an H100's 0.5 of vLLM pool measured 47.2-47.3 GiB (estimate 47.8) under the scripts' expandable segments, and 1.5B
+# 59.2 GiB (estimate 59.0); 0.5B measured 64.1-64.3 GiB without them, when the sampler's share was up to 18.4 GiB (a team
+# that exports another allocator gets that back).
 H100_GIB = 79.65                # nvidia-smi's 81,559 MiB; gpu_memory_utilization is a share of this
-VLLM_SAMPLER_GIB = 1.0          # vLLM's sampler outside its pool: 4 fp32 [256 sequences x 151,936] = 0.58, measured 0.4-0.7
+VLLM_SAMPLER_GIB = 1.0          # vLLM's sampler outside its pool: 4 fp32 [256 sequences x 151,936] = 0.58, measured 0.4-0.8
 TRAINER_PROCESS_GIB = 1.4       # the FSDP worker's CUDA context and cache besides its weights (6.9 GiB for 0.5B)
 BYTES_PER_TRAINED_PARAM = 12    # fp32 weights + Adam's two moments stay on the GPU while vLLM generates
 BYTES_PER_REF_PARAM = 4         # the reference model: verl 0.9.1 loads it in fp32 too (ref.fsdp_config.model_dtype)
