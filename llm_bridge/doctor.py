@@ -69,6 +69,22 @@ def check_package(name: str, dist: str, need: str, missing_status: str, fix: str
     return Row(name, status, version if status == "PASS" else f"{version} (the recipe is tested with {need})")
 
 
+def check_allocator() -> Row:
+    """sbatch hands the submitting shell's environment to the job, and the training scripts keep a
+    PYTORCH_CUDA_ALLOC_CONF found there instead of their expandable segments (templates/_allocator.sh.j2)."""
+    value = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    if value is None:
+        return Row("allocator", "PASS", "PYTORCH_CUDA_ALLOC_CONF unset: the SFT and GRPO/PPO scripts set "
+                                        "expandable_segments:True")
+    settings = dict(item.strip().partition(":")[::2] for item in value.split(",") if item.strip())
+    if settings.get("expandable_segments") == "True":
+        return Row("allocator", "PASS", f"PYTORCH_CUDA_ALLOC_CONF={value}")
+    return Row("allocator", "WARN",
+               f"PYTORCH_CUDA_ALLOC_CONF={value} replaces the scripts' expandable_segments:True: vLLM's sampler then "
+               "holds up to 18 GiB outside rl.gpu_memory_utilization during GRPO, more than bridge check counts "
+               "(docs/benchmarks.md). unset PYTORCH_CUDA_ALLOC_CONF, or add expandable_segments:True to it")
+
+
 def wandb_logged_in() -> bool:
     """WANDB_API_KEY set, or `wandb login` wrote ~/.netrc (the same test the rendered jobs make)."""
     netrc = Path.home() / ".netrc"
@@ -104,6 +120,7 @@ def run() -> list[Row]:
                       "sft.use_liger and rl.use_liger (true by default) need it: rerun install_env.sbatch, or set them to false"),
         check_package("transformers", "transformers", "5.", "FAIL", "pip install 'transformers<5.11'"),
         check_package("ray", "ray", "2.", "FAIL", "pip install 'ray[default]'"),
+        check_allocator(),
         *check_logins(),
     ]
 

@@ -5,6 +5,8 @@ import sys
 
 from conftest import bridge, fake_token
 
+from llm_bridge import doctor
+
 
 def test_doctor_reports_missing_gpu_and_vllm(tmp_path):
     token = fake_token("hf_")
@@ -21,6 +23,22 @@ def test_doctor_reports_missing_gpu_and_vllm(tmp_path):
     assert "token found (not shown)" in result.stdout
     assert token not in result.stdout + result.stderr
     assert "FAIL: gpus, nccl, vllm" in result.stdout
+
+
+def test_doctor_warns_when_the_environment_replaces_the_scripts_allocator(tmp_path, monkeypatch):
+    """sbatch passes the shell's environment on, and the scripts keep a PYTORCH_CUDA_ALLOC_CONF they find there: one
+    without expandable segments gives back the up to 18 GiB of vLLM's sampler that bridge check no longer counts."""
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "doctor"], capture_output=True, text=True, env=env)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("allocator "))
+    assert "WARN" in row and "up to 18 GiB" in row and "unset PYTORCH_CUDA_ALLOC_CONF" in row
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert doctor.check_allocator().status == "PASS" and "unset" in doctor.check_allocator().detail
+    for value, status in (("expandable_segments:True", "PASS"), ("max_split_size_mb:512, expandable_segments:True", "PASS"),
+                          ("expandable_segments:False", "WARN")):
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", value)
+        assert doctor.check_allocator().status == status, value
 
 
 def test_doctor_help():
