@@ -34,7 +34,8 @@ def test_doctor_warns_when_the_environment_replaces_the_scripts_allocator(tmp_pa
     assert "WARN" in row and "up to 18 GiB" in row and "unset PYTORCH_CUDA_ALLOC_CONF" in row
 
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    assert doctor.check_allocator().status == "PASS" and "unset" in doctor.check_allocator().detail
+    unset = doctor.check_allocator()
+    assert unset.status == "PASS" and "unset" in unset.detail
     for value, status in (("expandable_segments:True", "PASS"), ("max_split_size_mb:512, expandable_segments:True", "PASS"),
                           ("expandable_segments:False", "WARN")):
         monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", value)
