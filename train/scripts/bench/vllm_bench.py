@@ -11,6 +11,8 @@ request and wakes the coroutine waiting on it, in one Python process. This runs 
   final-only            one output per request when it finishes (RequestOutputKind.FINAL_ONLY), logprobs=0
   final-only-nologprobs final-only without the sampled tokens' log-probs (verl: rollout.calculate_log_probs=False)
   final-only-nodetok    final-only without detokenizing (verl reads token ids only)
+--sleep-level L puts the engine to sleep and wakes it after every round, as verl does between rollouts
+(level 1 keeps the weights on the CPU; verl's level 2 drops them and syncs the actor's, which this cannot).
 --stream-interval is vLLM's engine option (scheduler_config.stream_interval) that sends a streamed
 output only every N tokens; verl passes it through actor_rollout_ref.rollout.engine_kwargs.vllm.
 Every response runs to --max-tokens (ignore_eos), so each mode generates the same number of tokens.
@@ -79,10 +81,15 @@ async def main_async(args) -> None:
         for _ in range(args.repeats):
             for mode in args.modes.split(","):
                 row = {"bench": "vllm", "label": args.label, "mode": mode, "stream_interval": args.stream_interval,
+                       "sleep_level": args.sleep_level,
                        "prompts": len(prompts), "n": args.n, "max_tokens": args.max_tokens,
                        **await one_round(engine, prompts, args.n, args.max_tokens, mode_params(mode))}
                 results.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
+                if args.sleep_level:
+                    await engine.sleep(level=args.sleep_level)
+                    await engine.wake_up()
+                    await engine.reset_prefix_cache()
     engine.shutdown()
 
 
@@ -99,6 +106,8 @@ def main() -> None:
     p.add_argument("--modes", default="streamed,final-only",
                    help="comma-separated: streamed, final-only, final-only-nologprobs, final-only-nodetok")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--sleep-level", type=int, default=0, choices=(0, 1),
+                   help="sleep and wake the engine after every round (0: never)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     asyncio.run(main_async(args))
