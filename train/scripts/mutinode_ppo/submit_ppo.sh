@@ -108,8 +108,8 @@ if ! python3 -c "import liger_kernel" 2>/dev/null; then
 fi
 # PyTorch's allocator grows mapped segments instead of caching fixed-size blocks (docs/benchmarks.md):
 #   SFT: the same speed, and 0.5B at 32768 tokens/GPU reserved 38 instead of 64 GiB of an H100.
-#   GRPO: vLLM's sampler held 0.4-0.8 instead of up to 18.4 GiB outside its pool (two H200s), and generated
-#   1.5x faster in the one pair measured.
+#   GRPO: vLLM's sampler holds a steady 0.4-0.8 GiB outside its pool instead of up to 18 GiB that changes
+#   with every rollout (three H200s), which `bridge check` counts on; generation is no faster.
 # vLLM turns it off while it builds its own pool; verl does the same around the weight sync. A value exported
 # before sbatch wins.
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
