@@ -11,6 +11,7 @@ from pathlib import Path
 VERL_PIN = "0.9.1"
 VLLM_PIN = "0.24"
 FLASH_ATTN_PIN = "2.8.3"  # the version verl 0.9.1's `fsdp` extra pins
+SCRIPTS_ALLOCATOR = "expandable_segments:True"  # PYTORCH_CUDA_ALLOC_CONF of the training scripts (_allocator.sh.j2)
 
 
 @dataclass
@@ -71,18 +72,19 @@ def check_package(name: str, dist: str, need: str, missing_status: str, fix: str
 
 def check_allocator() -> Row:
     """sbatch hands the submitting shell's environment to the job, and the training scripts keep a
-    PYTORCH_CUDA_ALLOC_CONF found there instead of their expandable segments (templates/_allocator.sh.j2)."""
+    PYTORCH_CUDA_ALLOC_CONF found there instead of their SCRIPTS_ALLOCATOR."""
     value = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
     if value is None:
-        return Row("allocator", "PASS", "PYTORCH_CUDA_ALLOC_CONF unset: the SFT and GRPO/PPO scripts set "
-                                        "expandable_segments:True")
+        return Row("allocator", "PASS",
+                   f"PYTORCH_CUDA_ALLOC_CONF unset: the SFT and GRPO/PPO scripts set {SCRIPTS_ALLOCATOR}")
     settings = dict(item.strip().partition(":")[::2] for item in value.split(",") if item.strip())
-    if settings.get("expandable_segments") == "True":
+    key, _, wanted = SCRIPTS_ALLOCATOR.partition(":")
+    if settings.get(key) == wanted:
         return Row("allocator", "PASS", f"PYTORCH_CUDA_ALLOC_CONF={value}")
     return Row("allocator", "WARN",
-               f"PYTORCH_CUDA_ALLOC_CONF={value} replaces the scripts' expandable_segments:True: vLLM's sampler then "
+               f"PYTORCH_CUDA_ALLOC_CONF={value} replaces the scripts' {SCRIPTS_ALLOCATOR}: vLLM's sampler then "
                "holds up to 18 GiB outside rl.gpu_memory_utilization during GRPO, more than bridge check counts "
-               "(docs/benchmarks.md). unset PYTORCH_CUDA_ALLOC_CONF, or add expandable_segments:True to it")
+               f"(docs/benchmarks.md). unset PYTORCH_CUDA_ALLOC_CONF, or add {SCRIPTS_ALLOCATOR} to it")
 
 
 def wandb_logged_in() -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
-from .doctor import FLASH_ATTN_PIN, VERL_PIN
+from .doctor import FLASH_ATTN_PIN, SCRIPTS_ALLOCATOR, VERL_PIN
 from .config import TeamConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,7 @@ def render_all(
         "out": out_label.rstrip("/") or ".",
         "verl_pin": VERL_PIN,
         "flash_attn_pin": FLASH_ATTN_PIN,
+        "scripts_allocator": SCRIPTS_ALLOCATOR,
     }
     scripts = {}
     for template in script_templates(templates_dir):
