@@ -109,7 +109,8 @@ fi
 # PyTorch's allocator grows mapped segments instead of caching fixed-size blocks (docs/benchmarks.md):
 #   SFT: the same speed, and 0.5B at 32768 tokens/GPU reserved 38 instead of 64 GiB of an H100.
 #   GRPO: vLLM's sampler holds a steady 0.4-0.8 GiB outside its pool instead of up to 18 GiB that changes
-#   with every rollout (three H200s), which `bridge check` counts on; generation is no faster.
+#   with every rollout (four H200s), which `bridge check` counts on; generation speed stays within
+#   step-to-step noise.
 # vLLM turns it off while it builds its own pool; verl does the same around the weight sync. A value exported
 # before sbatch wins.
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
