@@ -42,10 +42,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 1
     try:
         scripts = render_all(config, args.team, str(args.out))
+        written = write_all(scripts, args.out, args.team)
     except RenderError as exc:
-        print(f"ERROR: {exc}\nNothing written to {args.out}.", file=sys.stderr)
+        print(f"ERROR: {exc}\nNothing written to {str(args.out)!r}.", file=sys.stderr)
         return 1
-    for path in write_all(scripts, args.out):
+    for path in written:
         print(f"  wrote {path}")
     print(f"\n{len(scripts)} scripts rendered from {args.team}. Submit one with e.g. `sbatch {args.out}/sft/run_sft.sbatch`.")
     return 0

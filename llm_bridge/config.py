@@ -10,10 +10,16 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-# Characters that survive a bash double-quoted string *and* a Hydra override unquoted.
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.+@/-]*$")
+from .shell import PATH_CHARS
+
+# Characters that survive a bash double-quoted string *and* a Hydra override unquoted (llm_bridge/shell.py).
+_SAFE_PATH = re.compile(f"[{PATH_CHARS}]*")
 _HOME_PREFIXES = ("${HOME}", "$HOME", "~")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A SLURM hostlist: names, [ranges] and commas (llm_bridge/hostlist.py expands it in `bridge check`).
+_HOSTLIST = re.compile(r"[A-Za-z0-9._\[\],-]+")
+# An OpenAI-compatible base URL: scheme, host, optional port and path; nothing a shell would read.
+_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.+@%/-]*)?")
 
 
 def _shell_path(value: str) -> str:
@@ -25,16 +31,16 @@ def _shell_path(value: str) -> str:
     for prefix in _HOME_PREFIXES:
         if value == prefix or value.startswith(prefix + "/"):
             rest = value[len(prefix):]
-            if not _SAFE_PATH.match(rest):
+            if not _SAFE_PATH.fullmatch(rest):
                 raise ValueError(_unsafe_path_message(value))
             return "${HOME}" + rest.rstrip("/")
+    if not _SAFE_PATH.fullmatch(value):
+        raise ValueError(_unsafe_path_message(value))
     if not value.startswith("/"):
         raise ValueError(
             f"{value!r} is relative; jobs start in another directory. "
             f"Fix: write an absolute path (/home/...) or one under your home (~/{value})"
         )
-    if not _SAFE_PATH.match(value):
-        raise ValueError(_unsafe_path_message(value))
     return value.rstrip("/") or "/"
 
 
@@ -46,7 +52,7 @@ def _unsafe_path_message(value: str) -> str:
 
 
 def _model_ref(value: str) -> str:
-    if _HUB_ID.match(value) and not value.startswith(("~", "$")):
+    if _HUB_ID.fullmatch(value):
         return value
     try:
         return _shell_path(value)
@@ -55,6 +61,20 @@ def _model_ref(value: str) -> str:
             f"{value!r} is neither a Hugging Face Hub id (org/name) nor an absolute path. "
             "Fix: write e.g. Qwen/Qwen2.5-0.5B-Instruct or ~/models/my-sft-model"
         ) from None
+
+
+def _hostlist(value: str) -> str:
+    if not _HOSTLIST.fullmatch(value):
+        raise ValueError(f"{value!r} is not a SLURM hostlist (letters, digits, . _ - and [ranges] joined by commas). "
+                         "Fix: write e.g. osk-gpu[51-53] or osk-gpu51,osk-gpu52")
+    return value
+
+
+def _url(value: str) -> str:
+    if not _URL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain http(s) URL (scheme, host, optional port and path). "
+                         "Fix: write e.g. http://judge-node:8000/v1")
+    return value
 
 
 def _absolute(value: str) -> str:
@@ -83,7 +103,7 @@ class Section(BaseModel):
 class Slurm(Section):
     partition: Name
     nodes: Annotated[int, Field(ge=1, le=64)]
-    nodelist: str | None = None
+    nodelist: Annotated[str, AfterValidator(_hostlist)] | None = None
     gpus_per_node: Annotated[int, Field(ge=1, le=16)]
     cpus_per_task: PositiveInt
     mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] = "0"
@@ -242,7 +262,7 @@ class Evaluation(Section):
     hle_questions: ShellPath = "~/data/hle/test.parquet"
     dna_questions: ShellPath = "~/data/do_not_answer/do_not_answer_en.csv"
     judge_model: Word = "o3-mini-2025-01-31"
-    judge_url: Annotated[str, Field(pattern=r"^https?://[^\s'\"]+$")] | None = None
+    judge_url: Annotated[str, AfterValidator(_url)] | None = None
     judge_api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPENAI_API_KEY"
     hle_max_response_length: PositiveInt = 8192
     max_model_len: PositiveInt | None = None

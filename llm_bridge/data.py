@@ -80,13 +80,29 @@ def deterministic_split(rows: list[dict], test_fraction: float, seed: int) -> tu
     return [r for i, r in enumerate(rows) if i not in test_idx], [r for i, r in enumerate(rows) if i in test_idx]
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """write(tmp) into a temp file beside path, then rename it over path: readers never see half a file."""
+    """write(tmp) into a temp file beside path, then rename it over path: readers never see half a file.
+    The file gets the mode a plain open() would (the umask's), not mkstemp's private 0600, so teammates on a
+    shared directory can read what the recipe writes for the team."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

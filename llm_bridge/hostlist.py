@@ -2,6 +2,7 @@
 
 import re
 
+MAX_HOSTS = 4096  # far beyond any team's partition; a typo like node[1-999999999] stops here, not in MemoryError
 _ITEM = re.compile(r"^([^\[\],]*)(?:\[([^\[\]]+)\])?([^\[\],]*)$")
 
 
@@ -35,11 +36,13 @@ def expand(hostlist: str) -> list[str]:
             continue
         for part in ranges.split(","):
             low, _, high = part.strip().partition("-")
-            if not low.isdigit() or (high and not high.isdigit()):
+            if not re.fullmatch(r"[0-9]{1,9}", low) or (high and not re.fullmatch(r"[0-9]{1,9}", high)):
                 raise ValueError(f"cannot parse range {part!r} in {item!r}")
             high = high or low
             if int(high) < int(low):
                 raise ValueError(f"range {part!r} in {item!r} runs backwards")
+            if len(hosts) + int(high) - int(low) + 1 > MAX_HOSTS:
+                raise ValueError(f"{hostlist!r} names more than {MAX_HOSTS} hosts")
             width = len(low)
             hosts.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(low), int(high) + 1))
     return hosts

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from . import hostlist
@@ -45,12 +46,14 @@ def check_slurm(config: TeamConfig) -> list[Problem]:
             hosts = hostlist.expand(slurm.nodelist)
         except ValueError as exc:
             return [Problem("slurm.nodelist", f"not a SLURM hostlist: {exc}", "write e.g. osk-gpu[51-53] or osk-gpu51,osk-gpu52")]
+        shown = ", ".join(hosts[:8]) + (f", ... ({len(hosts)} in all)" if len(hosts) > 8 else "")
         if len(set(hosts)) != len(hosts):
-            problems.append(Problem("slurm.nodelist", f"names a node twice: {', '.join(hosts)}", "list each node once"))
+            twice = sorted(h for h, n in Counter(hosts).items() if n > 1)
+            problems.append(Problem("slurm.nodelist", f"names a node twice: {', '.join(twice[:8])}", "list each node once"))
         elif len(hosts) != slurm.nodes:
             problems.append(Problem(
                 "slurm.nodelist",
-                f"names {len(hosts)} node(s) ({', '.join(hosts)}) but slurm.nodes is {slurm.nodes}",
+                f"names {len(hosts)} node(s) ({shown}) but slurm.nodes is {slurm.nodes}",
                 f"list {slurm.nodes} nodes, or set slurm.nodes: {len(hosts)}",
             ))
     if slurm.signal_before_limit_s >= slurm.time_limit_s:

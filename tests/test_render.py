@@ -142,6 +142,74 @@ def test_rerender_replaces_files_in_place(tmp_path):
     assert target.read_text().startswith("#!/bin/bash")
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_blocked_output_path_leaves_the_folder_as_it_was(tmp_path):
+    """All or nothing: one path in the way (a file where sft/ must go) stops the render before any script is
+    written, and the old scripts and the team's own files stay as they were."""
+    out = tmp_path / "out"
+    assert bridge("render", "--team", str(EXAMPLE), "--out", str(out)).returncode == 0
+    (out / "notes.txt").write_text("ours")
+    (out / "compute_node.sh").write_text("old render")
+    shutil.rmtree(out / "sft")
+    (out / "sft").write_text("a file where a directory must go")
+    before = _tree(out)
+    result = bridge("render", "--team", str(EXAMPLE), "--out", str(out))
+    assert result.returncode == 1
+    assert f"{out / 'sft'} is a file, where a directory must go" in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _tree(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not list(out.glob(".*"))  # no staging left
+
+
+def test_a_rename_that_fails_midway_is_undone(tmp_path, monkeypatch):
+    from llm_bridge import render as render_module
+
+    config, _ = load(EXAMPLE)
+    scripts = render_all(config, EXAMPLE, "out")
+    out = tmp_path / "out"
+    render_module.write_all(scripts, out)
+    (out / "sft" / "run_sft.sbatch").write_text("previous")
+    before = _tree(out)
+    real_replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 5:
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(render_module.os, "replace", replace_then_fail)
+    with pytest.raises(RenderError, match="nothing was changed there"):
+        render_module.write_all(scripts, out)
+    monkeypatch.setattr(render_module.os, "replace", real_replace)
+    assert _tree(out) == before
+
+
+def test_render_never_writes_over_its_own_team_file(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    team = out / "compute_node.sh"  # a team config named like one of the outputs
+    team.write_text(EXAMPLE.read_text())
+    result = bridge("render", "--team", str(team), "--out", str(out))
+    assert result.returncode == 1
+    assert "is the team config itself" in result.stderr
+    assert team.read_text() == EXAMPLE.read_text() and [p.name for p in out.iterdir()] == ["compute_node.sh"]
+
+
+def test_rendered_scripts_follow_the_umask(tmp_path):
+    """On a team share (umask 002) teammates may run and update the scripts; umask 077 keeps them private."""
+    for umask, mode in ((0o002, 0o775), (0o077, 0o700)):
+        out = tmp_path / f"out{umask:o}"
+        run = subprocess.run(["bash", "-c", f"umask {umask:03o} && exec \"$@\"", "-", sys.executable, "-m", "llm_bridge.cli",
+                              "render", "--team", str(EXAMPLE), "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+        assert run.returncode == 0, run.stderr
+        modes = {p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+        assert modes == {mode}, (oct(umask), sorted(map(oct, modes)))
+
+
 def test_wandb_disabled_drops_the_wandb_logger(example, write_team):
     example["wandb"]["mode"] = "disabled"
     team = write_team(example)
