@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .loader import load, secret_shape
+from . import secrets
+from .loader import load
 from .problems import Problem, errors, report
 from .render import RenderError, render_all, write_all
 from .rules import check
@@ -130,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for arg in sys.argv[1:] if argv is None else argv:
-        if found := secret_shape(arg):  # refuse before argparse can echo it in an error message
+    args = sys.argv[1:] if argv is None else argv
+    for before, arg in zip([""] + args, args):
+        if found := secrets.find(arg, context=before):  # refuse before argparse can echo it in an error message
             print(f"ERROR: an argument looks like {found[0]}; secrets never go on a command line "
                   f"(it lands in shell history and the process list).\n       Fix: {found[1]}.", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from . import secrets
 from .config import TeamConfig
 from .problems import Problem
 
@@ -17,23 +18,51 @@ _PLACEHOLDERS = [
     (re.compile(r"<[^<>]+>"), "a '<...>' placeholder"),
 ]
 
-# Token shapes. The fix never echoes the value itself.
-_SECRETS = [
-    (re.compile(r"hf_[A-Za-z0-9]{30,}"), "a Hugging Face token", "run `huggingface-cli login` (or export HF_TOKEN) instead"),
-    (re.compile(r"sk-[A-Za-z0-9_-]{20,}"), "an OpenAI-style API key", "export OPENAI_API_KEY in your shell instead"),
-    (re.compile(r"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])"), "a W&B API key", "run `wandb login` (or export WANDB_API_KEY) instead"),
-]
-
-
-def secret_shape(text: str) -> tuple[str, str] | None:
-    """(what it looks like, the fix) if text holds a token-shaped value, else None."""
-    for pattern, what, fix in _SECRETS:
-        if pattern.search(text):
-            return what, fix
-    return None
-
-
 _SECRET_KEY = re.compile(r"(^|_)(token|api_?key|secret|password)s?$", re.IGNORECASE)
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load, but what it would settle silently becomes a problem: a key written twice in one mapping
+    (YAML keeps the last), and an integer too long for Python to read (a ValueError outside YAML's errors)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int, int]] = []  # (key, first line, repeated line)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    self.duplicates.append((key_node.value, seen[key_node.value], line))
+                else:
+                    seen[key_node.value] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number with {len(node.value)} digits is not a setting", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _parse(text: str) -> tuple[Any, list[Problem]]:
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here already
+        data = loader.get_single_data()
+        loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(yaml)"
+        return None, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}", "check indentation and quoting")]
+    return data, [Problem(f"line {line}", f"'{key}' is set twice in one section (first on line {first}); YAML would "
+                          "silently keep only the last", "delete one of the two")
+                  for key, first, line in loader.duplicates]
 
 
 def _walk(node: Any, path: tuple = ()):
@@ -60,15 +89,14 @@ def _scan_secrets(text: str, data: Any) -> list[Problem]:
                                     "delete this key; scripts read tokens from your login or environment"))
             reported.add(str(value))
             continue
-        for pattern, what, fix in _SECRETS:
-            if isinstance(value, str) and pattern.search(value):
-                problems.append(Problem(_dotted(path), f"looks like {what} (value not shown)", f"delete it and {fix}"))
-                reported.add(value)
+        found = secrets.find(value, _dotted(path)) if isinstance(value, str) else None
+        if found:
+            problems.append(Problem(_dotted(path), f"looks like {found[0]} (value not shown)", f"delete it and {found[1]}"))
+            reported.add(value)
     for number, line in enumerate(text.splitlines(), start=1):
-        for pattern, what, fix in _SECRETS:
-            match = pattern.search(line)
-            if match and not any(match.group(0) in value for value in reported):
-                problems.append(Problem(f"line {number}", f"looks like {what} (value not shown)", f"delete it and {fix}"))
+        found = secrets.find(line)
+        if found and not any(len(value) >= 20 and value in line for value in reported):
+            problems.append(Problem(f"line {number}", f"looks like {found[0]} (value not shown)", f"delete it and {found[1]}"))
     return problems
 
 
@@ -121,21 +149,29 @@ def _from_validation_error(exc: ValidationError, skip: set[str]) -> list[Problem
 
 
 def load(path: Path) -> tuple[TeamConfig | None, list[Problem]]:
-    """Parse and validate a team config. Returns the config (None if invalid) and every problem found."""
+    """Parse and validate a team config. Returns the config (None if invalid) and every problem found, with any
+    token shape in them hidden: a key, an alias, a tag or a bad value may be one."""
+    config, problems = _load(path)
+    return config, [Problem(secrets.hide(p.field), secrets.hide(p.message), secrets.hide(p.fix), p.severity)
+                    for p in problems]
+
+
+def _load(path: Path) -> tuple[TeamConfig | None, list[Problem]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         return None, [Problem(str(path), f"cannot read: {exc.strerror}", "pass --team PATH to an existing team.yaml")]
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(yaml)"
-        return None, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}", "check indentation and quoting")]
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        return None, [Problem(f"line {line}", f"{path} is not UTF-8 text (byte {exc.start})",
+                              "save it as UTF-8 (any editor's 'UTF-8' encoding), or start again from templates/team.example.yaml")]
+    data, problems = _parse(text)
+    if data is None and problems:
+        return None, problems
     if not isinstance(data, dict):
         return None, [Problem("(top level)", "must be a mapping of sections", "start from templates/team.example.yaml")]
 
-    problems = _scan_secrets(text, data) + _scan_placeholders(data)
+    problems += _scan_secrets(text, data) + _scan_placeholders(data)
     try:
         config = TeamConfig.model_validate(data)
     except ValidationError as exc:

@@ -1,9 +1,12 @@
 """Schema: every problem reported at once, each naming its field and the fix."""
 
+import pytest
+import yaml
+
 from llm_bridge import hostlist
 from llm_bridge.loader import load
 
-from conftest import EXAMPLE, fake_token
+from conftest import EXAMPLE, bridge, fake_token
 
 
 def fields(problems):
@@ -105,3 +108,85 @@ def test_python_env_is_conda_or_venv(example, write_team):
     del example["environment"]["conda_sh"], example["environment"]["conda_env"]
     config, problems = load(write_team(example))
     assert problems == [] and config.environment.activate_script == "${HOME}/venvs/llm/bin/activate"
+
+
+def _hex40(seed: int = 7) -> str:
+    return "".join("0123456789abcdef"[(seed * i + 3) % 16] for i in range(40))
+
+
+@pytest.mark.parametrize("place", ["key", "value", "alias", "tag", "comment", "nested key"])
+def test_a_token_is_never_echoed_wherever_it_stands(example, write_team, place):
+    token = fake_token("hf_")
+    text = yaml.safe_dump(example, sort_keys=False)
+    text += {"key": f"{token}: 1\n", "value": f"extra: {token}\n", "alias": f"extra: *{token}\n",
+             "tag": f"extra: !{token} 1\n", "comment": f"# {token}\n",
+             "nested key": f"more:\n  {token}: 1\n"}[place]
+    result = bridge("check", "--team", str(write_team(text)))
+    assert result.returncode == 1
+    assert token not in result.stdout + result.stderr
+    assert "<hidden>" in result.stdout or "looks like a Hugging Face token" in result.stdout
+
+
+def test_new_wandb_keys_are_caught_but_a_git_hash_is_not(example, write_team):
+    example["sft"]["experiment_name"] = "wandb_v1_" + fake_token("", 77)
+    _, problems = load(write_team(example))
+    assert any(p.field == "sft.experiment_name" and "W&B API key" in p.message for p in problems)
+    del example["sft"]["experiment_name"]
+    text = yaml.safe_dump(example, sort_keys=False) + f"# trained at commit {_hex40()}\n"
+    text = text.replace("sft:\n", "sft:\n  experiment_name: sft-at-commit\n", 1)
+    config, problems = load(write_team(text))
+    assert problems == [] and config is not None
+    example["sft"]["experiment_name"] = "ok"
+    example["wandb"]["entity"] = _hex40()  # a bare 40-hex key pasted into the wandb section
+    _, problems = load(write_team(example))
+    assert any(p.field == "wandb.entity" and "W&B API key" in p.message for p in problems)
+    assert all(_hex40() not in p.format() for p in problems)
+
+
+def test_a_git_hash_on_the_command_line_is_not_a_secret():
+    result = bridge("check", "--team", "/nonexistent/team.yaml", "--strict")
+    assert "secrets never go on a command line" not in result.stderr
+    hashed = bridge("ray", "submit", "--team", "/nonexistent.yaml", f"+trainer.git_commit={_hex40()}")
+    assert "secrets never go on a command line" not in hashed.stderr
+    keyed = bridge("ray", "submit", "--team", "/nonexistent.yaml", f"+WANDB_API_KEY={_hex40()}")
+    assert keyed.returncode == 2 and "secrets never go on a command line" in keyed.stderr
+    assert _hex40() not in keyed.stdout + keyed.stderr
+
+
+def test_a_key_set_twice_is_an_error_naming_both_lines(example, write_team):
+    text = yaml.safe_dump(example, sort_keys=False).replace("  lr: ", "  lr: 0.5\n  lr: ", 1)
+    first = next(n for n, line in enumerate(text.splitlines(), 1) if line == "  lr: 0.5")
+    _, problems = load(write_team(text))
+    [problem] = [p for p in problems if "set twice" in p.message]
+    assert problem.field == f"line {first + 1}" and f"first on line {first}" in problem.message
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"slurm:\n  partition: P\xff01\n", "not UTF-8 text"),
+    (b"\x00\x01\x02binary", "not valid YAML"),
+    (b"", "must be a mapping"),
+    (b"slurm:\n  nodes: " + b"9" * 5000 + b"\n", "a number with 5000 digits"),
+])
+def test_unreadable_configs_get_a_message_not_a_traceback(tmp_path, content, expected):
+    team = tmp_path / "team.yaml"
+    team.write_bytes(content)
+    result = bridge("check", "--team", str(team))
+    assert result.returncode == 1
+    assert expected in result.stdout and "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_absurd_hostlist_range_is_refused_at_once(example, write_team):
+    example["slurm"]["nodelist"] = "osk-gpu[1-999999999999]"
+    result = bridge("check", "--team", str(write_team(example)))
+    assert "ERROR slurm.nodelist" in result.stdout
+    with pytest.raises(ValueError, match="more than 4096 hosts"):
+        hostlist.expand("n[1-999999999]")
+
+
+@pytest.mark.parametrize("field, value", [("sft.model", "Qwen/Qwen3-32B\n"), ("paths.data", "~/data\n"),
+                                          ("slurm.nodelist", "osk-gpu[51-53]\n"), ("evaluation.judge_url", "http://h:8000/v1\n")])
+def test_a_trailing_line_break_does_not_pass(example, write_team, field, value):
+    section, name = field.split(".")
+    example.setdefault(section, {})[name] = value
+    _, problems = load(write_team(example))
+    assert field in fields(problems)
