@@ -3,15 +3,23 @@
 verl's own merger does the work (`python -m verl.model_merger merge --backend fsdp`). Around it:
 the newest step by default, the actor of a PPO/GRPO step found by itself, a LoRA adapter merged
 into the base weights (verl writes it beside them, unmerged), a load check, and an atomic result:
-the model is built in a temporary directory and renamed into place only when it loads.
+the model is built in a temporary directory and renamed into place only when it loads. --out never
+overlaps the checkpoints it reads, and --force replaces only an earlier merge output (it holds MARK).
 """
 
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+from llm_bridge import __version__
+from llm_bridge.data import current_umask
+from llm_bridge.evaluate.store import write_json
+
 TRACKER = "latest_checkpointed_iteration.txt"
+MARK = ".bridge-merge.json"  # in every merge output: where it came from, and what --force may replace
 
 
 def find_step(checkpoint: Path, step: int | None) -> Path:
@@ -26,7 +34,11 @@ def find_step(checkpoint: Path, step: int | None) -> Path:
                 raise SystemExit(f"ERROR: {checkpoint} has no {TRACKER}: no finished checkpoint there.\n"
                                  "       Fix: pass the experiment's checkpoint directory (trainer.default_local_dir) "
                                  "or a global_step_N directory.")
-            step = int(tracker.read_text().strip())
+            text = tracker.read_text(errors="replace").strip()
+            if not text.isdigit():
+                raise SystemExit(f"ERROR: {tracker} holds {text[:40]!r}, not a step number (a save cut short?).\n"
+                                 "       Fix: pass --step N for one of the global_step_N directories there.")
+            step = int(text)
         step_dir = checkpoint / f"global_step_{step}"
     if (step_dir / "actor").is_dir():  # PPO/GRPO: the policy lives in actor/
         step_dir = step_dir / "actor"
@@ -63,27 +75,57 @@ def verify(model_dir: Path) -> str:
     return f"{type(model).__name__}, {params / 1e6:.1f}M parameters, tokenizer {chat}"
 
 
+def _guard_checkpoints(out: Path, checkpoint: Path, step_dir: Path) -> None:
+    """--out must stay clear of every checkpoint directory it reads: --force there would delete days of training."""
+    experiment = step_dir.parent.parent if step_dir.name == "actor" else step_dir.parent
+    for guarded in dict.fromkeys([checkpoint, experiment, step_dir]):
+        if out == guarded or guarded in out.parents or out in guarded.parents:
+            where = "is" if out == guarded else "lies inside" if guarded in out.parents else "contains"
+            raise SystemExit(f"ERROR: --out {out} {where} the checkpoint directory {guarded}; writing there could "
+                             "delete the checkpoints this merge reads. Nothing was written.\n"
+                             "       Fix: choose an --out outside the checkpoints, e.g. ~/models/<name>")
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise SystemExit(f"ERROR: {out} exists. Fix: choose another --out, or pass --force to replace a previous merge there.")
+    if not (out / MARK).is_file():
+        raise SystemExit(f"ERROR: --force replaces only an earlier `bridge merge` output (it holds {MARK}), and {out} is "
+                         "not one; nothing was deleted.\n"
+                         f"       Fix: choose another --out, or move {out} away yourself if it may go.")
+
+
 def merge(checkpoint: Path, out: Path, step: int | None = None, check: bool = True, force: bool = False) -> Path:
     out = out.expanduser().resolve()
-    if out.exists() and not force:
-        raise SystemExit(f"ERROR: {out} exists. Fix: choose another --out, or pass --force to replace it.")
     step_dir = find_step(checkpoint, step)
-    work = out.with_name(f".{out.name}.merging")
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"Merging {step_dir} -> {out}")
-    subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-                    "--local_dir", str(step_dir), "--target_dir", str(work / "raw")], check=True)
-    if (work / "raw" / "lora_adapter").is_dir():
-        print("LoRA adapter found: merging it into the base weights")
-        merge_lora(work / "raw", work / "model")
-        shutil.copytree(work / "raw" / "lora_adapter", work / "model" / "lora_adapter")
-    else:
-        (work / "raw").rename(work / "model")
-    if check:
-        print(f"Loads: {verify(work / 'model')}")
-    if out.exists():
-        shutil.rmtree(out)
-    (work / "model").rename(out)
-    shutil.rmtree(work, ignore_errors=True)
+    _guard_checkpoints(out, checkpoint.expanduser().resolve(), step_dir)
+    _check_replaceable(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))
+    try:
+        print(f"Merging {step_dir} -> {out}")
+        merger = subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+                                 "--local_dir", str(step_dir), "--target_dir", str(work / "raw")])
+        if merger.returncode != 0:
+            raise SystemExit(f"ERROR: verl's merger failed (exit code {merger.returncode}) on {step_dir}; its output is "
+                             f"above. Nothing was written to {out}.")
+        if (work / "raw" / "lora_adapter").is_dir():
+            print("LoRA adapter found: merging it into the base weights")
+            merge_lora(work / "raw", work / "model")
+            shutil.copytree(work / "raw" / "lora_adapter", work / "model" / "lora_adapter")
+        else:
+            (work / "raw").rename(work / "model")
+        if check:
+            print(f"Loads: {verify(work / 'model')}")
+        write_json(work / "model" / MARK, {"checkpoint": str(step_dir), "merged_by": f"llm_bridge {__version__}",
+                                           "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        (work / "model").chmod(0o777 & ~current_umask())
+        if out.exists():  # an earlier merge (checked above): swap, then drop it
+            out.rename(work / "previous")
+        (work / "model").rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"Wrote {out}")
     return out

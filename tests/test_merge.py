@@ -67,6 +67,52 @@ def test_bad_input_stops_before_writing(lora_run, tmp_path):
     wrong_step = bridge_merge("--checkpoint", checkpoint, "--step", "99", "--out", tmp_path / "m")
     assert wrong_step.returncode == 1 and "global_step_2" in wrong_step.stderr
     (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "config.json").write_text("{}")
     exists = bridge_merge("--checkpoint", checkpoint, "--out", tmp_path / "exists")
     assert exists.returncode == 1 and "--force" in exists.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def test_out_never_overlaps_the_checkpoints_it_reads(lora_run):
+    """`--out R --force` onto the run it merges would have deleted it: refused, with the checkpoints untouched."""
+    run = lora_run / "checkpoints" / "sft" / "sft-lora"
+    before = _files(lora_run / "checkpoints")
+    for out, where in ((run, "is"), (run / "global_step_2" / "hf", "lies inside"), (lora_run / "checkpoints", "contains")):
+        result = bridge_merge("--checkpoint", run, "--out", out, "--force")
+        assert result.returncode == 1, out
+        assert f"--out {out} {where} the checkpoint directory" in result.stderr and "Fix:" in result.stderr
+    assert _files(lora_run / "checkpoints") == before
+
+
+def test_force_replaces_only_an_earlier_merge(lora_run, tmp_path):
+    run = lora_run / "checkpoints" / "sft" / "sft-lora"
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "results.txt").write_text("a team's own file")
+    refused = bridge_merge("--checkpoint", run, "--out", mine, "--force", "--no-verify")
+    assert refused.returncode == 1 and "nothing was deleted" in refused.stderr
+    assert (mine / "results.txt").read_text() == "a team's own file"
+
+    out = tmp_path / "merged"
+    for attempt in range(2):  # the second --force replaces the first merge: it carries the marker
+        result = bridge_merge("--checkpoint", run, "--out", out, "--no-verify", *(["--force"] if attempt else []))
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / ".bridge-merge.json").is_file() and (out / "config.json").is_file()
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~_umask(), "the model follows the umask, not mkdtemp's 0700"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "notes"]
+
+
+def _umask() -> int:
+    from llm_bridge.data import current_umask
+
+    return current_umask()
+
+
+def test_a_torn_tracker_file_is_a_message(tmp_path):
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("\x00\x00")
+    result = bridge_merge("--checkpoint", tmp_path, "--out", tmp_path.parent / "m-torn")
+    assert result.returncode == 1 and "not a step number" in result.stderr and "Traceback" not in result.stderr
