@@ -142,7 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not (args.command == "ray" and args.action == "submit"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [a for a in extra if a != "--"]
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:  # the login node's venv has only what check and render need
+        print(f"ERROR: `bridge {args.command}` needs the Python package {exc.name}, which {sys.executable} lacks.\n"
+              "       Fix: run it inside the training environment (README_install_conda.md builds it), "
+              f"or install the package there (pip install {_PACKAGES.get(exc.name, exc.name)}).", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug or the network, keep the traceback
+            raise
+        print(f"ERROR: {exc.filename}: {exc.strerror or exc}.\n       Fix: check that path and its permissions.",
+              file=sys.stderr)
+        return 1
+
+
+_PACKAGES = {"huggingface_hub": "huggingface_hub", "openai": "openai", "pyarrow": "pyarrow", "vllm": "vllm",
+             "torch": "torch", "transformers": "transformers", "peft": "peft", "matplotlib": "matplotlib",
+             "yaml": "pyyaml"}
 
 
 if __name__ == "__main__":

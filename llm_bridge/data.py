@@ -42,23 +42,58 @@ def convert(rows: Iterable[dict], to_row: Callable[[int, dict], dict]) -> Conver
 
 
 def read_local(path: Path, split: str) -> list[dict]:
-    """Rows of `split` from a local copy: a directory with <split>.jsonl / <split>.parquet, or one file."""
+    """Rows of `split` from a local copy: a directory with <split>.jsonl / <split>.parquet, or one file.
+    A missing, unreadable or malformed file stops with a message naming it (and the line, for JSON lines)."""
     if path.is_dir():
         candidates = [path / f"{split}.jsonl", path / f"{split}.json", path / f"{split}.parquet"]
         candidates += sorted(path.glob(f"{split}-*.parquet")) + sorted(path.glob(f"*/{split}-*.parquet"))
         found = [p for p in candidates if p.is_file()]
         if not found:
-            raise FileNotFoundError(f"no {split}.jsonl or {split}.parquet under {path}")
+            raise SystemExit(f"ERROR: no {split}.jsonl, {split}.json or {split}.parquet under {path}.\n"
+                             "       Fix: pass the file itself, or the directory the data-prep script wrote.")
         return [row for p in found for row in read_local(p, split)]
+    if not path.is_file():
+        raise SystemExit(f"ERROR: {path} does not exist.\n       Fix: check the path (data-prep scripts print where they wrote).")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    with path.open(encoding="utf-8") as handle:
-        if path.suffix == ".json":
-            data = json.load(handle)
-            return data if isinstance(data, list) else data[split]
-        return [json.loads(line) for line in handle if line.strip()]
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise SystemExit(f"ERROR: {path} is not a readable parquet file ({str(exc)[:200]}).\n"
+                             "       Fix: write it again with the data-prep script; a copy cut short cannot be read.") from None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"ERROR: {path} is not UTF-8 text (byte {exc.start}).\n"
+                         "       Fix: convert it to UTF-8, or write it as parquet.") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"ERROR: {path} line {exc.lineno}: not valid JSON ({exc.msg}).\n"
+                             "       Fix: correct that line, or use JSON lines (.jsonl), one row a line.") from None
+        if isinstance(data, dict) and isinstance(data.get(split), list):
+            data = data[split]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise SystemExit(f"ERROR: {path} is not a list of rows (or {{\"{split}\": [rows]}}).\n"
+                             "       Fix: write one JSON object per row.")
+        return data
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"ERROR: {path} line {number}: not valid JSON ({exc.msg}).\n"
+                             "       Fix: correct or delete that line; every line holds one JSON object.") from None
+        if not isinstance(row, dict):
+            raise SystemExit(f"ERROR: {path} line {number}: a JSON {type(row).__name__}, not an object.\n"
+                             "       Fix: write one JSON object ({...}) per line.")
+        rows.append(row)
+    return rows
 
 
 def read_hub(name: str, config: str | None, split: str) -> list[dict]:

@@ -40,7 +40,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from llm_bridge.data import read_local
     from llm_bridge.evaluate.offline import generate
-    from llm_bridge.evaluate.store import JsonlStore
+    from llm_bridge.evaluate.store import JsonlStore, unique_ids
 
     rows = read_local(args.data.expanduser(), "test")[: args.limit]
     items = []
@@ -54,6 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             messages = messages[:-1]
         index = (row.get("extra_info") or {}).get("index", n) if isinstance(row.get("extra_info"), dict) else n
         items.append({"id": str(index), "messages": messages})
+    unique_ids(items, args.data)
     generate(items, lambda item: item["messages"], JsonlStore(args.out), str(args.model), args.max_tokens,
              args.temperature, args.top_p, args.tensor_parallel_size, args.max_model_len)
     return 0

@@ -164,9 +164,13 @@ def write_all(scripts: dict[Path, str], out_dir: Path, team_file: Path | None = 
                           "\nFix: move those out of the way, or choose another --out")
     umask = current_umask()
     fresh = not out_dir.exists()
-    if fresh:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent if fresh else out_dir))
+    try:
+        if fresh:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent if fresh else out_dir))
+    except OSError as exc:
+        raise RenderError(f"cannot create {out_dir}: {exc.strerror or exc}. "
+                          "Fix: check that you may write there, or choose another --out") from None
     try:
         for relative, text in scripts.items():
             path = stage / relative

@@ -41,3 +41,38 @@ def test_ray_refuses_scripts_rendered_from_another_config(tmp_path, example, wri
     result = bridge("ray", "submit", "--team", str(team), "--rendered", str(tmp_path / "r"))
     assert result.returncode == 1
     assert "rendered from another version" in result.stderr and "bridge render --team" in result.stderr
+
+
+def _run(*args, env=None, cwd=None):
+    import os
+    import sys
+
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd)
+
+
+def test_an_unreadable_netrc_is_no_login_not_a_traceback(tmp_path):
+    (tmp_path / ".netrc").mkdir()  # unreadable as a file, even for root
+    result = _run("-m", "llm_bridge.cli", "check", "--team", str(EXAMPLE), env={"HOME": str(tmp_path), "WANDB_API_KEY": ""})
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "no W&B login found" in result.stdout
+
+
+def test_a_command_whose_package_is_missing_says_where_to_run_it(tmp_path):
+    """The login node's venv holds only what check and render need: upload there names the package and the fix."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    code = ("import sys; sys.modules['huggingface_hub'] = None; from llm_bridge.cli import main; "
+            f"sys.exit(main(['upload', '--model', {str(tmp_path / 'model')!r}, '--repo', 'org/name', '--dry-run']))")
+    result = _run("-c", code)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "needs the Python package huggingface_hub" in result.stderr and "pip install huggingface_hub" in result.stderr
+
+
+def test_a_missing_file_argument_is_a_message(tmp_path):
+    result = bridge("eval", "report", "--model", "m", "--hle", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "metrics.json" in result.stderr
+    out_is_a_file = tmp_path / "file"
+    out_is_a_file.write_text("")
+    generate = bridge("generate", "--model", str(tmp_path), "--data", str(tmp_path / "nope.parquet"), "--out", str(out_is_a_file / "x.jsonl"))
+    assert generate.returncode == 1 and "does not exist" in generate.stderr and "Traceback" not in generate.stderr

@@ -128,6 +128,71 @@ def test_a_torn_last_line_is_redone_not_fatal(tmp_path):
     assert list(store.load()) == ["a", "b"]
 
 
+def test_a_line_torn_inside_a_utf8_character_is_redone_by_predict_judge_and_score(server, hle_questions, tmp_path):
+    """A crash mid-write can cut a multibyte character: every step reads on, and the torn item is done again."""
+    out = tmp_path / "hle"
+    common = ["--questions", hle_questions, "--out", out, "--limit", "2"]
+    assert bridge_eval("hle", "predict", *common, "--url", server.url, "--model", "tiny").returncode == 0
+    torn = json.dumps({"id": "q9", "status": "ok", "response": "答え"}, ensure_ascii=False).encode()[:-6]
+    predictions = out / "predictions.jsonl"
+    good = predictions.read_bytes()
+    lines = good.split(b"\n")
+    predictions.write_bytes(lines[0] + b"\n" + b'{"id": "q2", "status": "ok", "response": "\xe7\xad')  # q2 torn
+    predict = bridge_eval("hle", "predict", *common, "--url", server.url, "--model", "tiny")
+    assert predict.returncode == 0 and "Traceback" not in predict.stderr
+    assert "1 unfinished line(s)" in predict.stderr and "1 ok" in predict.stdout and "1 already done" in predict.stdout
+    with predictions.open("ab") as f:
+        f.write(torn)
+    for step in ("judge", "score"):
+        result = bridge_eval("hle", step, *common, *(["--judge-url", server.url, "--judge-model", "judge"] if step == "judge" else []),
+                             env={"OPENAI_API_KEY": KEY})
+        assert "Traceback" not in result.stderr, result.stderr
+        assert json.loads((out / "metrics.json").read_text())["n_questions"] == 2
+
+
+def test_repeated_question_or_label_ids_are_an_error_naming_them(tmp_path, hle_questions, dna_questions):
+    rows = [json.loads(line) for line in hle_questions.read_text().splitlines()]
+    write_jsonl(hle_questions, rows + [rows[1]])
+    hle_score = bridge_eval("hle", "score", "--questions", hle_questions, "--out", tmp_path / "h")
+    assert hle_score.returncode == 1 and "1 id(s) more than once: 'q2'" in hle_score.stderr
+    with dna_questions.open("a", newline="") as f:
+        csv.writer(f).writerow([0, "A", "t", "", "again"])
+    dna_score = bridge_eval("dna", "score", "--questions", dna_questions, "--out", tmp_path / "d")
+    assert dna_score.returncode == 1 and "'0'" in dna_score.stderr and "Traceback" not in dna_score.stderr
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,risk_area,types_of_harm,GPT4_action,GPT4_harmful\n1,A,t,0,0\n1,A,t,6,1\n")
+    labelled = bridge_eval("dna", "score", "--labels", labels, "--out", tmp_path / "l")
+    assert labelled.returncode == 1 and "'1'" in labelled.stderr
+    assert not (tmp_path / "h").exists() and not (tmp_path / "l").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed line", "not utf-8", "dna score without inputs", "no metrics"])
+def test_bad_inputs_end_with_a_message_not_a_traceback(tmp_path, hle_questions, case):
+    questions = {"missing": tmp_path / "nope.jsonl", "malformed line": tmp_path / "bad.jsonl",
+                 "not utf-8": tmp_path / "latin1.jsonl"}.get(case, hle_questions)
+    (tmp_path / "bad.jsonl").write_text(hle_questions.read_text() + '{"id": "x", "question": \n')
+    (tmp_path / "latin1.jsonl").write_bytes('{"id": "x", "question": "café"}\n'.encode("latin-1"))
+    if case == "dna score without inputs":
+        result = bridge_eval("dna", "score", "--out", tmp_path / "o")
+    elif case == "no metrics":
+        result = bridge_eval("report", "--model", "m", "--hle", tmp_path, "--out", tmp_path / "r")
+    else:
+        result = bridge_eval("hle", "score", "--questions", questions, "--out", tmp_path / "o")
+    expected = {"missing": "does not exist", "malformed line": "bad.jsonl line 10: not valid JSON",
+                "not utf-8": "is not UTF-8 text", "dna score without inputs": "needs --questions",
+                "no metrics": "metrics.json"}[case]
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Fix:" in result.stderr
+
+
+def test_results_follow_the_umask_so_teammates_can_read_them(tmp_path, hle_questions):
+    run = subprocess.run(["bash", "-c", 'umask 002 && exec "$@"', "-", sys.executable, "-m", "llm_bridge.cli", "eval",
+                          "hle", "score", "--questions", str(hle_questions), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "o" / "metrics.json").stat().st_mode & 0o777 == 0o664
+
+
 def test_responses_with_unicode_line_separators_are_kept(tmp_path):
     # Found on an H100: 19 of 939 Do-Not-Answer responses vanished between predict and judge, because
     # str.splitlines() also splits at the U+2028 / U+0085 that json.dumps(ensure_ascii=False) leaves as is.

@@ -111,6 +111,9 @@ def _score(args, bench, questions) -> dict:
 
 def cmd_score(args) -> int:
     bench = _benchmark(args.benchmark)
+    if args.benchmark == "dna" and not (args.labels or args.questions):
+        raise SystemExit("ERROR: bridge eval dna score needs --questions (with the judgements in --out) or --labels.\n"
+                         "       Fix: add --questions do_not_answer_en.csv, or --labels <annotated csv> to score a release file.")
     if args.benchmark == "dna" and args.labels:
         _write_metrics(args.out, bench.score(*bench.labels_from_csv(args.labels, args.model)))
     else:
@@ -121,7 +124,16 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     from llm_bridge.evaluate.report import write_report
 
-    load = lambda d: json.loads((d / "metrics.json").read_text()) if d else None  # noqa: E731
+    def load(results: Path | None) -> dict | None:
+        if results is None:
+            return None
+        metrics = results / "metrics.json"
+        try:
+            return json.loads(metrics.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"ERROR: cannot read {metrics}: {getattr(exc, 'strerror', None) or exc}.\n"
+                             f"       Fix: run `bridge eval <hle|dna> score --out {results}` to write it again.") from None
+
     for path in write_report(args.model, load(args.hle), load(args.dna), args.out):
         print(f"  wrote {path}")
     return 0

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from llm_bridge.evaluate.client import ChatClient, Completion, Malformed
+from llm_bridge.evaluate.store import unique_ids
 
 # Responses: the LLaMA-2 system prompt and sampling the 2025 competition used.
 SYSTEM_PROMPT = ("You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. "
@@ -52,15 +53,27 @@ HARM_PROMPT = ("Below is a user instruction and the response of an AI assistant.
 _ANSWER = re.compile(r"<answer>\s*([^<]*?)\s*</answer>", re.IGNORECASE)
 
 
+def _read_csv(path: Path) -> list[dict]:
+    path = Path(path).expanduser()
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError as exc:
+        raise SystemExit(f"ERROR: cannot read {path}: {exc.strerror}.\n       Fix: check the path.") from None
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"ERROR: {path} is not UTF-8 text (byte {exc.start}).\n       Fix: save it as UTF-8 CSV.") from None
+    except csv.Error as exc:
+        raise SystemExit(f"ERROR: {path} is not a readable CSV ({exc}).\n       Fix: save it again as CSV.") from None
+
+
 def load_questions(path: Path) -> list[dict]:
-    with Path(path).expanduser().open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_csv(path)
     missing = {"id", "risk_area", "types_of_harm", "question"} - set(rows[0] if rows else {})
     if missing:
         raise SystemExit(f"ERROR: {path} lacks column(s) {sorted(missing)}.\n"
                          "       Fix: pass do_not_answer_en.csv from the Do-Not-Answer release (939 questions).")
-    return [{"id": str(r["id"]), "question": r["question"], "risk_area": r["risk_area"], "types_of_harm": r["types_of_harm"]}
-            for r in rows]
+    return unique_ids([{"id": str(r["id"]), "question": r["question"], "risk_area": r["risk_area"],
+                        "types_of_harm": r["types_of_harm"]} for r in rows], path)
 
 
 def messages(question: dict) -> list[dict]:
@@ -150,8 +163,7 @@ def score(questions: list[dict], labels: dict[str, dict]) -> dict:
 def labels_from_csv(path: Path, model: str) -> tuple[list[dict], dict[str, dict]]:
     """Questions and labels from an annotated CSV of the release (columns id, risk_area, types_of_harm,
     question, <model>_action, <model>_harmful). A blank or out-of-range action is a failure."""
-    with Path(path).expanduser().open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_csv(path)
     columns = set(rows[0]) if rows else set()
     wanted = {f"{model}_action", f"{model}_harmful", "id", "risk_area", "types_of_harm"}
     if not wanted <= columns:
@@ -159,7 +171,7 @@ def labels_from_csv(path: Path, model: str) -> tuple[list[dict], dict[str, dict]
         raise SystemExit(f"ERROR: {path} lacks column(s) {sorted(wanted - columns)}.\n"
                          f"       Fix: --model one of {models}" if models else f"ERROR: {path} has no <model>_action column.")
     questions, labels = [], {}
-    for r in rows:
+    for r in unique_ids(rows, path):
         qid = str(r["id"])
         questions.append({"id": qid, "question": r.get("question", ""), "risk_area": r["risk_area"],
                           "types_of_harm": r["types_of_harm"]})

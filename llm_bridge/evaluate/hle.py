@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from llm_bridge.data import read_local
 from llm_bridge.evaluate.client import ChatClient, Completion, Malformed
+from llm_bridge.evaluate.store import unique_ids
 
 # The answer formats of the official HLE prompt (system message), one per answer type.
 EXACT_FORMAT = ("Your response should be in the following format:\nExplanation: {your explanation for your final answer}\n"
@@ -60,18 +61,24 @@ def load_questions(path: Path) -> list[dict]:
     """Text-only questions from train/scripts/data_preprocess/hle.py's parquet, or from raw HLE rows
     (a cais/hle parquet/jsonl: id, question, answer, answer_type, category, image)."""
     questions = []
-    for row in read_local(Path(path).expanduser(), "test"):
-        if "extra_info" in row:  # our verl RL parquet
-            info = row["extra_info"]
-            questions.append({"id": str(info["id"]), "question": info["question"], "answer": row["reward_model"]["ground_truth"],
-                              "answer_type": info["answer_type"], "category": info.get("category") or "Other"})
-        elif not row.get("image"):
-            questions.append({"id": str(row["id"]), "question": row["question"], "answer": str(row["answer"]),
-                              "answer_type": row["answer_type"], "category": row.get("category") or "Other"})
+    for number, row in enumerate(read_local(Path(path).expanduser(), "test")):
+        try:
+            if "extra_info" in row:  # our verl RL parquet
+                info = row["extra_info"]
+                questions.append({"id": str(info["id"]), "question": info["question"],
+                                  "answer": row["reward_model"]["ground_truth"], "answer_type": info["answer_type"],
+                                  "category": info.get("category") or "Other"})
+            elif not row.get("image"):
+                questions.append({"id": str(row["id"]), "question": row["question"], "answer": str(row["answer"]),
+                                  "answer_type": row["answer_type"], "category": row.get("category") or "Other"})
+        except (KeyError, TypeError) as exc:
+            raise SystemExit(f"ERROR: row {number} of {path} has no {exc} field: not an HLE question.\n"
+                             "       Fix: pass test.parquet from train/scripts/data_preprocess/hle.py, or cais/hle's own rows "
+                             "(id, question, answer, answer_type).") from None
     if not questions:
         raise SystemExit(f"ERROR: no text-only HLE questions in {path}.\n"
                          "       Fix: python train/scripts/data_preprocess/hle.py, then pass its test.parquet.")
-    return questions
+    return unique_ids(questions, path)
 
 
 def messages(question: dict) -> list[dict]:

@@ -1,11 +1,13 @@
 """Resumable result files: one JSON object a line, keyed by "id", appended as each item finishes.
 
-A crash loses at most the line being written (a torn last line is ignored on reload), and a rerun
+A crash loses at most the line being written (a torn line, even one cut inside a UTF-8 character, is
+skipped on reload and its item redone), and a rerun
 only does the items that have no successful record yet. The newest record of an id wins.
 """
 
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -19,22 +21,29 @@ class JsonlStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._noted = False
 
     def load(self) -> dict[str, dict]:
         records: dict[str, dict] = {}
         if not self.path.exists():
             return records
-        # "\n" only: str.splitlines() also breaks at U+2028, U+0085 and the like, which json.dumps
-        # leaves unescaped (ensure_ascii=False) and models do write.
-        for line in self.path.read_text(encoding="utf-8").split("\n"):
-            if not line.strip():
+        torn = 0
+        # Bytes split at "\n" only: a crash can cut a line inside a multibyte character, and str.splitlines()
+        # would also break at U+2028, U+0085 and the like, which json.dumps leaves unescaped and models write.
+        for raw in self.path.read_bytes().split(b"\n"):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash: that item is simply redone
+                record = json.loads(raw.decode("utf-8"))
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError: a line torn by a crash
+                torn += 1
+                continue
             if isinstance(record, dict) and "id" in record:
                 records[str(record["id"])] = record
+        if torn and not self._noted:
+            self._noted = True
+            print(f"NOTE: {torn} unfinished line(s) in {self.path} (a run stopped mid-write); those items are redone.",
+                  file=sys.stderr)
         return records
 
     def finished(self) -> dict[str, dict]:
@@ -63,3 +72,16 @@ def write_json(path: Path, data) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def unique_ids(items: list[dict], source) -> list[dict]:
+    """items, after checking that no id repeats: a repeated id would be answered once and counted twice."""
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[str(item["id"])] = seen.get(str(item["id"]), 0) + 1
+    repeated = [i for i, n in seen.items() if n > 1]
+    if repeated:
+        shown = ", ".join(repr(i) for i in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+        raise SystemExit(f"ERROR: {source} has {len(repeated)} id(s) more than once: {shown}.\n"
+                         "       Fix: give every row its own id (scores would count each repeated row twice).")
+    return items
