@@ -74,7 +74,7 @@ def plant(team: dict, field: str, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def stubbed(tmp_path_factory):
     root = tmp_path_factory.mktemp("injection")
     team = stub_config(yaml.safe_load(EXAMPLE.read_text()), root)
     return root, team, Stubs(root, team["slurm"]["gpus_per_node"])
@@ -87,8 +87,8 @@ def run_rendered(stubs: Stubs, out: Path, cwd: Path) -> None:
     assert not failed, failed  # every script ran to its end, so every value in it was expanded
 
 
-def test_the_stubbed_scripts_run_to_the_end(lab):
-    root, team, stubs = lab
+def test_the_stubbed_scripts_run_to_the_end(stubbed):
+    root, team, stubs = stubbed
     out = root / "plain"
     (root / "plain.yaml").write_text(yaml.safe_dump(team))
     assert bridge("render", "--team", str(root / "plain.yaml"), "--out", str(out)).returncode == 0
@@ -98,8 +98,8 @@ def test_the_stubbed_scripts_run_to_the_end(lab):
 
 
 @pytest.mark.parametrize("field", FIELDS)
-def test_a_payload_in_any_field_is_refused_or_stays_text(lab, field, capsys):
-    root, team, stubs = lab
+def test_a_payload_in_any_field_is_refused_or_stays_text(stubbed, field, capsys):
+    root, team, stubs = stubbed
     pwned = root / f"pwned-{field}"
     for n, payload in enumerate(PAYLOADS):
         planted = json.loads(json.dumps(team))
@@ -129,9 +129,9 @@ def _bypass(config: TeamConfig, field: str, value: str) -> TeamConfig:
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_the_renderer_refuses_what_the_schema_would_let_through(lab, payload):
+def test_the_renderer_refuses_what_the_schema_would_let_through(stubbed, payload):
     """The backstop: every {{ value }} is checked again at render time, naming the field."""
-    root, team, _ = lab
+    root, team, _ = stubbed
     (root / "valid.yaml").write_text(yaml.safe_dump(team))
     config, problems = load(root / "valid.yaml")
     assert config is not None, problems
@@ -148,9 +148,9 @@ def test_the_renderer_refuses_what_the_schema_would_let_through(lab, payload):
     assert refused > 30
 
 
-def test_with_the_backstop_off_the_harness_sees_a_payload_run(lab, monkeypatch):
+def test_with_the_backstop_off_the_harness_sees_a_payload_run(stubbed, monkeypatch):
     """Proof that the stubbed run would catch a hole: the same payloads run once the rule is switched off."""
-    root, team, stubs = lab
+    root, team, stubs = stubbed
     (root / "valid.yaml").write_text(yaml.safe_dump(team))
     config, _ = load(root / "valid.yaml")
     monkeypatch.setattr(render, "script_value", lambda v: Checked(v) if isinstance(v, str) else v)
@@ -163,8 +163,8 @@ def test_with_the_backstop_off_the_harness_sees_a_payload_run(lab, monkeypatch):
         assert pwned.exists(), field
 
 
-def test_file_names_on_the_command_line_stay_text(lab):
-    root, team, stubs = lab
+def test_file_names_on_the_command_line_stay_text(stubbed):
+    root, team, stubs = stubbed
     names = root / "names"
     names.mkdir()
     team_file = names / "team $(touch pwned);'x'`touch pwned`.yaml"
@@ -180,8 +180,8 @@ def test_file_names_on_the_command_line_stay_text(lab):
 
 
 @pytest.mark.parametrize("flag", ["--out", "--team"])
-def test_a_line_break_in_a_file_name_is_refused(lab, flag):
-    root, team, _ = lab
+def test_a_line_break_in_a_file_name_is_refused(stubbed, flag):
+    root, team, _ = stubbed
     names = root / f"break{flag}"
     names.mkdir()
     plain = names / "team.yaml"

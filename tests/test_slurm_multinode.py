@@ -51,8 +51,26 @@ def lab():
     assert out.returncode == 0, out.stdout + out.stderr
     env_line = subprocess.run([str(LAB), "env"], capture_output=True, text=True).stdout
     bin_dir = Path(env_line.split("PATH=")[1].split(":")[0])
-    yield Lab(bin_dir, time.time() - start)
+    cluster = Lab(bin_dir, time.time() - start)
+    unseen = hidden_from_nodes(cluster, REPO / "pyproject.toml")
+    if unseen:
+        subprocess.run([str(LAB), "stop"], capture_output=True, timeout=60)
+        pytest.fail(unseen)
+    yield cluster
     subprocess.run([str(LAB), "stop"], capture_output=True, timeout=60)
+
+
+def hidden_from_nodes(lab: Lab, path: Path) -> str | None:
+    """Why the lab's nodes cannot read path (None when they can). Jobs run there: a checkout they cannot see
+    gives jobs that fail before their first line, with an empty log."""
+    seen = lab.run("srun", "-N1", "test", "-r", str(path), timeout=60)
+    if seen.returncode == 0:
+        return None
+    private = "/tmp" if Path("/tmp") in path.resolve().parents else None
+    why = (f"each lab node mounts its own empty {private} (tests/slurm/lab.sh), like a cluster's node-local /tmp"
+           if private else f"srun says: {seen.stderr.strip()[-300:] or 'not readable there'}")
+    return (f"the SLURM lab's nodes cannot read {path}: {why}, so every job would fail with an empty log. "
+            "Fix: clone the repository outside /tmp (e.g. under /root or /work) and run the tests there")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +113,18 @@ def wait_for(predicate, timeout: float, what: str):
             return
         time.sleep(1)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_checkout_the_nodes_cannot_see_is_named_with_the_reason(lab, tmp_path):
+    """The lab fixture runs this check on the repository itself; here it meets a file under the host's /tmp."""
+    assert hidden_from_nodes(lab, REPO / "pyproject.toml") is None
+    host_only = Path("/tmp") / f"bridge-visible-{os.getpid()}"
+    host_only.write_text("on the host only")
+    try:
+        reason = hidden_from_nodes(lab, host_only)
+    finally:
+        host_only.unlink()
+    assert reason and "mounts its own empty /tmp" in reason and "clone the repository outside /tmp" in reason
 
 
 def test_lab_is_a_real_cluster(lab):
