@@ -99,3 +99,16 @@ def test_convert_names_missing_arguments(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPTS / "convert.py"), "--to", "rl", "--local-path", "x.jsonl",
                              "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "--to rl needs --prompt-field, --answer-field and --data-source" in result.stderr
+
+
+def test_prepared_data_follows_the_umask_not_mkstemps_0600(tmp_path):
+    """Parquet is written through a temp file and a rename; on a team share (umask 002) teammates must read it."""
+    source = tmp_path / "qa.jsonl"
+    source.write_text("".join(json.dumps({"q": f"question {i}", "a": f"answer {i}"}) + "\n" for i in range(20)))
+    out = tmp_path / "qa_sft"
+    result = subprocess.run(["bash", "-c", 'umask 002 && exec "$@"', "-", sys.executable, str(SCRIPTS / "convert.py"),
+                             "--to", "sft", "--local-path", str(source), "--prompt-field", "q", "--response-field", "a",
+                             "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.glob("*.parquet")} == {"train.parquet": 0o664,
+                                                                                   "test.parquet": 0o664}
