@@ -141,6 +141,10 @@ def _from_validation_error(exc: ValidationError, skip: set[str]) -> list[Problem
         elif kind == "value_error":
             message, _, fix = str(err["ctx"]["error"]).partition(" Fix: ")
             problems.append(Problem(field, message.rstrip(". "), fix))
+        elif kind == "string_pattern_mismatch":
+            problems.append(Problem(field, f"{err.get('input')!r} has characters this field does not take",
+                                    f"write it with only what {err['ctx']['pattern']} allows "
+                                    "(no spaces, quotes, line breaks or other symbols)"))
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"

@@ -184,9 +184,11 @@ def test_an_absurd_hostlist_range_is_refused_at_once(example, write_team):
 
 
 @pytest.mark.parametrize("field, value", [("sft.model", "Qwen/Qwen3-32B\n"), ("paths.data", "~/data\n"),
-                                          ("slurm.nodelist", "osk-gpu[51-53]\n"), ("evaluation.judge_url", "http://h:8000/v1\n")])
+                                          ("slurm.nodelist", "osk-gpu[51-53]\n"), ("evaluation.judge_url", "http://h:8000/v1\n"),
+                                          ("huggingface.org", "P01\n")])
 def test_a_trailing_line_break_does_not_pass(example, write_team, field, value):
     section, name = field.split(".")
     example.setdefault(section, {})[name] = value
     _, problems = load(write_team(example))
-    assert field in fields(problems)
+    [problem] = [p for p in problems if p.field == field]
+    assert problem.fix, "every refusal says how to fix it"
