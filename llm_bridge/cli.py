@@ -1,6 +1,7 @@
 """`bridge`: the one command of the recipe repo."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: `bridge {args.command}` needs the Python package {exc.name}, which {sys.executable} lacks.\n"
               "       Fix: run it inside the training environment (README_install_conda.md builds it), "
               f"or install the package there (pip install {_PACKAGES.get(exc.name, exc.name)}).", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `bridge check | head` closed the pipe: stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
         if exc.filename is None:  # not about a file the user named: a bug or the network, keep the traceback

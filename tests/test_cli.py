@@ -76,3 +76,16 @@ def test_a_missing_file_argument_is_a_message(tmp_path):
     out_is_a_file.write_text("")
     generate = bridge("generate", "--model", str(tmp_path), "--data", str(tmp_path / "nope.parquet"), "--out", str(out_is_a_file / "x.jsonl"))
     assert generate.returncode == 1 and "does not exist" in generate.stderr and "Traceback" not in generate.stderr
+
+
+def test_output_cut_short_by_a_pager_is_not_a_traceback():
+    """`bridge check | head -n 1`: the reader is gone before the report is written (a pipe with its read end closed)."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    run = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "check", "--team", str(EXAMPLE)], stdout=write,
+                         stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
