@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-_PACKAGES = {"huggingface_hub": "huggingface_hub", "openai": "openai", "pyarrow": "pyarrow", "vllm": "vllm",
-             "torch": "torch", "transformers": "transformers", "peft": "peft", "matplotlib": "matplotlib",
-             "yaml": "pyyaml"}
+_PACKAGES = {"yaml": "pyyaml"}  # import names whose PyPI name differs
 
 
 if __name__ == "__main__":
