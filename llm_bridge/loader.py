@@ -65,33 +65,33 @@ def _parse(text: str) -> tuple[Any, list[Problem]]:
                   for key, first, line in loader.duplicates]
 
 
-def _walk(node: Any, path: tuple = ()):
+def walk(node: Any, path: tuple = ()):
     """Yield (path, value) for every leaf of a YAML tree; path is the tuple of keys and list indices."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _walk(value, path + (str(key),))
+            yield from walk(value, path + (str(key),))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _walk(value, path + (str(index),))
+            yield from walk(value, path + (str(index),))
     else:
         yield path, node
 
 
-def _dotted(path) -> str:
+def dotted(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
 def _scan_secrets(text: str, data: Any) -> list[Problem]:
     problems, reported = [], set()
-    for path, value in _walk(data):
+    for path, value in walk(data):
         if path and _SECRET_KEY.search(path[-1]):
-            problems.append(Problem(_dotted(path), "secrets never go in team.yaml (it is copied, shared and committed)",
+            problems.append(Problem(dotted(path), "secrets never go in team.yaml (it is copied, shared and committed)",
                                     "delete this key; scripts read tokens from your login or environment"))
             reported.add(str(value))
             continue
-        found = secrets.find(value, _dotted(path)) if isinstance(value, str) else None
+        found = secrets.find(value, dotted(path)) if isinstance(value, str) else None
         if found:
-            problems.append(Problem(_dotted(path), f"looks like {found[0]} (value not shown)", f"delete it and {found[1]}"))
+            problems.append(Problem(dotted(path), f"looks like {found[0]} (value not shown)", f"delete it and {found[1]}"))
             reported.add(value)
     for number, line in enumerate(text.splitlines(), start=1):
         found = secrets.find(line)
@@ -102,12 +102,12 @@ def _scan_secrets(text: str, data: Any) -> list[Problem]:
 
 def _scan_placeholders(data: Any) -> list[Problem]:
     problems = []
-    for path, value in _walk(data):
+    for path, value in walk(data):
         if not isinstance(value, str):
             continue
         for pattern, what in _PLACEHOLDERS:
             if pattern.search(value):
-                problems.append(Problem(_dotted(path), f"{value!r} is {what}",
+                problems.append(Problem(dotted(path), f"{value!r} is {what}",
                                         "replace it with your team's real value (see templates/team.example.yaml)"))
                 break
     return problems
@@ -126,7 +126,7 @@ def _from_validation_error(exc: ValidationError, skip: set[str]) -> list[Problem
     problems = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
-        field = _dotted(loc)
+        field = dotted(loc)
         if field in skip:
             continue
         kind = err["type"]

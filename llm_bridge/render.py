@@ -18,6 +18,7 @@ from . import __version__
 from .config import TeamConfig
 from .data import current_umask
 from .doctor import FLASH_ATTN_PIN, SCRIPTS_ALLOCATOR, VERL_PIN
+from .loader import dotted, walk
 from .shell import Checked, UnsafeValue, plain_name, quoted_word, script_value, script_words
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -109,18 +110,7 @@ def render_all(
 
 def _fields_holding(config: TeamConfig, value: str) -> str:
     """The dotted team.yaml fields that printed value (as it is, in another case, or inside it), for a message."""
-    leaves = []
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for key, child in node.items():
-                walk(child, path + [key])
-        elif isinstance(node, list):
-            leaves.extend((".".join(path), item) for item in node if isinstance(item, str))
-        elif isinstance(node, str):
-            leaves.append((".".join(path), node))
-
-    walk(config.model_dump(), [])
+    leaves = [(dotted(path), leaf) for path, leaf in walk(config.model_dump()) if isinstance(leaf, str)]
     for same in (lambda leaf: leaf.casefold() == value.casefold(), lambda leaf: len(leaf) >= 3 and leaf in value):
         found = list(dict.fromkeys(field for field, leaf in leaves if same(leaf)))
         if found:

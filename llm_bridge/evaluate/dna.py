@@ -58,8 +58,6 @@ def _read_csv(path: Path) -> list[dict]:
     try:
         with path.open(encoding="utf-8", newline="") as f:
             return list(csv.DictReader(f))
-    except OSError as exc:
-        raise SystemExit(f"ERROR: cannot read {path}: {exc.strerror}.\n       Fix: check the path.") from None
     except UnicodeDecodeError as exc:
         raise SystemExit(f"ERROR: {path} is not UTF-8 text (byte {exc.start}).\n       Fix: save it as UTF-8 CSV.") from None
     except csv.Error as exc:

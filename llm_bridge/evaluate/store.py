@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 from llm_bridge.data import atomic_write
@@ -76,10 +77,7 @@ def write_text(path: Path, text: str) -> None:
 
 def unique_ids(items: list[dict], source) -> list[dict]:
     """items, after checking that no id repeats: a repeated id would be answered once and counted twice."""
-    seen: dict[str, int] = {}
-    for item in items:
-        seen[str(item["id"])] = seen.get(str(item["id"]), 0) + 1
-    repeated = [i for i, n in seen.items() if n > 1]
+    repeated = [i for i, n in Counter(str(item["id"]) for item in items).items() if n > 1]
     if repeated:
         shown = ", ".join(repr(i) for i in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
         raise SystemExit(f"ERROR: {source} has {len(repeated)} id(s) more than once: {shown}.\n"
