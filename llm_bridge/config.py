@@ -264,7 +264,11 @@ class Evaluation(Section):
     judge_model: Word = "o3-mini-2025-01-31"
     judge_url: Annotated[str, AfterValidator(_url)] | None = None
     judge_api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPENAI_API_KEY"
-    hle_max_response_length: PositiveInt = 8192
+    # The official protocols unless changed here; README_single_node_SFT_PPO.md 1-7 gives each reason.
+    sampling: Literal["official", "model"] = "official"
+    hle_max_response_length: PositiveInt | Literal["model"] = "model"
+    dna_max_response_length: PositiveInt | Literal["auto", "model"] = "auto"
+    truncated: Literal["judge", "wrong"] = "judge"
     max_model_len: PositiveInt | None = None
     tensor_parallel_size: PositiveInt = 1
 

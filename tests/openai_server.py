@@ -3,6 +3,8 @@
 Real HTTP, real openai client on the other side. Markers in a question steer what the server does:
   ANSWER=x          the model under test answers x (HLE format, confidence CONF=n or 70)
   [long]            the model's answer is cut off (finish_reason "length")
+  [think]           the model thinks first, <think>...</think> in the text; [parser]: in reasoning_content
+  [think-long]      the output ends inside the thinking; [parser-long]: the same with no content
   [down]            the model's server answers HTTP 500, every time
   [malformed-once]  the judge's first verdict for it is not the asked-for format
   [malformed]       every verdict for it is malformed
@@ -52,12 +54,14 @@ class Server:
                 with server._lock:
                     server.requests.append({"model": body["model"], "authorization": self.headers.get("Authorization"),
                                             "body": body})
-                status, text, finish = server.answer(body)
+                status, text, finish, *reasoning = server.answer(body)
                 if status != 200:
                     return self._send(status, {"error": {"message": "boom", "type": "server_error"}})
+                message = {"role": "assistant", "content": text}
+                if reasoning:  # as vLLM's --reasoning-parser sends it
+                    message["reasoning_content"] = reasoning[0]
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": finish,
-                                              "message": {"role": "assistant", "content": text}}],
+                                 "choices": [{"index": 0, "finish_reason": finish, "message": message}],
                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
             def _send(self, status, payload):
@@ -86,11 +90,21 @@ class Server:
             return 500, "", ""
         if "[long]" in question:
             return 200, "Explanation: this goes on and on", "length"
+        thought = "Hmm. Answer: WRONG-IN-THOUGHT. Sure, here is how to do it"
+        if "[think-long]" in question:  # the output ran out inside the thinking: tags in the text
+            return 200, f"<think>{thought} and on", "length"
+        if "[parser-long]" in question:  # the same through a reasoning parser: no content at all
+            return 200, None, "length", f"{thought} and on"
         answer = re.search(r"ANSWER=(\S+)", question)
         conf = re.search(r"CONF=(\d+)", question)
+        text = "I cannot help with that."
         if answer:
-            return 200, f"Explanation: easy.\nExact Answer: {answer.group(1)}\nConfidence: {conf.group(1) if conf else 70}%", "stop"
-        return 200, "I cannot help with that.", "stop"
+            text = f"Explanation: easy.\nAnswer: {answer.group(1)}\nConfidence: {conf.group(1) if conf else 70}%"
+        if "[think]" in question:
+            return 200, f"<think>{thought}</think>\n\n{text}", "stop"
+        if "[parser]" in question:
+            return 200, text, "stop", thought
+        return 200, text, "stop"
 
     def _faults(self, key: str, prompt: str) -> tuple[int, str, str] | None:
         if "[timeout-once]" in prompt and self._first("timeout" + key):
@@ -108,11 +122,12 @@ class Server:
             return fault
         response = prompt.split("[response]: ", 1)[1].split("\n\nYour judgement", 1)[0]
         gold = prompt.split("[correct_answer]: ", 1)[1].split("\n\nreasoning:", 1)[0]
-        got = re.search(r"Exact Answer: (.*)", response)
+        got = re.search(r"Answer: (.*)", response)
         conf = re.search(r"Confidence: (\d+)%", response)
         extracted = got.group(1).strip() if got else "None"
         verdict = {"extracted_final_answer": extracted, "reasoning": "compared",
-                   "correct": "yes" if extracted == gold else "no", "confidence": int(conf.group(1)) if conf else 100}
+                   "correct": "yes" if extracted == gold else "no", "confidence": int(conf.group(1)) if conf else 100,
+                   "strict": True}
         return 200, json.dumps(verdict), "stop"
 
     def _dna_verdict(self, prompt: str) -> tuple[int, str, str]:

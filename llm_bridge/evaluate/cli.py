@@ -1,7 +1,9 @@
 """`bridge eval`: hle|dna predict, judge, score; report.
 
 Every step reads and writes files in one directory (--out): predictions.jsonl, judgements.jsonl,
-metrics.json. predict and judge are resumable: a rerun does only what is missing or failed.
+settings.json (how predict and judge ran), metrics.json. predict and judge are resumable: a rerun does
+only what is missing or failed. The defaults follow each benchmark's official protocol; every option
+that departs from it is recorded in settings.json and metrics.json.
 """
 
 import argparse
@@ -10,9 +12,34 @@ import json
 from pathlib import Path
 
 from llm_bridge.config import Evaluation
-from llm_bridge.evaluate.store import DONE, JsonlStore, write_json
+from llm_bridge.evaluate.store import JsonlStore, write_json
 
 DEFAULTS = Evaluation()  # the judge and answer length a team.yaml gets when it says nothing
+
+
+def _length(text: str) -> int | str:
+    if text in ("model", "auto"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: give a number of tokens, or 'model' (up to the model's context)")
+
+
+def _settings(out: Path, step: str, values: dict) -> None:
+    """settings.json: how predict and judge ran, so metrics.json can say which protocol it scores."""
+    path = out / "settings.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    write_json(path, {**settings, step: values})
+
+
+def _read_settings(out: Path) -> dict:
+    try:
+        return json.loads((out / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _files(out: Path) -> tuple[JsonlStore, JsonlStore]:
@@ -36,19 +63,35 @@ def _benchmark(name: str):
     return {"hle": hle, "dna": dna}[name]
 
 
+def _sampling(args, bench):
+    from llm_bridge.evaluate import dna
+    from llm_bridge.evaluate.offline import Sampling
+
+    length = args.max_tokens
+    if length == "auto":  # Do-Not-Answer: 512, or up to the context for a model that thinks first
+        length = dna.response_length(args.vllm_model)
+    elif length == "model":
+        length = None
+    from_model = args.sampling == "model"
+    if bench is dna:
+        return dna.sampling(length, from_model, args.temperature, args.top_p)
+    official_temperature = None if from_model else 0.0  # centerforaisafety/hle: --temperature default 0.0
+    return Sampling(length, from_model, args.temperature if args.temperature is not None else official_temperature,
+                    args.top_p)
+
+
 def cmd_predict(args) -> int:
     bench = _benchmark(args.benchmark)
     questions = bench.load_questions(args.questions)[: args.limit]
+    sampling = _sampling(args, bench)
+    _settings(args.out, "predict", {"sampling": args.sampling, "temperature": sampling.temperature,
+                                    "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+                                    "source": "vllm offline" if args.vllm_model else "server"})
     if args.vllm_model:  # offline: vLLM in this process
         from llm_bridge.evaluate.offline import generate
 
-        if args.benchmark == "hle":
-            sampling = {"temperature": args.temperature}
-        else:  # the competition's sampling, as the server path sends it
-            sampling = {k: v for k, v in bench.SAMPLING.items() if k != "max_tokens"}
-        generate(questions, bench.messages, _files(args.out)[0], str(args.vllm_model), args.max_tokens,
-                 tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
-                 truncated_status="truncated" if args.benchmark == "hle" else "ok", **sampling)
+        generate(questions, bench.messages, _files(args.out)[0], str(args.vllm_model), sampling,
+                 tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
         return 0
 
     from llm_bridge.evaluate.client import ChatClient, Endpoint
@@ -57,11 +100,12 @@ def cmd_predict(args) -> int:
     if not args.model:
         raise SystemExit("ERROR: --url needs --model (the name the server serves; `curl <url>/models` lists it).")
     client = ChatClient(Endpoint(args.url, args.model, args.api_key_env, args.timeout, args.retries))
-    if args.benchmark == "hle":
-        work = lambda q: bench.predict(client, q, args.max_tokens, args.temperature)  # noqa: E731
-    else:
-        work = lambda q: bench.predict(client, q, args.max_tokens)  # noqa: E731
+    work = lambda q: bench.predict(client, q, sampling)  # noqa: E731
     counts = run_items(questions, work, _files(args.out)[0], args.workers, f"{args.benchmark} predictions")
+    unclosed = sum(r.get("thinking") == "unclosed" for r in _files(args.out)[0].finished().values())
+    if unclosed:
+        print(f"NOTE: {unclosed} response(s) ended inside the thinking and have no answer (they count as wrong / not "
+              "safe). Fix: a longer --max-tokens, or --max-tokens model (up to the model's context).")
     return 1 if counts["failed"] else 0
 
 
@@ -79,13 +123,23 @@ def cmd_judge(args) -> int:
               f"Rerun `bridge eval {args.benchmark} predict` to fill them in.")
     client = ChatClient(Endpoint(args.judge_url, args.judge_model, args.api_key_env, args.timeout, args.retries))
     answered = [q for q in questions if q["id"] in predictions]
-    done = {i for i, j in current_judgements(judgements, predictions).items() if j.get("status") in DONE}
+    truncated = getattr(args, "truncated", None)
+    # A verdict stands if it is about this response and still what this run would give it.
+    def stands(verdict: dict, prediction: dict) -> bool:
+        if truncated == "wrong" and prediction["status"] == "truncated" and prediction.get("response", "").strip():
+            return verdict.get("status") == "truncated"
+        return verdict.get("status") in ("ok", "no_answer")
+
+    done = {i for i, j in current_judgements(judgements, predictions).items() if stands(j, predictions[i])}
+    _settings(args.out, "judge", {"judge_model": args.judge_model, "judge_url": args.judge_url,
+                                  **({"truncated": truncated} if truncated else {})})
+    extra = {"truncated": truncated} if truncated else {}
 
     def judge(question: dict) -> dict:
         prediction = predictions[question["id"]]
         stamp = {"response_id": response_id(prediction)}  # which response this verdict is about
         try:
-            return {**bench.judge(client, question, prediction), **stamp}
+            return {**bench.judge(client, question, prediction, **extra), **stamp}
         except Exception as error:  # noqa: BLE001 - recorded as a failure, like run_items does
             return {"id": question["id"], "status": "failed", "error": describe(error), **stamp}
 
@@ -105,8 +159,10 @@ def _score(args, bench, questions) -> dict:
     predictions_store, judgements = _files(args.out)
     verdicts = current_judgements(judgements, predictions_store.finished())
     if args.benchmark == "hle":
-        return _write_metrics(args.out, bench.score(questions, predictions_store.load(), verdicts))
-    return _write_metrics(args.out, bench.score(questions, verdicts))
+        metrics = bench.score(questions, predictions_store.load(), verdicts)
+    else:
+        metrics = bench.score(questions, verdicts, "judge")
+    return _write_metrics(args.out, {**metrics, "protocol": _read_settings(args.out)})
 
 
 def cmd_score(args) -> int:
@@ -115,7 +171,9 @@ def cmd_score(args) -> int:
         raise SystemExit("ERROR: bridge eval dna score needs --questions (with the judgements in --out) or --labels.\n"
                          "       Fix: add --questions do_not_answer_en.csv, or --labels <annotated csv> to score a release file.")
     if args.benchmark == "dna" and args.labels:
-        _write_metrics(args.out, bench.score(*bench.labels_from_csv(args.labels, args.model)))
+        questions, labels = bench.labels_from_csv(args.labels, args.model)
+        _write_metrics(args.out, {**bench.score(questions, labels, "release"),
+                                  "protocol": {"labels": str(args.labels), "model": args.model}})
     else:
         _score(args, bench, bench.load_questions(args.questions)[: args.limit])
     return 0
@@ -167,16 +225,26 @@ def add_parser(sub) -> None:
                 p.add_argument("--tensor-parallel-size", type=int, default=1, help="with --vllm-model (default: 1)")
                 p.add_argument("--max-model-len", type=int, help="with --vllm-model: vLLM's context limit")
                 p.add_argument("--api-key-env", default="VLLM_API_KEY", help="env var holding the server's key, if any")
-                p.add_argument("--max-tokens", type=int, default=DEFAULTS.hle_max_response_length if name == "hle" else 512,
-                               help="completion token limit (HLE default %(default)s; DNA 512 as in the competition)")
-                if name == "hle":
-                    p.add_argument("--temperature", type=float, help="default: the server's (the model's generation_config)")
+                p.add_argument("--max-tokens", type=_length, default="model" if name == "hle" else "auto",
+                               help="response token limit, thinking included: a number, or 'model' = up to the model's "
+                               "context (HLE default, as the official code)" + ("" if name == "hle" else
+                               "; DNA default 'auto' = 512 as in the competition, 'model' for a --vllm-model that thinks"))
+                p.add_argument("--sampling", choices=["official", "model"], default="official",
+                               help="official (default): " + ("temperature 0, as centerforaisafety/hle" if name == "hle"
+                                                             else "T=0.7, top_p=0.9, as the 2025 competition")
+                               + "; model: the model's generation_config.json (e.g. Qwen3's T=0.6 for thinking)")
+                p.add_argument("--temperature", type=float, help="overrides --sampling's temperature")
+                p.add_argument("--top-p", type=float, help="overrides --sampling's top_p")
             if action == "judge":
                 p.add_argument("--judge-url", help="OpenAI-compatible judge server (default: api.openai.com)")
                 p.add_argument("--judge-model", default=DEFAULTS.judge_model, help=f"default: {DEFAULTS.judge_model}")
                 p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the judge's key")
+                if name == "hle":
+                    p.add_argument("--truncated", choices=["judge", "wrong"], default="judge",
+                                   help="answers cut off by the length limit: judge (default, official) or wrong")
             if action == "score" and name == "dna":
-                p.add_argument("--labels", type=Path, help="score an annotated CSV instead (columns <model>_action, <model>_harmful)")
+                p.add_argument("--labels", type=Path, help="score the release's annotated CSV instead (columns "
+                               "<model>_action on its 0-5 scale, <model>_harmful)")
                 p.add_argument("--model", default="GPT4", help="which model's columns in --labels (default: GPT4)")
     rep = steps.add_parser("report", allow_abbrev=False, help="summary.json, summary.md and summary.png from the metrics of both benchmarks")
     rep.add_argument("--model", required=True, help="model name for the title")

@@ -1,26 +1,31 @@
 """Humanity's Last Exam, text-only: predictions, the official LLM judge, and the official metrics.
 
-Unlike the 2025 competition's scripts, the score is over *all* questions: a question with no
-prediction, a truncated answer (finish_reason "length"), or a failed judgement counts as wrong.
-The Wald interval and the RMS calibration error are computed as centerforaisafety/hle's
-run_judge_results.py does (MIT); calibration, like there, uses the judged answers only.
+It follows centerforaisafety/hle (hle_eval/run_model_predictions.py and run_judge_results.py, MIT):
+one system prompt for every question, temperature 0, no length cap below the model's context, the
+judge prompt word for word with its strict ExtractedAnswer schema, and dump_metrics()'s formulas and
+rounding. Where it differs, the reason is in README_single_node_SFT_PPO.md ("評価の手順と公式との違い"):
+  - the score is over *all* text-only questions: no prediction or a failed judgement counts as wrong
+    (the official code does too; the 2025 competition's copy divided by the judged ones only);
+  - the judge sees the answer only, never the thinking (what the official code gets from an API that
+    returns the final message); an output that ended inside its thinking has no answer: wrong, and left
+    out of the calibration error, as the official code leaves out a response with no content;
+  - the calibration error is None below 100 judged answers, where the official code raises.
 """
 
+import json
 import math
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from llm_bridge.data import read_local
+from llm_bridge.evaluate import thinking
 from llm_bridge.evaluate.client import ChatClient, Completion, Malformed
+from llm_bridge.evaluate.offline import Sampling
 from llm_bridge.evaluate.store import unique_ids
-
-# The answer formats of the official HLE prompt (system message), one per answer type.
-EXACT_FORMAT = ("Your response should be in the following format:\nExplanation: {your explanation for your final answer}\n"
-                "Exact Answer: {your succinct, final answer}\nConfidence: {your confidence score between 0% and 100% for your answer}")
-CHOICE_FORMAT = ("Your response should be in the following format:\nExplanation: {your explanation for your answer choice}\n"
-                 "Answer: {your chosen answer}\nConfidence: {your confidence score between 0% and 100% for your answer}")
+from llm_bridge.rewards.hle import SYSTEM_PROMPT
 
 # The official judge prompt, word for word: scores are only comparable with the same prompt.
 JUDGE_PROMPT = r"""Judge whether the following [response] to [question] is correct or not based on the precise and unambiguous [correct_answer] below.
@@ -43,16 +48,20 @@ correct: Answer 'yes' if extracted_final_answer matches the [correct_answer] giv
 confidence: The extracted confidence score between 0|\%| and 100|\%| from [response]. Put 100 if there is no confidence score available."""
 
 
-class Verdict(BaseModel):
+class ExtractedAnswer(BaseModel):
+    """The official judge's answer schema, its `strict` field included."""
+
     extracted_final_answer: str
     reasoning: str
     correct: Literal["yes", "no"]
     confidence: int
+    strict: Literal[True]
 
 
+# What openai's chat.completions.parse(response_format=ExtractedAnswer) sends, as the official judge calls it.
 VERDICT_FORMAT = {"type": "json_schema",
                   "json_schema": {"name": "ExtractedAnswer", "strict": True,
-                                  "schema": {**Verdict.model_json_schema(), "additionalProperties": False}}}
+                                  "schema": {**ExtractedAnswer.model_json_schema(), "additionalProperties": False}}}
 
 
 # --- questions -------------------------------------------------------------------------------
@@ -82,69 +91,86 @@ def load_questions(path: Path) -> list[dict]:
 
 
 def messages(question: dict) -> list[dict]:
-    system = CHOICE_FORMAT if question["answer_type"] == "multipleChoice" else EXACT_FORMAT
-    return [{"role": "system", "content": system}, {"role": "user", "content": question["question"]}]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question["question"]}]
 
 
 # --- predict and judge -----------------------------------------------------------------------
 
-def predict(client: ChatClient, question: dict, max_tokens: int, temperature: float | None) -> dict:
-    out = client.ask(messages(question), max_completion_tokens=max_tokens, temperature=temperature)
-    record = {"id": question["id"], "status": "truncated" if out.finish_reason == "length" else "ok",
-              "response": out.text, "finish_reason": out.finish_reason}
-    if out.reasoning:
-        record["reasoning"] = out.reasoning
-    return record
+def predict(client: ChatClient, question: dict, sampling: Sampling) -> dict:
+    params = sampling.server_params()
+    if "max_tokens" in params:
+        params["max_completion_tokens"] = params.pop("max_tokens")
+    out = client.ask(messages(question), **params)
+    return {"id": question["id"], **thinking.record(out.text, out.reasoning, out.finish_reason)}
 
 
-def parse_verdict(out: Completion) -> Verdict:
+def parse_verdict(out: Completion) -> ExtractedAnswer:
     text = out.text.strip()
     if text.startswith("```"):  # some local judges fence their JSON
         text = text.strip("`").removeprefix("json").strip()
     try:
-        verdict = Verdict.model_validate_json(text)
+        fields = json.loads(text)
+        if isinstance(fields, dict):  # `strict` carries no information: a judge that leaves it out is not wrong
+            fields.setdefault("strict", True)
+        verdict = ExtractedAnswer.model_validate(fields)
     except ValidationError as error:
         raise Malformed(f"verdict is not the ExtractedAnswer JSON: {error.errors()[0]['msg']}") from error
+    except ValueError as error:
+        raise Malformed(f"verdict is not JSON: {str(error)[:100]}") from error
     return verdict
 
 
-def judge(client: ChatClient, question: dict, prediction: dict) -> dict:
-    if prediction["status"] == "truncated":  # never judged: a cut-off answer is not an answer
-        return {"id": question["id"], "status": "truncated", "correct": False}
+def unjudged(prediction: dict, truncated: str) -> dict | None:
+    """The verdict a prediction gets without the judge, or None when the judge must see it."""
+    if not prediction.get("response", "").strip():  # ended inside its thinking, or said nothing
+        return {"status": "no_answer", "correct": False}
+    if prediction["status"] == "truncated" and truncated == "wrong":
+        return {"status": "truncated", "correct": False}
+    return None
+
+
+def judge(client: ChatClient, question: dict, prediction: dict, truncated: str = "judge") -> dict:
+    verdict = unjudged(prediction, truncated)
+    if verdict:
+        return {"id": question["id"], **verdict}
     prompt = JUDGE_PROMPT.format(question=question["question"], response=prediction["response"],
                                  correct_answer=question["answer"])
     verdict = client.ask([{"role": "user", "content": prompt}], parse_verdict,
                          max_completion_tokens=4096, response_format=VERDICT_FORMAT)
     return {"id": question["id"], "status": "ok", "correct": verdict.correct == "yes",
-            "confidence": min(max(verdict.confidence, 0), 100), "extracted_final_answer": verdict.extracted_final_answer,
+            "confidence": verdict.confidence, "extracted_final_answer": verdict.extracted_final_answer,
             "reasoning": verdict.reasoning}
 
 
 # --- metrics ---------------------------------------------------------------------------------
 
 def calibration_error(confidence: list[float], correct: list[bool], bin_size: int = 100) -> float | None:
-    """RMS calibration error over bins of `bin_size` answers sorted by confidence (0-1), as HLE's
-    calib_err(p='2', beta=100): the last bin takes the remainder and, like there, is left out of the
-    sum. Undefined (None) with fewer than bin_size answers, where the official code fails."""
-    n = len(confidence)
-    if n < bin_size:
+    """RMS calibration error as the official calib_err(p='2', beta=100): answers sorted by confidence
+    (0-1) with numpy's default argsort, so that ties fall into the same bins as there; bins of
+    `bin_size`, the last one taking the remainder and, like there, left out of the sum. None with fewer
+    than bin_size answers, where the official code raises an IndexError."""
+    if len(confidence) < bin_size:
         return None
-    pairs = sorted(zip(confidence, correct), key=lambda p: p[0])
-    bounds = [(i * bin_size, (i + 1) * bin_size) for i in range(n // bin_size)]
-    bounds[-1] = (bounds[-1][0], n)
+    order = np.argsort(np.array(confidence, dtype=float))
+    conf, ok = np.array(confidence, dtype=float)[order], np.array(correct, dtype=bool)[order]
+    bins = [[i * bin_size, (i + 1) * bin_size] for i in range(len(conf) // bin_size)]
+    bins[-1] = [bins[-1][0], len(conf)]
     total = 0.0
-    for lo, hi in bounds[:-1]:
-        chunk = pairs[lo:hi]
-        gap = sum(c for c, _ in chunk) / len(chunk) - sum(ok for _, ok in chunk) / len(chunk)
-        total += len(chunk) / n * gap * gap
-    return math.sqrt(total)
+    for lo, hi in bins[:-1]:
+        total += (hi - lo) / len(conf) * np.square(np.abs(np.nanmean(conf[lo:hi]) - np.nanmean(ok[lo:hi])))
+    return float(np.sqrt(total))
 
 
 def score(questions: list[dict], predictions: dict[str, dict], verdicts: dict[str, dict]) -> dict:
+    """metrics.json. accuracy, ci95_half_width and calibration_error carry the official rounding
+    (dump_metrics: round(., 2), the interval from the rounded accuracy, 100 * round(calib_err, 2))."""
     n = len(questions)
-    correct_ids = {i for i, v in verdicts.items() if v.get("status") == "ok" and v.get("correct")}
+    ids = {q["id"] for q in questions}
+    correct_ids = {i for i, v in verdicts.items() if i in ids and v.get("status") == "ok" and v.get("correct")}
     judged = [verdicts[q["id"]] for q in questions if verdicts.get(q["id"], {}).get("status") == "ok"]
-    accuracy = 100 * sum(q["id"] in correct_ids for q in questions) / n
+    # numpy's round for the accuracy and the calibration error, Python's for the interval: as upstream, where
+    # the first two are numpy floats and the interval goes through math.sqrt. They differ on some halves.
+    accuracy = float(round(np.float64(100 * len(correct_ids) / n), 2))
     calib = calibration_error([v["confidence"] / 100 for v in judged], [bool(v["correct"]) for v in judged])
     status = lambda records, q, s: records.get(q["id"], {}).get("status") == s  # noqa: E731
     categories: dict[str, dict] = {}
@@ -153,16 +179,18 @@ def score(questions: list[dict], predictions: dict[str, dict], verdicts: dict[st
         cat["n"] += 1
         cat["correct"] += q["id"] in correct_ids
     for cat in categories.values():
-        cat["accuracy"] = 100 * cat["correct"] / cat["n"]
+        cat["accuracy"] = round(100 * cat["correct"] / cat["n"], 2)
     return {
         "benchmark": "hle",
         "n_questions": n,
         "accuracy": accuracy,
-        "ci95_half_width": 1.96 * math.sqrt(accuracy * (100 - accuracy) / n),
-        "calibration_error": None if calib is None else 100 * calib,
-        "n_correct": len(correct_ids & {q["id"] for q in questions}),
+        "ci95_half_width": round(1.96 * math.sqrt(accuracy * (100 - accuracy) / n), 2),
+        "calibration_error": None if calib is None else float(100 * round(np.float64(calib), 2)),
+        "n_correct": len(correct_ids),
         "n_judged": len(judged),
         "n_truncated": sum(status(predictions, q, "truncated") for q in questions),
+        "n_no_answer": sum(status(verdicts, q, "no_answer") for q in questions),
+        "n_truncated_unjudged": sum(status(verdicts, q, "truncated") for q in questions),
         "n_prediction_failed": sum(status(predictions, q, "failed") for q in questions),
         "n_missing": sum(q["id"] not in predictions for q in questions),
         "n_judge_failed": sum(status(verdicts, q, "failed") for q in questions),

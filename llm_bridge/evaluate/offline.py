@@ -2,45 +2,80 @@
 
 Requests go to vLLM in chunks; each chunk's answers are appended to the jsonl as soon as it
 finishes, so an interrupted run loses at most one chunk and a rerun skips what is written.
+Each record keeps the answer (`response`) apart from the thinking (`reasoning`), as the server path does.
 """
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
+from llm_bridge.evaluate import thinking
 from llm_bridge.evaluate.store import JsonlStore
 
 CHUNK = 512
+MODEL_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What vLLM samples with. `from_model`: start from the model's generation_config.json (as vLLM's
+    server does) instead of greedy; `temperature`/`top_p` override either. `max_tokens` None: up to the
+    model's context (vLLM's max_model_len), which is what the official HLE code asks for."""
+
+    max_tokens: int | None
+    from_model: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def server_params(self) -> dict:
+        """The request parameters for an OpenAI-compatible server (left out: the server's default)."""
+        params = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if not self.from_model and self.temperature is None:
+            params["temperature"] = 0.0
+        return {k: v for k, v in params.items() if v is not None}
+
+    def vllm_params(self, llm):
+        from vllm import SamplingParams
+
+        base = {"temperature": 0.0}
+        if self.from_model:  # vLLM's LLM.chat uses these only when no SamplingParams are passed at all
+            defaults = llm.get_default_sampling_params()
+            base = {k: getattr(defaults, k) for k in MODEL_SAMPLING_KEYS}
+        overrides = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
+        return SamplingParams(**{**base, **overrides}, max_tokens=self.max_tokens)
 
 
 def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store: JsonlStore, model: str,
-             max_tokens: int, temperature: float | None = None, top_p: float | None = None,
-             tensor_parallel_size: int = 1, max_model_len: int | None = None,
-             truncated_status: str = "truncated") -> dict:
+             sampling: Sampling, tensor_parallel_size: int = 1, max_model_len: int | None = None) -> dict:
     done = set(store.finished())
     todo = [item for item in items if str(item["id"]) not in done]
-    counts = {"skipped": len(done), "ok": 0, "truncated": 0}
+    counts = {"skipped": len(done), "ok": 0, "truncated": 0, "unclosed thinking": 0}
     if not todo:
         print(f"all {len(done)} already generated -> {store.path}")
         return counts
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
               trust_remote_code=False)
-    sampling = SamplingParams(max_tokens=max_tokens,
-                              **{k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+    params = sampling.vllm_params(llm)
+    tokenizer = llm.get_tokenizer()
+    print(f"sampling: {params}", file=sys.stderr)
     start = time.time()
     for lo in range(0, len(todo), CHUNK):
         chunk = todo[lo:lo + CHUNK]
-        outputs = llm.chat([to_messages(item) for item in chunk], sampling, use_tqdm=False)
+        outputs = llm.chat([to_messages(item) for item in chunk], params, use_tqdm=False)
         for item, output in zip(chunk, outputs):
             first = output.outputs[0]
-            status = truncated_status if first.finish_reason == "length" else "ok"
-            counts[status] += 1
-            store.append({"id": str(item["id"]), "status": status, "response": first.text,
-                          "finish_reason": first.finish_reason})
+            # The chat template may open the thinking block in the prompt (DeepSeek-R1): read the prompt's end.
+            opened = thinking.prompt_opens_thinking(tokenizer.decode(list(output.prompt_token_ids[-16:])))
+            fields = thinking.record(first.text, None, first.finish_reason, opened)
+            counts[fields["status"]] += 1
+            counts["unclosed thinking"] += fields.get("thinking") == "unclosed"
+            store.append({"id": str(item["id"]), **fields})
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         print(f"  {lo + len(chunk)}/{len(todo)} ({time.time() - start:.0f} s, {tokens} tokens in the last chunk)",
               file=sys.stderr, flush=True)
-    print(f"generated: {counts['ok']} ok, {counts['truncated']} truncated, {counts['skipped']} already done -> {store.path}")
+    print(f"generated: {counts['ok']} ok, {counts['truncated']} truncated ({counts['unclosed thinking']} inside the "
+          f"thinking: no answer), {counts['skipped']} already done -> {store.path}")
     return counts

@@ -13,14 +13,18 @@ def _pct(value) -> str:
 def markdown(model: str, hle: dict | None, dna: dict | None) -> str:
     lines = [f"# {model}", "", "| benchmark | score | n | notes |", "|---|---|---|---|"]
     if hle:
+        truncated = (hle.get("protocol") or {}).get("judge", {}).get("truncated", "judge")
         lines.append(f"| HLE (text-only) accuracy % | {_pct(hle['accuracy'])} ± {_pct(hle['ci95_half_width'])} | "
                      f"{hle['n_questions']} | calibration error {_pct(hle['calibration_error'])}; "
-                     f"{hle['n_truncated']} truncated, {hle['n_missing'] + hle['n_prediction_failed']} unanswered, "
-                     f"{hle['n_judge_failed']} judge failures (all counted wrong) |")
+                     f"{hle['n_truncated']} cut off at the length limit ({'judged' if truncated == 'judge' else 'counted wrong'}), "
+                     f"{hle.get('n_no_answer', 0)} ended inside the thinking, "
+                     f"{hle['n_missing'] + hle['n_prediction_failed']} unanswered, {hle['n_judge_failed']} judge failures "
+                     "(these counted wrong) |")
     if dna:
         lines.append(f"| Do-Not-Answer safety rate % | {_pct(dna['safety_rate'])} | {dna['n_questions']} | "
-                     f"harmful {_pct(dna['harmful_rate'])} % of judged; {dna['n_failed']} judge failures, "
-                     f"{dna['n_missing']} missing (counted not safe) |")
+                     f"{dna.get('scale', 'judge rubric 0-6')}; harmless {_pct(dna.get('harmless_rate'))} % of all, "
+                     f"harmful {_pct(dna['harmful_rate'])} % of judged; {dna.get('n_no_answer', 0)} without an answer, "
+                     f"{dna['n_failed']} judge failures, {dna['n_missing']} missing (these counted not safe) |")
     if hle:
         lines += ["", "## HLE by category", "", "| category | n | accuracy % |", "|---|---|---|"]
         lines += [f"| {c} | {v['n']} | {_pct(v['accuracy'])} |" for c, v in hle["per_category"].items()]

@@ -15,7 +15,7 @@ def run_items(items: Iterable[dict], work: Callable[[dict], dict], store: JsonlS
     if done is None:
         done = set(store.finished())
     todo = [item for item in items if str(item["id"]) not in done]
-    counts = {"skipped": len(done), "ok": 0, "truncated": 0, "failed": 0}
+    counts = {"skipped": len(done), "ok": 0, "truncated": 0, "no_answer": 0, "failed": 0}
     start = time.time()
 
     def safe(item: dict) -> dict:
@@ -31,6 +31,7 @@ def run_items(items: Iterable[dict], work: Callable[[dict], dict], store: JsonlS
             counts[record["status"]] += 1
             if n % 50 == 0 or n == len(todo):
                 print(f"  {what}: {n}/{len(todo)} ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
-    print(f"{what}: {counts['ok']} ok, {counts['truncated']} truncated, {counts['failed']} failed, "
+    no_answer = f"{counts['no_answer']} without an answer (ended inside the thinking), " if counts["no_answer"] else ""
+    print(f"{what}: {counts['ok']} ok, {counts['truncated']} truncated, {no_answer}{counts['failed']} failed, "
           f"{counts['skipped']} already done -> {store.path}")
     return counts

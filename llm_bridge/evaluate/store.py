@@ -15,7 +15,7 @@ from pathlib import Path
 from llm_bridge.data import atomic_write
 
 
-DONE = ("ok", "truncated")  # finished; a rerun redoes everything else (failed, or never written)
+DONE = ("ok", "truncated", "no_answer")  # finished; a rerun redoes everything else (failed, or never written)
 
 
 class JsonlStore:
