@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.reward import get_custom_reward_fn
 
 from conftest import REPO
+from llm_bridge.rewards.hle import SYSTEM_PROMPT
 
 SCRIPTS = REPO / "train" / "scripts" / "data_preprocess"
 HLE_REWARD = REPO / "llm_bridge" / "rewards" / "hle.py"
@@ -44,8 +45,9 @@ def test_hle_text_only_in_verl_format(tmp_path):
     rows = read(tmp_path / "out" / "test.parquet")
     assert [r["extra_info"]["id"] for r in rows] == ["q1", "q2"]
     assert rows[0]["data_source"] == "cais/hle" and rows[0]["reward_model"]["ground_truth"] == "42"
-    assert "Exact Answer:" in rows[0]["prompt"][0]["content"]
-    assert "Answer: {your chosen answer}" in rows[1]["prompt"][0]["content"]
+    # one system prompt for every question, as the official code since "Unify system prompt"
+    assert rows[0]["prompt"][0]["content"] == rows[1]["prompt"][0]["content"] == SYSTEM_PROMPT
+    assert "Answer: {your chosen answer}" in SYSTEM_PROMPT and "Exact Answer" not in SYSTEM_PROMPT
     [rejected] = [json.loads(line) for line in (tmp_path / "out" / "test.rejected.jsonl").read_text().splitlines()]
     assert rejected["row"]["id"] == "q4"
 
@@ -60,6 +62,15 @@ def test_hle_reward_loaded_the_way_verl_loads_it():
                  {"answer_type": "multipleChoice"}) == 1.0
     assert score("cais/hle", "Explanation: x\nExact Answer: The Eiffel Tower.\n", "eiffel tower", exact) == 1.0
     assert score("cais/hle", "no answer line at all", "42", exact) == 0.0
+    assert score("cais/hle", "<think>so Answer: 42 it is", "42", exact) == 0.0  # inside unclosed thinking
+    # a template that opens <think> in the prompt (DeepSeek-R1): an unfinished response has no tags at all
+    assert score("cais/hle", "I guess...\nAnswer: 42", "42", exact) == 1.0
+    assert score("cais/hle", "I guess...\nAnswer: 42", "42", exact, thinking_opened_in_prompt=True) == 0.0
+    # the R1 switch, passed the way a team passes it: +reward.custom_reward_function.reward_kwargs....=true
+    config.reward.custom_reward_function.reward_kwargs = {"thinking_opened_in_prompt": True}
+    r1 = get_custom_reward_fn(config)
+    assert r1("cais/hle", "so...\nAnswer: 42", "42", exact) == 0.0
+    assert r1("cais/hle", "so...</think>\nAnswer: 42", "42", exact) == 1.0
     # other data sources fall through to verl's built-in scorers
     assert score("openai/gsm8k", "so the answer is\n#### 42", "42", {}) == 1.0
 

@@ -5,7 +5,7 @@
     python train/scripts/data_preprocess/hle.py --local-path ~/datasets/hle   # offline: test.parquet / test.jsonl
 
 Writes <out>/test.parquet. Questions with an image are left out (counted); each prompt carries the
-official HLE answer format (Explanation / Exact Answer or Answer / Confidence) as a system message.
+official HLE system prompt (Explanation / Answer / Confidence, one for every question) as a system message.
 The 2025 competition forbade training on HLE: use this for validation and evaluation only.
 """
 
@@ -13,12 +13,7 @@ import argparse
 from pathlib import Path
 
 from llm_bridge.data import BadRow, convert, load_split, write_parquet, write_rejected
-from llm_bridge.rewards.hle import DATA_SOURCE
-
-EXACT_FORMAT = ("Your response should be in the following format:\nExplanation: {your explanation for your final answer}\n"
-                "Exact Answer: {your succinct, final answer}\nConfidence: {your confidence score between 0% and 100% for your answer}")
-CHOICE_FORMAT = ("Your response should be in the following format:\nExplanation: {your explanation for your answer choice}\n"
-                 "Answer: {your chosen answer}\nConfidence: {your confidence score between 0% and 100% for your answer}")
+from llm_bridge.rewards.hle import DATA_SOURCE, SYSTEM_PROMPT
 
 
 def to_rl_row(index: int, row: dict) -> dict:
@@ -29,10 +24,9 @@ def to_rl_row(index: int, row: dict) -> dict:
         raise BadRow("empty or missing answer")
     if answer_type not in ("exactMatch", "multipleChoice"):
         raise BadRow(f"unknown answer_type {answer_type!r}")
-    system = CHOICE_FORMAT if answer_type == "multipleChoice" else EXACT_FORMAT
     return {
         "data_source": DATA_SOURCE,
-        "prompt": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        "prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
         "ability": str(row.get("category") or "hle"),
         "reward_model": {"style": "rule", "ground_truth": str(answer).strip()},
         "extra_info": {"split": "test", "index": index, "id": str(row.get("id", index)), "answer_type": answer_type,
