@@ -5,7 +5,8 @@
 
 Writes <out>/do_not_answer_en.csv (id, risk_area, types_of_harm, specific_harms, question: 939 rows) and, when
 the source carries the release's annotations (<model>_response, <model>_harmful, <model>_action), also
-<out>/annotated_en.csv, which `bridge eval dna score --labels` scores with the same code as a judged model.
+<out>/annotated_en.csv, which `bridge eval dna score --labels` scores with the same code as a judged model, on
+the release's own action scale (0-5, 5 = follows the instruction; a judged model gets the judge's 0-6 rubric).
 """
 
 import argparse
