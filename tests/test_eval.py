@@ -176,6 +176,8 @@ def test_sampling_follows_the_model_only_when_asked(server, tmp_path, hle_questi
     asked = server.requests[-1]["body"]
     assert (asked["temperature"], asked["top_p"]) == (0.6, 0.95)
     assert json.loads((out / "settings.json").read_text())["predict"]["temperature"] == 0.6
+    mixed = bridge_eval("hle", "predict", *common)  # the default settings now, over predictions made at T=0.6
+    assert "NOTE: the 1 prediction(s) already in" in mixed.stdout and "temperature 0.6 -> 0.0" in mixed.stdout
     bad = bridge_eval("hle", "predict", *common, "--max-tokens", "lots")
     assert bad.returncode == 2 and "'model' (up to the model's context)" in bad.stderr
 
@@ -509,6 +511,15 @@ def test_thinking_is_split_from_the_answer(text, opened, thinking_text, answer, 
 
     parts = thinking.split(text, opened)
     assert (parts.thinking, parts.answer, parts.state) == (thinking_text, answer, state)
+
+
+def test_a_reasoning_parser_reply_is_unfinished_only_when_it_ran_out():
+    from llm_bridge.evaluate import thinking
+
+    assert thinking.record(None, "so far", "length") == {"status": "truncated", "response": "", "finish_reason": "length",
+                                                         "reasoning": "so far", "thinking": "unclosed"}
+    assert thinking.record("", "done", "stop")["thinking"] == "closed"  # closed, then said nothing: still no answer
+    assert thinking.record("Answer: 4", "done", "stop")["response"] == "Answer: 4"
 
 
 def _tokenizer(tmp_path, name, template, extra_tokens=()):

@@ -17,7 +17,7 @@ PAIRS = Path(__file__).parent / "data" / "hle_answer_pairs.tsv"
 # Left to the LLM judge on purpose: algebra, units this file does not know, a choice inside a sentence,
 # chemistry names, unordered sets. Each is a miss (reward 0 for a right answer), never a false match.
 KNOWN_MISSES = {("2\\sqrt{2}", "\\sqrt{8}"), ("3 apples", "3"), ("I think it is B", "B"), ("CO2", "carbon dioxide"),
-                ("\\{1, 2\\}", "\\{2, 1\\}")}
+                ("\\{1, 2\\}", "\\{2, 1\\}"), ("a. the first one", "A")}
 
 
 def pairs() -> list[tuple[str, bool, str, str, str]]:
@@ -76,6 +76,7 @@ def test_nothing_inside_thinking_is_scored():
     assert extract_answer("Explanation: x\nAnswer: A", opened_in_prompt=True) is None
     assert extract_answer("Explanation: x\nAnswer:\nConfidence: 10%") is None  # an empty answer line
     assert extract_answer("**Answer:** B\n**Confidence:** 90%") == "B"
+    assert extract_answer("<think>...</think>**Final Answer:** $\\boxed{7}$") == "$\\boxed{7}$"
     assert compute_score("cais/hle", "<think>Answer: B</think>Answer: A lot depends", "A", mc) == 0.0
     assert compute_score("cais/hle", "<think>hmm</think>Explanation: y\nAnswer: (A)", "A", mc) == 1.0
     assert compute_score("cais/hle", "<think>Answer: 42", "42", {"answer_type": "exactMatch"}) == 0.0

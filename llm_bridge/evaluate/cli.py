@@ -84,9 +84,14 @@ def cmd_predict(args) -> int:
     bench = _benchmark(args.benchmark)
     questions = bench.load_questions(args.questions)[: args.limit]
     sampling = _sampling(args, bench)
-    _settings(args.out, "predict", {"sampling": args.sampling, "temperature": sampling.temperature,
-                                    "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
-                                    "source": "vllm offline" if args.vllm_model else "server"})
+    settings = {"sampling": args.sampling, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "max_tokens": sampling.max_tokens, "source": "vllm offline" if args.vllm_model else "server"}
+    before, made = _read_settings(args.out).get("predict"), len(_files(args.out)[0].finished())
+    if before and made and before != settings:
+        changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v)
+        print(f"NOTE: the {made} prediction(s) already in {args.out} were made with other settings ({changed}); "
+              "they are kept. Fix: move predictions.jsonl away to redo them all with these settings.")
+    _settings(args.out, "predict", settings)
     if args.vllm_model:  # offline: vLLM in this process
         from llm_bridge.evaluate.offline import generate
 

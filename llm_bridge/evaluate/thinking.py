@@ -39,14 +39,15 @@ def split(text: str, opened_in_prompt: bool = False) -> Split:
     return Split(None, text.strip(), True)
 
 
-def from_server(content: str | None, reasoning: str | None) -> Split:
+def from_server(content: str | None, reasoning: str | None, finish_reason: str | None = None) -> Split:
     """A chat completion's message. With vLLM's --reasoning-parser the thinking arrives apart, in
-    `reasoning_content`; without it the tags are still in the text. No content after some reasoning:
-    the output ended inside the thinking."""
+    `reasoning_content`; without it the tags are still in the text. No content after some reasoning
+    and a stop at the length limit: the output ended inside the thinking."""
     if reasoning is not None and reasoning.strip():
         inner = split(content or "")  # a parser that missed a second block
         thinking = reasoning.strip() if inner.thinking is None else f"{reasoning.strip()}\n{inner.thinking}"
-        return Split(thinking, inner.answer, bool(content and content.strip()) and inner.closed)
+        closed = bool(content and content.strip()) or finish_reason != "length"
+        return Split(thinking, inner.answer, closed and inner.closed)
     return split(content or "")
 
 
@@ -80,7 +81,7 @@ def model_thinks(model_dir: Path) -> bool:
 def record(text: str | None, reasoning: str | None, finish_reason: str | None, opened_in_prompt: bool = False) -> dict:
     """The fields of a prediction record: the answer (what is judged), the thinking, and whether the
     output ran into the length limit."""
-    parts = from_server(text, reasoning) if reasoning else split(text or "", opened_in_prompt)
+    parts = from_server(text, reasoning, finish_reason) if reasoning else split(text or "", opened_in_prompt)
     fields = {"status": "truncated" if finish_reason == "length" else "ok", "response": parts.answer,
               "finish_reason": finish_reason}
     if parts.thinking is not None:

@@ -184,9 +184,7 @@ def choice(text: str) -> str | None:
         return None
     letter = match.group(1)
     if letter.islower() and len(text) > 1 and not re.match(r"^[(\[]", text):
-        return None
-    if text[: len(letter)] == letter and len(text) > 1 and not re.match(r"^[A-Za-z]\s*[.:)\]]", text):
-        return None  # "A lot": a word, not a choice
+        return None  # "a." or "b) ..." may be prose; a lower-case letter counts alone or in brackets
     return letter.upper()
 
 
@@ -227,10 +225,15 @@ def canonical(text: str) -> str:
     return text
 
 
-def _lhs_dropped(text: str) -> str:
-    """"x = 5" -> "5": a single-variable left-hand side says nothing the reference needs."""
-    match = re.match(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?!=)(.+)$", text)
-    return match.group(1) if match else text
+_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?!=)(.+)$")
+
+
+def _lhs_dropped(prediction: str, reference: str) -> tuple[str, str]:
+    """"x = 5" -> "5" when only one side names the variable; "x = 5" and "y = 5" stay as written."""
+    got, want = _LHS.match(prediction), _LHS.match(reference)
+    if bool(got) == bool(want):
+        return prediction, reference
+    return (got.group(1) if got else prediction), (want.group(1) if want else reference)
 
 
 def same(prediction: str, reference: str, answer_type: str | None = None) -> bool:
@@ -244,7 +247,7 @@ def same(prediction: str, reference: str, answer_type: str | None = None) -> boo
 
 
 def _same(prediction: str, reference: str, depth: int) -> bool:
-    prediction, reference = _lhs_dropped(prediction), _lhs_dropped(reference)
+    prediction, reference = _lhs_dropped(prediction, reference)
     if not canonical(prediction) or not canonical(reference):
         return False
     want = quantity(reference)

@@ -3,7 +3,7 @@
 Point `rl.reward_function` at this file. verl calls `compute_score` for every response; rows whose
 data_source is not "cais/hle" go to verl's built-in scorer, so HLE can be mixed with e.g. GSM8K.
 
-The answer is what follows the last "Answer:" (or "Exact Answer:") line after the thinking, as the
+The answer is what follows the last "Answer:" (or "Exact Answer:", "Final Answer:") line after the thinking, as the
 official prompt asks. A response whose thinking never closed has no answer and scores 0, whatever it
 wrote inside. Answers are compared by meaning where that can be decided locally (signs, fractions,
 decimals, exponents, LaTeX, units; a choice letter only when it stands alone): llm_bridge/rewards/answers.py.
@@ -22,7 +22,7 @@ DATA_SOURCE = "cais/hle"
 SYSTEM_PROMPT = ("Your response should be in the following format:\nExplanation: {your explanation for your answer choice}\n"
                  "Answer: {your chosen answer}\nConfidence: {your confidence score between 0% and 100% for your answer}")
 
-_ANSWER = re.compile(r"^[ \t>#*_-]*(?:\*\*|__)?(?:exact[ \t]+)?answer[ \t]*(?:\*\*|__)?[ \t]*:[ \t]*(.*?)[ \t]*$",
+_ANSWER = re.compile(r"^[ \t>#*_-]*(?:\*\*|__)?(?:exact[ \t]+|final[ \t]+)?answer[ \t]*(?:\*\*|__)?[ \t]*:[ \t]*(.*?)[ \t]*$",
                      re.IGNORECASE | re.MULTILINE)
 
 
