@@ -2,30 +2,16 @@
 
 import re
 
+from llm_bridge.text import split_top_level
+
 MAX_HOSTS = 4096  # far beyond any team's partition; a typo like node[1-999999999] stops here, not in MemoryError
 _ITEM = re.compile(r"^([^\[\],]*)(?:\[([^\[\]]+)\])?([^\[\],]*)$")
-
-
-def _split_top_level(text: str) -> list[str]:
-    items, depth, current = [], 0, ""
-    for char in text:
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    return items
 
 
 def expand(hostlist: str) -> list[str]:
     """Return the host names of a hostlist expression; ValueError on malformed input."""
     hosts: list[str] = []
-    for item in _split_top_level(hostlist.strip()):
+    for item in split_top_level(hostlist.strip()):
         item = item.strip()
         match = _ITEM.match(item)
         if not item or not match:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from llm_bridge.loader import load
+from llm_bridge.evaluate.sampling import length_arg
 from llm_bridge.problems import errors, report
 from llm_bridge.rules import check
 
@@ -39,7 +40,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from llm_bridge.data import read_local
-    from llm_bridge.evaluate.offline import Sampling, generate
+    from llm_bridge.evaluate.offline import generate
+    from llm_bridge.evaluate.sampling import Sampling, max_tokens
     from llm_bridge.evaluate.store import JsonlStore, unique_ids
 
     rows = read_local(args.data.expanduser(), "test")[: args.limit]
@@ -55,17 +57,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         index = (row.get("extra_info") or {}).get("index", n) if isinstance(row.get("extra_info"), dict) else n
         items.append({"id": str(index), "messages": messages})
     unique_ids(items, args.data)
-    sampling = Sampling(None if args.max_tokens == "model" else args.max_tokens, not args.greedy,
-                        args.temperature, args.top_p)
+    sampling = Sampling(max_tokens(args.max_tokens), not args.greedy, args.temperature, args.top_p)
     generate(items, lambda item: item["messages"], JsonlStore(args.out), str(args.model), sampling,
              args.tensor_parallel_size, args.max_model_len)
     return 0
-
-
-def _tokens(text: str) -> int | str:
-    if text == "model" or (text.isdigit() and int(text) > 0):
-        return text if text == "model" else int(text)
-    raise argparse.ArgumentTypeError(f"{text!r}: give a number of tokens, or 'model' (up to the model's context)")
 
 
 def add_parsers(sub) -> None:
@@ -116,7 +111,7 @@ def add_parsers(sub) -> None:
     generate_parser.add_argument("--data", type=Path, required=True, help="parquet or jsonl")
     generate_parser.add_argument("--out", type=Path, required=True, help="output .jsonl (appended; resumable)")
     generate_parser.add_argument("--messages-key", default="prompt", help="column with the chat messages (default: prompt)")
-    generate_parser.add_argument("--max-tokens", type=_tokens, default=1024,
+    generate_parser.add_argument("--max-tokens", type=length_arg("model"), default=1024,
                                  help="response tokens, thinking included (default: 1024); 'model' = up to the context")
     generate_parser.add_argument("--greedy", action="store_true", help="temperature 0 instead of the model's generation_config")
     generate_parser.add_argument("--temperature", type=float, help="default: the model's generation_config")

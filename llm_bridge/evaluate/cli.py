@@ -12,27 +12,10 @@ import json
 from pathlib import Path
 
 from llm_bridge.config import Evaluation
+from llm_bridge.evaluate.sampling import Sampling, length_arg, max_tokens
 from llm_bridge.evaluate.store import JsonlStore, write_json
 
 DEFAULTS = Evaluation()  # the judge and answer length a team.yaml gets when it says nothing
-
-
-def _length(text: str) -> int | str:
-    if text in ("model", "auto"):
-        return text
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r}: give a number of tokens, or 'model' (up to the model's context)")
-
-
-def _settings(out: Path, step: str, values: dict) -> None:
-    """settings.json: how predict and judge ran, so metrics.json can say which protocol it scores."""
-    path = out / "settings.json"
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        settings = {}
-    write_json(path, {**settings, step: values})
 
 
 def _read_settings(out: Path) -> dict:
@@ -40,6 +23,11 @@ def _read_settings(out: Path) -> dict:
         return json.loads((out / "settings.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def _settings(out: Path, step: str, values: dict) -> None:
+    """settings.json: how predict and judge ran, so metrics.json can say which protocol it scores."""
+    write_json(out / "settings.json", {**_read_settings(out), step: values})
 
 
 def _files(out: Path) -> tuple[JsonlStore, JsonlStore]:
@@ -63,28 +51,22 @@ def _benchmark(name: str):
     return {"hle": hle, "dna": dna}[name]
 
 
-def _sampling(args, bench):
+def _sampling(args, bench) -> Sampling:
     from llm_bridge.evaluate import dna
-    from llm_bridge.evaluate.offline import Sampling
 
-    length = args.max_tokens
-    if length == "auto":  # Do-Not-Answer: 512, or up to the context for a model that thinks first
-        length = dna.response_length(args.vllm_model)
-    elif length == "model":
-        length = None
     from_model = args.sampling == "model"
-    if bench is dna:
+    if bench is dna:  # auto: 512, or up to the context for a model that thinks first
+        length = dna.response_length(args.vllm_model) if args.max_tokens == "auto" else max_tokens(args.max_tokens)
         return dna.sampling(length, from_model, args.temperature, args.top_p)
-    official_temperature = None if from_model else 0.0  # centerforaisafety/hle: --temperature default 0.0
-    return Sampling(length, from_model, args.temperature if args.temperature is not None else official_temperature,
-                    args.top_p)
+    # HLE: greedy unless from_model (centerforaisafety/hle: --temperature default 0.0)
+    return Sampling(max_tokens(args.max_tokens), from_model, args.temperature, args.top_p)
 
 
 def cmd_predict(args) -> int:
     bench = _benchmark(args.benchmark)
     questions = bench.load_questions(args.questions)[: args.limit]
     sampling = _sampling(args, bench)
-    settings = {"sampling": args.sampling, "temperature": sampling.temperature, "top_p": sampling.top_p,
+    settings = {"sampling": args.sampling, "temperature": sampling.effective_temperature, "top_p": sampling.top_p,
                 "max_tokens": sampling.max_tokens, "source": "vllm offline" if args.vllm_model else "server"}
     before, made = _read_settings(args.out).get("predict"), len(_files(args.out)[0].finished())
     if before and made and before != settings:
@@ -128,23 +110,22 @@ def cmd_judge(args) -> int:
               f"Rerun `bridge eval {args.benchmark} predict` to fill them in.")
     client = ChatClient(Endpoint(args.judge_url, args.judge_model, args.api_key_env, args.timeout, args.retries))
     answered = [q for q in questions if q["id"] in predictions]
-    truncated = getattr(args, "truncated", None)
-    # A verdict stands if it is about this response and still what this run would give it.
+    truncated = getattr(args, "truncated", None)  # HLE only
+
     def stands(verdict: dict, prediction: dict) -> bool:
-        if truncated == "wrong" and prediction["status"] == "truncated" and prediction.get("response", "").strip():
-            return verdict.get("status") == "truncated"
-        return verdict.get("status") in ("ok", "no_answer")
+        """A verdict about this response that is still what this run would give it."""
+        without_judge = bench.unjudged(prediction, truncated)
+        return verdict.get("status") == (without_judge["status"] if without_judge else "ok")
 
     done = {i for i, j in current_judgements(judgements, predictions).items() if stands(j, predictions[i])}
     _settings(args.out, "judge", {"judge_model": args.judge_model, "judge_url": args.judge_url,
                                   **({"truncated": truncated} if truncated else {})})
-    extra = {"truncated": truncated} if truncated else {}
 
     def judge(question: dict) -> dict:
         prediction = predictions[question["id"]]
         stamp = {"response_id": response_id(prediction)}  # which response this verdict is about
         try:
-            return {**bench.judge(client, question, prediction, **extra), **stamp}
+            return {**bench.judge(client, question, prediction, truncated), **stamp}
         except Exception as error:  # noqa: BLE001 - recorded as a failure, like run_items does
             return {"id": question["id"], "status": "failed", "error": describe(error), **stamp}
 
@@ -230,7 +211,7 @@ def add_parser(sub) -> None:
                 p.add_argument("--tensor-parallel-size", type=int, default=1, help="with --vllm-model (default: 1)")
                 p.add_argument("--max-model-len", type=int, help="with --vllm-model: vLLM's context limit")
                 p.add_argument("--api-key-env", default="VLLM_API_KEY", help="env var holding the server's key, if any")
-                p.add_argument("--max-tokens", type=_length, default="model" if name == "hle" else "auto",
+                p.add_argument("--max-tokens", type=length_arg("model", "auto"), default="model" if name == "hle" else "auto",
                                help="response token limit, thinking included: a number, or 'model' = up to the model's "
                                "context (HLE default, as the official code)" + ("" if name == "hle" else
                                "; DNA default 'auto' = 512 as in the competition, 'model' for a --vllm-model that thinks"))

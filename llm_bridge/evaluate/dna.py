@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llm_bridge.evaluate import thinking
 from llm_bridge.evaluate.client import ChatClient, Completion, Malformed
-from llm_bridge.evaluate.offline import Sampling
+from llm_bridge.evaluate.sampling import Sampling
 from llm_bridge.evaluate.store import unique_ids
 
 # Responses: the LLaMA-2 system prompt and sampling the 2025 competition used.
@@ -110,8 +110,7 @@ def response_length(model_dir: Path | None) -> int | None:
 def predict(client: ChatClient, question: dict, sampling: Sampling) -> dict:
     out = client.ask(messages(question), **sampling.server_params())
     # A cut-off answer is still what the model said: it is judged like any other.
-    fields = thinking.record(out.text, out.reasoning, out.finish_reason)
-    return {"id": question["id"], **fields, "status": "ok"}
+    return {"id": question["id"], **thinking.record(out.text, out.reasoning, out.finish_reason)}
 
 
 def judge_messages(question: dict, response: str) -> list[dict]:
@@ -142,9 +141,16 @@ def parse_harmful(out: Completion) -> bool:
     return answer == "yes"
 
 
-def judge(client: ChatClient, question: dict, prediction: dict) -> dict:
-    if not prediction.get("response", "").strip():  # ended inside its thinking: no answer to judge
-        return {"id": question["id"], "status": "no_answer"}
+def unjudged(prediction: dict, truncated: str | None = None) -> dict | None:
+    """The verdict a prediction gets without the judge (an output that ended inside its thinking), or None.
+    A cut-off answer is judged like any other, so `truncated` changes nothing here."""
+    return None if prediction.get("response", "").strip() else {"status": "no_answer"}
+
+
+def judge(client: ChatClient, question: dict, prediction: dict, truncated: str | None = None) -> dict:
+    verdict = unjudged(prediction)
+    if verdict:
+        return {"id": question["id"], **verdict}
     action = client.ask(judge_messages(question, prediction["response"]), parse_action, max_completion_tokens=4096)
     harm = HARM_PROMPT.format(question=question["question"], response=prediction["response"])
     harmful = client.ask([{"role": "user", "content": harm}], parse_harmful, max_completion_tokens=4096)

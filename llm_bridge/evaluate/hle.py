@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from llm_bridge.data import read_local
 from llm_bridge.evaluate import thinking
 from llm_bridge.evaluate.client import ChatClient, Completion, Malformed
-from llm_bridge.evaluate.offline import Sampling
+from llm_bridge.evaluate.sampling import Sampling
 from llm_bridge.evaluate.store import unique_ids
 from llm_bridge.rewards.hle import SYSTEM_PROMPT
 
@@ -97,10 +97,7 @@ def messages(question: dict) -> list[dict]:
 # --- predict and judge -----------------------------------------------------------------------
 
 def predict(client: ChatClient, question: dict, sampling: Sampling) -> dict:
-    params = sampling.server_params()
-    if "max_tokens" in params:
-        params["max_completion_tokens"] = params.pop("max_tokens")
-    out = client.ask(messages(question), **params)
+    out = client.ask(messages(question), **sampling.server_params("max_completion_tokens"))
     return {"id": question["id"], **thinking.record(out.text, out.reasoning, out.finish_reason)}
 
 
@@ -120,7 +117,7 @@ def parse_verdict(out: Completion) -> ExtractedAnswer:
     return verdict
 
 
-def unjudged(prediction: dict, truncated: str) -> dict | None:
+def unjudged(prediction: dict, truncated: str | None) -> dict | None:
     """The verdict a prediction gets without the judge, or None when the judge must see it."""
     if not prediction.get("response", "").strip():  # ended inside its thinking, or said nothing
         return {"status": "no_answer", "correct": False}
@@ -129,7 +126,7 @@ def unjudged(prediction: dict, truncated: str) -> dict | None:
     return None
 
 
-def judge(client: ChatClient, question: dict, prediction: dict, truncated: str = "judge") -> dict:
+def judge(client: ChatClient, question: dict, prediction: dict, truncated: str | None = "judge") -> dict:
     verdict = unjudged(prediction, truncated)
     if verdict:
         return {"id": question["id"], **verdict}

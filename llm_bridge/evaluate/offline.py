@@ -7,43 +7,13 @@ Each record keeps the answer (`response`) apart from the thinking (`reasoning`),
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from llm_bridge.evaluate import thinking
+from llm_bridge.evaluate.sampling import Sampling
 from llm_bridge.evaluate.store import JsonlStore
 
 CHUNK = 512
-MODEL_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """What vLLM samples with. `from_model`: start from the model's generation_config.json (as vLLM's
-    server does) instead of greedy; `temperature`/`top_p` override either. `max_tokens` None: up to the
-    model's context (vLLM's max_model_len), which is what the official HLE code asks for."""
-
-    max_tokens: int | None
-    from_model: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-
-    def server_params(self) -> dict:
-        """The request parameters for an OpenAI-compatible server (left out: the server's default)."""
-        params = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
-        if not self.from_model and self.temperature is None:
-            params["temperature"] = 0.0
-        return {k: v for k, v in params.items() if v is not None}
-
-    def vllm_params(self, llm):
-        from vllm import SamplingParams
-
-        base = {"temperature": 0.0}
-        if self.from_model:  # vLLM's LLM.chat uses these only when no SamplingParams are passed at all
-            defaults = llm.get_default_sampling_params()
-            base = {k: getattr(defaults, k) for k in MODEL_SAMPLING_KEYS}
-        overrides = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
-        return SamplingParams(**{**base, **overrides}, max_tokens=self.max_tokens)
 
 
 def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store: JsonlStore, model: str,

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from llm_bridge.text import split_top_level
+
 # --- cleaning ----------------------------------------------------------------------------------
 
 _WRAPPERS = [  # (pattern, replacement), applied until nothing changes
@@ -190,18 +192,8 @@ def choice(text: str) -> str | None:
 
 def _items(text: str) -> list[str] | None:
     """The items of "(a, b)", "[a, b]" or "a, b"; None when there are no top-level commas."""
-    inner, depth, items, current = text, 0, [], ""
-    if len(text) >= 2 and text[0] + text[-1] in ("()", "[]"):
-        inner = text[1:-1]
-    for ch in inner:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    items.append(current)
+    inner = text[1:-1] if len(text) >= 2 and text[0] + text[-1] in ("()", "[]") else text
+    items = split_top_level(inner, "([{", ")]}")
     if len(items) < 2 or re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", inner.strip()):
         return None
     return [item.strip() for item in items]
