@@ -1,18 +1,18 @@
-"""`bridge`: the one command of the recipe repo."""
+"""`llm-bridge`: the one command of the recipe repo."""
 
 import argparse
 import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from . import secrets
-from .loader import load
-from .problems import Problem, errors, report
-from .render import RenderError, render_all, write_all
-from .rules import check
-from . import model_cli
-from .evaluate import cli as evaluate_cli
+from llm_bridge import __version__
+from llm_bridge import secrets
+from llm_bridge.login.loader import load
+from llm_bridge.problems import Problem, errors, report
+from llm_bridge.login.render import RenderError, render_all, write_all
+from llm_bridge.login.rules import check
+from llm_bridge.model import cli as model_cli
+from llm_bridge.evaluate import cli as evaluate_cli
 
 DEFAULT_TEAM = Path("team.yaml")
 
@@ -30,9 +30,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems = [Problem(p.field, p.message, p.fix, "error") for p in problems]
     print(report(str(args.team), problems))
     if errors(problems):
-        print("\nNot ready: fix the errors above, then run `bridge check` again.")
+        print("\nNot ready: fix the errors above, then run `llm-bridge check` again.")
         return 1
-    print("\nOK: ready to render (`bridge render --team {}`).".format(args.team))
+    print("\nOK: ready to render (`llm-bridge render --team {}`).".format(args.team))
     return 0
 
 
@@ -55,7 +55,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
+    from llm_bridge.job import doctor
 
     rows = doctor.run()
     print(doctor.format_table(rows))
@@ -63,7 +63,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_ray(args: argparse.Namespace) -> int:
-    from . import ray_cluster
+    from llm_bridge.login import ray_cluster
 
     config, problems = _validate(args.team, local_paths=False)
     if errors(problems):
@@ -74,10 +74,10 @@ def cmd_ray(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bridge",
+        prog="llm-bridge",
         allow_abbrev=False,
         description="Validate a team config and render the recipe's SLURM scripts from it.",
-        epilog="Start with: cp templates/team.example.yaml team.yaml; bridge check; bridge render",
+        epilog="Start with: cp templates/team.example.yaml team.yaml; llm-bridge check; llm-bridge render",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     render_parser = sub.add_parser(
         "render",
         help="render every sbatch script from team.yaml",
-        description="Validate the team config (as `bridge check`, without the local-path warnings) and "
+        description="Validate the team config (as `llm-bridge check`, without the local-path warnings) and "
         "render every script under templates/ into OUT. Writes nothing if any check fails.",
     )
     render_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray_parser.add_argument("action", choices=["up", "submit", "stop"])
     ray_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
     ray_parser.add_argument("--rendered", type=Path, default=Path("rendered"),
-                            help="where `bridge render --out` wrote the scripts (default: rendered)")
-    ray_parser.epilog = "submit passes every further argument to verl: bridge ray submit --team team.yaml trainer.total_training_steps=5"
+                            help="where `llm-bridge render --out` wrote the scripts (default: rendered)")
+    ray_parser.epilog = "submit passes every further argument to verl: llm-bridge ray submit --team team.yaml trainer.total_training_steps=5"
     ray_parser.set_defaults(func=cmd_ray)
 
     model_cli.add_parsers(sub)
@@ -146,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as exc:  # the login node's venv has only what check and render need
-        print(f"ERROR: `bridge {args.command}` needs the Python package {exc.name}, which {sys.executable} lacks.\n"
+        print(f"ERROR: `llm-bridge {args.command}` needs the Python package {exc.name}, which {sys.executable} lacks.\n"
               "       Fix: run it inside the training environment (README_install_conda.md builds it), "
               f"or install the package there (pip install {_PACKAGES.get(exc.name, exc.name)}).", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `bridge check | head` closed the pipe: stop quietly, as other commands do
+    except BrokenPipeError:  # `llm-bridge check | head` closed the pipe: stop quietly, as other commands do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:

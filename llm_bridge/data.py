@@ -1,7 +1,7 @@
 """What every data-prep script shares: loading from the Hub or a local copy, row validation that reports
 every bad row, deterministic splits, and atomic parquet writes.
 
-pyarrow and datasets are cluster extras; they are imported where used, so `bridge` stays light.
+pyarrow and datasets are cluster extras; they are imported where used, so `llm-bridge` stays light.
 """
 
 import json

@@ -1,7 +1,7 @@
 """Run rendered scripts to their last line with every outside command stubbed, so that every value in them is
 expanded by a real bash exactly as on the cluster: what a value would run, it runs here.
 
-Stubs (one dispatcher under many names) stand in for SLURM, module, torchrun, Ray, python3, bridge and the
+Stubs (one dispatcher under many names) stand in for SLURM, module, torchrun, Ray, python3, llm-bridge and the
 network tools: they record their arguments and answer what the scripts ask (one node, a RUNNING job, an IP).
 `srun` and `env` hand over to the command they wrap, so values inside those commands are expanded too.
 """
@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-STUBBED = ["srun", "sbatch", "scontrol", "squeue", "scancel", "torchrun", "ray", "bridge", "module", "conda", "nvcc",
+STUBBED = ["srun", "sbatch", "scontrol", "squeue", "scancel", "torchrun", "ray", "llm-bridge", "module", "conda", "nvcc",
            "python3", "python", "pip", "hostname", "ip", "sleep", "nvidia-smi"]
 
 DISPATCHER = r"""#!/bin/bash

@@ -1,4 +1,4 @@
-"""The `bridge` console script as a user meets it."""
+"""The `llm-bridge` console script as a user meets it."""
 
 import shutil
 import subprocess
@@ -7,8 +7,8 @@ from conftest import EXAMPLE, bridge
 
 
 def test_console_script_help():
-    exe = shutil.which("bridge")
-    assert exe, "the `bridge` console script is not installed: pip install -e ."
+    exe = shutil.which("llm-bridge")
+    assert exe, "the `llm-bridge` console script is not installed: pip install -e ."
     for args, expected in ([], "render"), (["check"], "--strict"), (["render"], "--out"):
         result = subprocess.run([exe, *args, "--help"], capture_output=True, text=True)
         assert result.returncode == 0
@@ -40,7 +40,7 @@ def test_ray_refuses_scripts_rendered_from_another_config(tmp_path, example, wri
     write_team(example)
     result = bridge("ray", "submit", "--team", str(team), "--rendered", str(tmp_path / "r"))
     assert result.returncode == 1
-    assert "rendered from another version" in result.stderr and "bridge render --team" in result.stderr
+    assert "rendered from another version" in result.stderr and "llm-bridge render --team" in result.stderr
 
 
 def _run(*args, env=None, cwd=None):
@@ -79,7 +79,7 @@ def test_a_missing_file_argument_is_a_message(tmp_path):
 
 
 def test_output_cut_short_by_a_pager_is_not_a_traceback():
-    """`bridge check | head -n 1`: the reader is gone before the report is written (a pipe with its read end closed)."""
+    """`llm-bridge check | head -n 1`: the reader is gone before the report is written (a pipe with its read end closed)."""
     import os
     import sys
 

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from llm_bridge import hostlist
-from llm_bridge.loader import load
+from llm_bridge.login import hostlist
+from llm_bridge.login.loader import load
 
 from conftest import EXAMPLE, bridge, fake_token
 

@@ -1,11 +1,11 @@
-"""`bridge doctor` on this CPU machine: it must name what is missing, not crash."""
+"""`llm-bridge doctor` on this CPU machine: it must name what is missing, not crash."""
 
 import subprocess
 import sys
 
 from conftest import bridge, fake_token
 
-from llm_bridge import doctor
+from llm_bridge.job import doctor
 
 
 def test_doctor_reports_missing_gpu_and_vllm(tmp_path):
@@ -27,7 +27,7 @@ def test_doctor_reports_missing_gpu_and_vllm(tmp_path):
 
 def test_doctor_warns_when_the_environment_replaces_the_scripts_allocator(tmp_path, monkeypatch):
     """sbatch passes the shell's environment on, and the scripts keep a PYTORCH_CUDA_ALLOC_CONF they find there: one
-    without expandable segments gives back the up to 18 GiB of vLLM's sampler that bridge check no longer counts."""
+    without expandable segments gives back the up to 18 GiB of vLLM's sampler that llm-bridge check no longer counts."""
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
     result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "doctor"], capture_output=True, text=True, env=env)
     row = next(line for line in result.stdout.splitlines() if line.startswith("allocator "))

@@ -4,12 +4,12 @@ import os
 import shutil
 from pathlib import Path
 
-from llm_bridge.loader import load
-from llm_bridge.render import COMMITTED_RENDERS, TEMPLATES_DIR, render_all, script_templates
+from llm_bridge.login.loader import load
+from llm_bridge.login.render import COMMITTED_RENDERS, TEMPLATES_DIR, render_all, script_templates
 
 from conftest import EXAMPLE, REPO
 
-RERENDER = "bridge render --team templates/team.example.yaml --out train/scripts"
+RERENDER = "llm-bridge render --team templates/team.example.yaml --out train/scripts"
 
 
 def drifted(templates_dir: Path) -> list[str]:
@@ -25,7 +25,7 @@ def drifted(templates_dir: Path) -> list[str]:
     stale = [str(p) for p, text in fresh.items() if not (COMMITTED_RENDERS / p).exists()
              or (COMMITTED_RENDERS / p).read_text() != text]
     orphans = [str(p.relative_to(COMMITTED_RENDERS)) for p in COMMITTED_RENDERS.rglob("*")
-               if p.is_file() and "Rendered by `bridge render`" in p.read_text(errors="ignore")
+               if p.is_file() and "Rendered by `llm-bridge render`" in p.read_text(errors="ignore")
                and p.relative_to(COMMITTED_RENDERS) not in fresh]
     return sorted(stale + orphans)
 

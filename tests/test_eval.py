@@ -1,4 +1,4 @@
-"""bridge eval over real HTTP: the openai client against a local OpenAI-compatible server (tests/openai_server.py)
+"""llm-bridge eval over real HTTP: the openai client against a local OpenAI-compatible server (tests/openai_server.py)
 with deterministic answers, timeouts, HTTP 500s and malformed verdicts; metrics against the official formulas."""
 
 import csv

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "scripts" / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import grpo_bench  # noqa: E402
 
 

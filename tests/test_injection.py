@@ -1,9 +1,9 @@
 """No value from team.yaml and no file name on the command line ever runs as code in a rendered script.
 
 Payloads ($(...), backticks, ;, |, &&, line breaks, quotes) are planted in every string field of the schema and
-in --out/--team. A planted value must either be refused by `bridge check` naming its field (and `bridge render`
+in --out/--team. A planted value must either be refused by `llm-bridge check` naming its field (and `llm-bridge render`
 then writes nothing), or render into scripts that run to their last line under stubs (tests/script_stubs.py)
-without the payload's `touch` ever happening. The rule's backstop (llm_bridge/shell.py) is tested on its own by
+without the payload's `touch` ever happening. The rule's backstop (llm_bridge/login/shell.py) is tested on its own by
 planting payloads past the schema, and the harness is shown to catch a payload when that backstop is off.
 """
 
@@ -15,14 +15,14 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from llm_bridge import render
+from llm_bridge.login import render
 from llm_bridge.cli import main as bridge_main
-from llm_bridge.config import TeamConfig
-from llm_bridge.loader import load
+from llm_bridge.login.config import TeamConfig
+from llm_bridge.login.loader import load
 from llm_bridge.problems import errors
-from llm_bridge.render import RenderError, render_all, write_all
-from llm_bridge.rules import check
-from llm_bridge.shell import Checked
+from llm_bridge.login.render import RenderError, render_all, write_all
+from llm_bridge.login.rules import check
+from llm_bridge.login.shell import Checked
 
 from conftest import EXAMPLE, REPO, bridge
 from script_stubs import Stubs, stub_config
@@ -94,7 +94,7 @@ def test_the_stubbed_scripts_run_to_the_end(stubbed):
     assert bridge("render", "--team", str(root / "plain.yaml"), "--out", str(out)).returncode == 0
     run_rendered(stubs, out, root)
     launched = {call[0] for call in stubs.calls()}
-    assert {"torchrun", "python3", "ray", "bridge", "srun", "module"} <= launched
+    assert {"torchrun", "python3", "ray", "llm-bridge", "srun", "module"} <= launched
 
 
 @pytest.mark.parametrize("field", FIELDS)

@@ -1,4 +1,4 @@
-"""bridge merge on real verl checkpoints (the CPU pipeline merges full SFT and GRPO ones): a LoRA SFT
+"""llm-bridge merge on real verl checkpoints (the CPU pipeline merges full SFT and GRPO ones): a LoRA SFT
 run is merged into its base, and bad input stops before anything is written."""
 
 import subprocess

@@ -1,5 +1,5 @@
 """Every command in the READMEs' bash blocks is run here, or — where it needs the cluster — checked against
-what `bridge render` produces. A command of a kind this file does not know fails the test."""
+what `llm-bridge render` produces. A command of a kind this file does not know fails the test."""
 
 import json
 import re
@@ -76,11 +76,11 @@ def test_readme_commands(readme, tmp_path):
         if line in (QUICK_START_MAIN, TEST_COMMAND):
             continue  # run by the test above and by CI itself
         argv = shlex.split(line.split(" # ")[0])
-        if argv[:2] == ["bridge", "ray"]:
+        if argv[:2] == ["llm-bridge", "ray"]:
             # needs SLURM: run on the lab cluster by tests/test_slurm_multinode.py; here, the scripts it uses exist
             for script in ("mutinode_ppo/ray_cluster.sbatch", "mutinode_ppo/submit_ppo.sh"):
                 assert (checkout / "rendered" / script).is_file(), line
-        elif argv[0] == "bridge" and argv[1] in ("merge", "upload", "generate", "eval"):
+        elif argv[0] == "llm-bridge" and argv[1] in ("merge", "upload", "generate", "eval"):
             # these need a checkpoint, a model, the Hub or a judge: run for real by the pipeline and
             # tests/test_{eval,upload}.py; here, the subcommand exists and knows every flag used
             words = [a for a in argv[1:] if not a.startswith("-")][: 3 if argv[1] == "eval" else 1]
@@ -88,7 +88,7 @@ def test_readme_commands(readme, tmp_path):
                                     capture_output=True, text=True)
             assert result.returncode == 0, f"{readme}: `{line}`: {result.stderr}"
             assert all(f.split("=")[0] in result.stdout for f in argv if f.startswith("--")), line
-        elif argv[0] == "bridge":
+        elif argv[0] == "llm-bridge":
             result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *argv[1:]], cwd=checkout,
                                     capture_output=True, text=True)
             # doctor fails here by design (no GPU, no vLLM); it must still report, not crash
@@ -115,14 +115,14 @@ def test_readme_commands(readme, tmp_path):
             assert line.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install "), line
         elif argv[0] in ("sbatch", "bash"):
             script = checkout / argv[1]
-            assert script.is_file(), f"{readme}: `{line}` names {argv[1]}, which `bridge render` did not write"
+            assert script.is_file(), f"{readme}: `{line}` names {argv[1]}, which `llm-bridge render` did not write"
             positional = "/generation/" in argv[1]  # eval_model / generate take model and data paths
             assert all("=" in arg or arg.startswith("--") or (positional and arg.startswith("~/")) for arg in argv[2:]), line
         elif argv[0] == "export":
             # secrets are exported in the shell; the README shows only a placeholder
             assert re.fullmatch(r"export [A-Z_]+=\.\.\.", line), line
         elif argv == ["huggingface-cli", "login"]:
-            pass  # interactive; bridge upload's token handling is tested in tests/test_upload.py
+            pass  # interactive; llm-bridge upload's token handling is tested in tests/test_upload.py
         elif argv[0] == "module":
             assert argv[1] == "load" and set(argv[2:]) <= set(example["environment"]["modules"]), line
         elif argv[0] in ("squeue", "scancel"):

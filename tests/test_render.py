@@ -1,4 +1,4 @@
-"""`bridge render`: every script renders, passes shellcheck, and nothing is written when the config is bad."""
+"""`llm-bridge render`: every script renders, passes shellcheck, and nothing is written when the config is bad."""
 
 import os
 import shutil
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_bridge.loader import load
-from llm_bridge.render import RenderError, render_all, script_templates
+from llm_bridge.login.loader import load
+from llm_bridge.login.render import RenderError, render_all, script_templates
 
 from conftest import EXAMPLE, REPO, bridge, fake_token
 
@@ -31,7 +31,7 @@ def test_example_renders_and_shellcheck_finds_nothing(tmp_path):
     for path in rendered:
         assert os.access(path, os.X_OK)
         text = path.read_text()
-        assert "Rendered by `bridge render` (llm_bridge 0.1.0) from" in text
+        assert "Rendered by `llm-bridge render` (llm_bridge 0.1.0) from" in text
         assert "from templates/team.example.yaml (sha256 " in text
     assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
 
@@ -165,7 +165,7 @@ def test_a_blocked_output_path_leaves_the_folder_as_it_was(tmp_path):
 
 
 def test_a_rename_that_fails_midway_is_undone(tmp_path, monkeypatch):
-    from llm_bridge import render as render_module
+    from llm_bridge.login import render as render_module
 
     config, _ = load(EXAMPLE)
     scripts = render_all(config, EXAMPLE, "out")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from llm_bridge.loader import load
-from llm_bridge.rules import check
+from llm_bridge.login.loader import load
+from llm_bridge.login.rules import check
 
 
 def errors_of(write_team, data, local_paths=False):

@@ -169,10 +169,10 @@ def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
                            "trainer.total_training_steps=50", "trainer.default_local_dir=" + str(work / "ckpt-killed"),
                            env=pipeline.CPU_ENV)
     wait_for(lambda: "Ray cluster ready" in job_log(work, job), 300, "the Ray cluster")
-    wait_for(lambda: subprocess.run(["pgrep", "-f", "llm_bridge.verl_ppo"], capture_output=True).returncode == 0,
+    wait_for(lambda: subprocess.run(["pgrep", "-f", "llm_bridge.job.verl_ppo"], capture_output=True).returncode == 0,
              60, "the driver")
     time.sleep(20)  # let it get into training
-    subprocess.run(["pkill", "-KILL", "-f", "llm_bridge.verl_ppo"], check=True)
+    subprocess.run(["pkill", "-KILL", "-f", "llm_bridge.job.verl_ppo"], check=True)
     assert proc.wait(timeout=300) != 0
     assert "Stopping Ray on 2 node(s)" in job_log(work, job)
     wait_for(lambda: leftovers(job) == [], 60, "Ray and torchrun processes to end")

@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "scripts" / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from trace_summary import summarize  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""bridge upload without network: --dry-run, the token's only road (environment or cached login -> the
+"""llm-bridge upload without network: --dry-run, the token's only road (environment or cached login -> the
 HTTP header, never argv or output), refusal without a token, private by default. The "Hub" is a local
 HTTP server (HF_ENDPOINT) that records each request and refuses it."""
 
@@ -95,7 +95,7 @@ def test_token_goes_from_the_environment_to_the_header_only(hub, model, tmp_path
     assert create["path"] == "/api/repos/create" and create["authorization"] == f"Bearer {token}"
     assert json.loads(create["body"])["visibility"] == "private"  # private unless --public
     assert token not in result.stdout + result.stderr
-    assert "bridge upload" in (model / "README.md").read_text()  # the generated card, written atomically
+    assert "llm-bridge upload" in (model / "README.md").read_text()  # the generated card, written atomically
 
 
 def test_a_token_on_the_command_line_is_refused_unechoed(hub, model, tmp_path):
@@ -117,4 +117,4 @@ def test_cached_login_is_used_when_hf_token_is_unset(hub, model, tmp_path):
 
 def test_not_a_model_directory(hub, tmp_path):
     result = upload("--model", tmp_path, "--repo", "org/m", "--dry-run", hub=hub, tmp_path=tmp_path)
-    assert result.returncode == 1 and "bridge merge" in result.stderr
+    assert result.returncode == 1 and "llm-bridge merge" in result.stderr

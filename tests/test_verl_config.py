@@ -13,8 +13,8 @@ import pytest
 import verl
 from hydra import compose, initialize_config_dir
 
-from llm_bridge.loader import load
-from llm_bridge.render import render_all
+from llm_bridge.login.loader import load
+from llm_bridge.login.render import render_all
 
 from conftest import EXAMPLE
 
@@ -50,7 +50,7 @@ def scripts() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["sft/run_sft.sbatch", "mutinode_sft/run_sft_multinode.sbatch"])
 def test_sft_overrides_compose(scripts, name):
-    argv = verl_argv(scripts[name], "llm_bridge.verl_sft", "SFT_ARGS")
+    argv = verl_argv(scripts[name], "llm_bridge.job.verl_sft", "SFT_ARGS")
     cfg = compose_verl("sft_trainer_engine", argv)
     assert cfg.data.train_files == "/home/user/data/gsm8k_sft/train.parquet"
     assert cfg.data.train_batch_size == 192 and cfg.data.enable_thinking_default is None
@@ -63,7 +63,7 @@ def test_sft_overrides_compose(scripts, name):
 
 @pytest.mark.parametrize("name, nnodes", [("ppo/run_ppo.sbatch", 1), ("mutinode_ppo/run_ppo_multinode.sbatch", 3)])
 def test_ppo_overrides_compose(scripts, name, nnodes):
-    argv = verl_argv(scripts[name], "llm_bridge.verl_ppo", "PPO_ARGS")
+    argv = verl_argv(scripts[name], "llm_bridge.job.verl_ppo", "PPO_ARGS")
     cfg = compose_verl("ppo_trainer", argv)
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.actor_rollout_ref.rollout.n == 8
@@ -82,7 +82,7 @@ def test_ppo_hands_the_allocator_to_every_ray_worker(scripts, name):
     """Workers on other nodes run under a Ray started elsewhere: the allocator must travel in Ray's runtime_env,
     whole, even with the comma a team's own value may have (Hydra would read an unquoted one as a sweep)."""
     value = "expandable_segments:True,max_split_size_mb:128"
-    argv = verl_argv(scripts[name], "llm_bridge.verl_ppo", "PPO_ARGS", env={"PYTORCH_CUDA_ALLOC_CONF": value})
+    argv = verl_argv(scripts[name], "llm_bridge.job.verl_ppo", "PPO_ARGS", env={"PYTORCH_CUDA_ALLOC_CONF": value})
     cfg = compose_verl("ppo_trainer", argv)
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.PYTORCH_CUDA_ALLOC_CONF == value
 
@@ -90,7 +90,7 @@ def test_ppo_hands_the_allocator_to_every_ray_worker(scripts, name):
 @pytest.mark.parametrize("name", ["ppo/run_ppo.sbatch", "mutinode_ppo/run_ppo_multinode.sbatch"])
 def test_ppo_hands_the_save_deadline_to_the_trainer_actor_as_a_string(scripts, name):
     deadline = {"MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP": "1790000000"}
-    cfg = compose_verl("ppo_trainer", verl_argv(scripts[name], "llm_bridge.verl_ppo", "PPO_ARGS", env=deadline))
+    cfg = compose_verl("ppo_trainer", verl_argv(scripts[name], "llm_bridge.job.verl_ppo", "PPO_ARGS", env=deadline))
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP == "1790000000"
 
 
@@ -100,7 +100,7 @@ def test_ppo_with_critic_and_custom_reward_composes(example, write_team):
     config, problems = load(team)
     assert config is not None, problems
     script = render_all(config, team, "out")[Path("ppo/run_ppo.sbatch")]
-    cfg = compose_verl("ppo_trainer", verl_argv(script, "llm_bridge.verl_ppo", "PPO_ARGS"))
+    cfg = compose_verl("ppo_trainer", verl_argv(script, "llm_bridge.job.verl_ppo", "PPO_ARGS"))
     assert cfg.algorithm.adv_estimator == "gae"
     assert cfg.critic.model.path == "/home/user/models/critic"
     assert cfg.reward.custom_reward_function.path == "/home/user/rewards/hle.py"
@@ -109,7 +109,7 @@ def test_ppo_with_critic_and_custom_reward_composes(example, write_team):
 def test_ppo_defaults_skip_the_reference_model_and_the_old_log_prob_pass(scripts):
     from verl.trainer.ppo.utils import need_reference_policy
 
-    cfg = compose_verl("ppo_trainer", verl_argv(scripts["ppo/run_ppo.sbatch"], "llm_bridge.verl_ppo", "PPO_ARGS"))
+    cfg = compose_verl("ppo_trainer", verl_argv(scripts["ppo/run_ppo.sbatch"], "llm_bridge.job.verl_ppo", "PPO_ARGS"))
     assert cfg.algorithm.rollout_correction.bypass_mode is True  # old_log_probs: rollout
     assert cfg.actor_rollout_ref.rollout.calculate_log_probs is True  # bypass mode reads vLLM's log-probs
     assert not need_reference_policy(cfg)
@@ -123,6 +123,6 @@ def test_verl_defaults_come_back_with_recompute_and_kl(example, write_team):
     config, problems = load(team)
     assert config is not None, problems
     script = render_all(config, team, "out")[Path("ppo/run_ppo.sbatch")]
-    cfg = compose_verl("ppo_trainer", verl_argv(script, "llm_bridge.verl_ppo", "PPO_ARGS"))
+    cfg = compose_verl("ppo_trainer", verl_argv(script, "llm_bridge.job.verl_ppo", "PPO_ARGS"))
     assert cfg.algorithm.rollout_correction.bypass_mode is False
     assert need_reference_policy(cfg) and cfg.actor_rollout_ref.actor.kl_loss_coef == pytest.approx(0.001)

@@ -1,4 +1,4 @@
-"""llm_bridge.verl_patches: each workaround does what verl did, faster, and apply() arms exactly the ones asked for."""
+"""llm_bridge.job.verl_patches: each workaround does what verl did, faster, and apply() arms exactly the ones asked for."""
 
 import os
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from llm_bridge import verl_patches
+from llm_bridge.job import verl_patches
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -45,7 +45,7 @@ def cuda_touched(*args, **kwargs):
     raise SystemExit("the setup hook asked CUDA for its devices before Ray set CUDA_VISIBLE_DEVICES")
 real = torch.cuda.is_available, torch.cuda.device_count
 torch.cuda.is_available = torch.cuda.device_count = cuda_touched
-from llm_bridge import verl_patches
+from llm_bridge.job import verl_patches
 verl_patches.apply()
 assert not [m for m in sys.modules if m.startswith("verl")], "the hook imported verl"
 torch.cuda.is_available, torch.cuda.device_count = real
@@ -77,7 +77,7 @@ def test_ray_setup_hook_leaves_cuda_alone_until_verl_is_imported():
 
 
 ONE_PATCH_OFF = """
-from llm_bridge import verl_patches
+from llm_bridge.job import verl_patches
 verl_patches.apply()
 from verl.utils import torch_functional
 from verl.trainer.ppo.v1 import replay_buffer
@@ -94,7 +94,7 @@ def test_one_patch_can_be_left_out_for_a_benchmark():
 
 LIGER_ROPE = """
 import os
-from llm_bridge import verl_patches
+from llm_bridge.job import verl_patches
 verl_patches.apply()
 before = os.environ.get("LIGER_KERNEL_IMPL_ROPE")
 import liger_kernel
@@ -120,7 +120,7 @@ def test_liger_rope_is_pinned_to_triton_once_liger_is_imported(tmp_path, env, pr
 
 
 COMPILE_ARMED = """
-from llm_bridge import verl_patches
+from llm_bridge.job import verl_patches
 verl_patches.apply()
 from verl.workers.engine.fsdp import transformer_impl as engine
 print(getattr(engine.FSDPEngine._build_module, "bridge_compile", False),

@@ -1,4 +1,4 @@
-"""The vLLM-worker memory diagnostic (train/scripts/bench/vllm_memory): its accounting of a snapshot, and
+"""The vLLM-worker memory diagnostic (benchmarks/vllm_memory): its accounting of a snapshot, and
 its import hook, which must instrument vLLM's worker without ever stopping a rollout."""
 
 import importlib.util
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-TOOL = Path(__file__).resolve().parents[1] / "train" / "scripts" / "bench" / "vllm_memory"
+TOOL = Path(__file__).resolve().parents[1] / "benchmarks" / "vllm_memory"
 # Loaded under its own name: Python may already have imported another module called sitecustomize.
 _spec = importlib.util.spec_from_file_location("vllm_memory", TOOL / "sitecustomize.py")
 vllm_memory = importlib.util.module_from_spec(_spec)
@@ -49,7 +49,7 @@ def test_summary_counts_live_default_pool_segments_by_the_code_that_made_them():
 
 def run_with_fake_vllm(tmp_path, env_extra, installed=True):
     """Import a fake vLLM worker with the tool first on PYTHONPATH. installed=False is the GPU machine's case: the
-    recipe is not pip-installed and the process starts elsewhere (`python train/scripts/bench/grpo_bench.py` puts
+    recipe is not pip-installed and the process starts elsewhere (`python benchmarks/grpo_bench.py` puts
     only its own folder on sys.path), so site-packages is on the path without its .pth files and the tool is
     imported by hand, as site would."""
     worker = tmp_path / "fake" / "vllm" / "v1" / "worker"

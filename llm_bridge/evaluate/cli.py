@@ -1,4 +1,4 @@
-"""`bridge eval`: hle|dna predict, judge, score; report.
+"""`llm-bridge eval`: hle|dna predict, judge, score; report.
 
 Every step reads and writes files in one directory (--out): predictions.jsonl, judgements.jsonl,
 settings.json (how predict and judge ran), metrics.json. predict and judge are resumable: a rerun does
@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from llm_bridge.config import Evaluation
+from llm_bridge.login.config import Evaluation
 from llm_bridge.evaluate.sampling import Sampling, length_arg, max_tokens
 from llm_bridge.evaluate.store import JsonlStore, write_json
 
@@ -45,7 +45,7 @@ def current_judgements(judgements: JsonlStore, predictions: dict[str, dict]) -> 
 
 
 def _benchmark(name: str):
-    """The benchmark module; imported late so that `bridge check` needs no openai package."""
+    """The benchmark module; imported late so that `llm-bridge check` needs no openai package."""
     from llm_bridge.evaluate import dna, hle
 
     return {"hle": hle, "dna": dna}[name]
@@ -107,7 +107,7 @@ def cmd_judge(args) -> int:
     unanswered = [q for q in questions if q["id"] not in predictions]
     if unanswered:
         print(f"NOTE: {len(unanswered)} question(s) have no prediction yet: they count as wrong/not safe. "
-              f"Rerun `bridge eval {args.benchmark} predict` to fill them in.")
+              f"Rerun `llm-bridge eval {args.benchmark} predict` to fill them in.")
     client = ChatClient(Endpoint(args.judge_url, args.judge_model, args.api_key_env, args.timeout, args.retries))
     answered = [q for q in questions if q["id"] in predictions]
     truncated = getattr(args, "truncated", None)  # HLE only
@@ -154,7 +154,7 @@ def _score(args, bench, questions) -> dict:
 def cmd_score(args) -> int:
     bench = _benchmark(args.benchmark)
     if args.benchmark == "dna" and not (args.labels or args.questions):
-        raise SystemExit("ERROR: bridge eval dna score needs --questions (with the judgements in --out) or --labels.\n"
+        raise SystemExit("ERROR: llm-bridge eval dna score needs --questions (with the judgements in --out) or --labels.\n"
                          "       Fix: add --questions do_not_answer_en.csv, or --labels <annotated csv> to score a release file.")
     if args.benchmark == "dna" and args.labels:
         questions, labels = bench.labels_from_csv(args.labels, args.model)
@@ -176,7 +176,7 @@ def cmd_report(args) -> int:
             return json.loads(metrics.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:
             raise SystemExit(f"ERROR: cannot read {metrics}: {getattr(exc, 'strerror', None) or exc}.\n"
-                             f"       Fix: run `bridge eval <hle|dna> score --out {results}` to write it again.") from None
+                             f"       Fix: run `llm-bridge eval <hle|dna> score --out {results}` to write it again.") from None
 
     for path in write_report(args.model, load(args.hle), load(args.dna), args.out):
         print(f"  wrote {path}")

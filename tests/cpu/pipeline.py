@@ -6,7 +6,7 @@ preprocess (gsm8k.py on bundled-format sample data) -> SFT (run_sft.sbatch, torc
 GRPO (run_ppo.sbatch, main_ppo + Ray, 2 steps) -> merge -> generate with both merged models.
 
 The team config is templates/team.example.yaml with this machine's values (a venv, local paths, 2
-"GPUs", a tiny model). The scripts are rendered by `bridge render` and run as a team runs them;
+"GPUs", a tiny model). The scripts are rendered by `llm-bridge render` and run as a team runs them;
 only CPU_ENV and the *_CPU_OVERRIDES below are added, because verl 0.9.1 has no CPU platform and no
 CPU rollout of its own (tests/cpu/verl_cpu_*.py provide both, through verl's plugin registries).
 """
@@ -160,7 +160,7 @@ def main() -> None:
     python = sys.executable
 
     def merge(name: str, checkpoint: Path) -> None:
-        """bridge merge (verl's own merger): the newest checkpoint -> HF model in work/models/<name>."""
+        """llm-bridge merge (verl's own merger): the newest checkpoint -> HF model in work/models/<name>."""
         stage.run(f"merge_{name}", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint),
                                     "--out", str(work / "models" / name)])
 

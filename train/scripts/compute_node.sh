@@ -1,6 +1,6 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 f9e6659f9164).
-# Do not edit: change the team config or templates/, then run `bridge render` again.
+# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 2ec43c92fadd).
+# Do not edit: change the team config or templates/, then run `llm-bridge render` again.
 #
 # An interactive shell on one compute node of partition P01, with the same resources
 # as the single-node jobs. Install environments and run scripts by hand from there, never on the login node.

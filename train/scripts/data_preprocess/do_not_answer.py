@@ -1,11 +1,11 @@
-"""Do-Not-Answer (LibrAI, Apache-2.0) -> the question CSV `bridge eval dna` reads, plus the release's labels.
+"""Do-Not-Answer (LibrAI, Apache-2.0) -> the question CSV `llm-bridge eval dna` reads, plus the release's labels.
 
     python train/scripts/data_preprocess/do_not_answer.py                              # from the Hub: LibrAI/do-not-answer
     python train/scripts/data_preprocess/do_not_answer.py --local-path do_not_answer_en.csv   # offline copy (.csv/.jsonl/.parquet)
 
 Writes <out>/do_not_answer_en.csv (id, risk_area, types_of_harm, specific_harms, question: 939 rows) and, when
 the source carries the release's annotations (<model>_response, <model>_harmful, <model>_action), also
-<out>/annotated_en.csv, which `bridge eval dna score --labels` scores with the same code as a judged model, on
+<out>/annotated_en.csv, which `llm-bridge eval dna score --labels` scores with the same code as a judged model, on
 the release's own action scale (0-5, 5 = follows the instruction; a judged model gets the judge's 0-6 rubric).
 """
 

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by `bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 f9e6659f9164).
-# Do not edit: change the team config or templates/, then run `bridge render` again.
+# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 2ec43c92fadd).
+# Do not edit: change the team config or templates/, then run `llm-bridge render` again.
 #
-# Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.verl_ppo) on the head node of a running Ray cluster job
+# Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.job.verl_ppo) on the head node of a running Ray cluster job
 # (ray_cluster.sbatch), inside that job's allocation, with this terminal's output. Normally started by
-# `bridge ray submit --team team.yaml [overrides ...]`; CLUSTER_JOB_ID=<id> picks a cluster when several run.
+# `llm-bridge ray submit --team team.yaml [overrides ...]`; CLUSTER_JOB_ID=<id> picks a cluster when several run.
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ for candidate in "${CANDIDATES[@]}"; do
 done
 if [[ -z "${ADDRESS_FILE}" ]]; then
   echo "ERROR: no running Ray cluster job found (no live /home/Competition2025/P01/shareP01/logs/ray-cluster-*.address)." >&2
-  echo "       Fix: start one with: bridge ray up --team team.yaml" >&2
+  echo "       Fix: start one with: llm-bridge ray up --team team.yaml" >&2
   exit 1
 fi
 # shellcheck source=/dev/null
@@ -75,8 +75,8 @@ CKPT_DIR="${HOME}/training/grpo/${EXPERIMENT}"
 
 # ---------------------------------------------------------------------------------------------
 # Final checkpoint before the time limit. The deadline goes in MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP
-# (Unix seconds), the variable of verl's own "ESI" save; llm_bridge.verl_sft and llm_bridge.verl_ppo
-# save and stop once less than their longest step + 60 s is left (llm_bridge/deadline.py).
+# (Unix seconds), the variable of verl's own "ESI" save; llm_bridge.job.verl_sft and llm_bridge.job.verl_ppo
+# save and stop once less than their longest step + 60 s is left (llm_bridge/job/deadline.py).
 # The deadline is when USR1 comes: the job's end minus 300 s.
 # ---------------------------------------------------------------------------------------------
 export_save_deadline() {  # <job id>
@@ -109,7 +109,7 @@ fi
 # PyTorch's allocator grows mapped segments instead of caching fixed-size blocks (docs/benchmarks.md):
 #   SFT: the same speed, and 0.5B at 32768 tokens/GPU reserved 38 instead of 64 GiB of an H100.
 #   GRPO: vLLM's sampler holds a steady 0.4-0.8 GiB outside its pool instead of up to 18 GiB that changes
-#   with every rollout (four H200s), which `bridge check` counts on; generation speed stays within
+#   with every rollout (four H200s), which `llm-bridge check` counts on; generation speed stays within
 #   step-to-step noise.
 # vLLM turns it off while it builds its own pool; verl does the same around the weight sync. A value exported
 # before sbatch wins.
@@ -163,8 +163,8 @@ PPO_ARGS=(
   +ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH="${VERL_FILE_LOGGER_PATH}"
   # vLLM's workers and the FSDP workers may run on other nodes, whose Ray did not start from this shell.
   +ray_kwargs.ray_init.runtime_env.env_vars.PYTORCH_CUDA_ALLOC_CONF="'${PYTORCH_CUDA_ALLOC_CONF}'"
-  # verl's actor and reference workers compute log-probs too: patch them where they run (llm_bridge/verl_patches.py)
-  +ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.verl_patches.apply
+  # verl's actor and reference workers compute log-probs too: patch them where they run (llm_bridge/job/verl_patches.py)
+  +ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.job.verl_patches.apply
 )
 if [[ -n "${MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP:-}" ]]; then
   # So does the trainer loop, which saves before the deadline (quoted: Ray wants string env vars).
@@ -182,5 +182,5 @@ banner allocator "${PYTORCH_CUDA_ALLOC_CONF}"
 
 # The driver runs inside the cluster job's allocation (SLURM tracks it; scancel ends it) on the head node.
 exec srun --jobid="${CLUSTER_JOB_ID}" --overlap --nodes=1 --ntasks=1 -w "${HEAD_NODE}" \
-  env -u ROCR_VISIBLE_DEVICES python3 -m llm_bridge.verl_ppo "${PPO_ARGS[@]}" \
+  env -u ROCR_VISIBLE_DEVICES python3 -m llm_bridge.job.verl_ppo "${PPO_ARGS[@]}" \
   trainer.nnodes="${N_NODES}" trainer.n_gpus_per_node="${GPUS_PER_NODE}" "$@"

@@ -1,6 +1,6 @@
 """verl GRPO step time on one node: step and rollout time, rollout tokens/s, peak GPU memory.
 
-    python train/scripts/bench/grpo_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
+    python benchmarks/grpo_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
         [--recipe templates/team.example.yaml] [-- verl overrides]
 
 Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes and verl's GSM8K RL
@@ -13,7 +13,7 @@ lengths) is fixed by this script's flags for every variant. The argv below is ve
 (KL loss, old log-probs recomputed); --recipe adds the speed knobs of the GRPO script rendered from that
 team.yaml, including the recipe's two algorithm switches (use_kl_loss, rollout_correction.bypass_mode),
 which override the example's; overrides after -- come last. Runs the recipe's entrypoint
-(python3 -m llm_bridge.verl_ppo) with vLLM rollout. Step 1 (compilation, CUDA graphs) is left out.
+(python3 -m llm_bridge.job.verl_ppo) with vLLM rollout. Step 1 (compilation, CUDA graphs) is left out.
 Prints one JSON object and one Markdown row; appends both to <work>/results.jsonl.
 """
 
@@ -100,7 +100,7 @@ def process_name(pid: int) -> str:
 def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]) -> dict:
     run_dir = new_run_dir(args, prefix="grpo-")
     metrics_file = run_dir / "metrics.jsonl"
-    argv = [sys.executable, "-m", "llm_bridge.verl_ppo",
+    argv = [sys.executable, "-m", "llm_bridge.job.verl_ppo",
             "algorithm.adv_estimator=grpo", "algorithm.use_kl_in_reward=False",
             f"data.train_files={data}", f"data.val_files={data}", f"data.train_batch_size={args.prompts}",
             f"data.max_prompt_length={args.prompt_length}", f"data.max_response_length={args.response_length}",
@@ -117,7 +117,7 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
             "trainer.logger=[console,file]", "trainer.project_name=bench", f"trainer.experiment_name={args.label}",
             f"trainer.default_local_dir={run_dir / 'ckpt'}", f"hydra.run.dir={run_dir / 'hydra'}",
             f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}",
-            "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.verl_patches.apply",
+            "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=llm_bridge.job.verl_patches.apply",
             *overrides]
     memory = GpuMemory(run_dir / "gpu_memory.tsv", metrics_file)
     memory.start()

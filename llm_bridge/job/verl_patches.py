@@ -1,5 +1,5 @@
 """Workarounds for verl 0.9.1 and the kernels it runs, applied by the recipe's entrypoints
-(llm_bridge.verl_sft, llm_bridge.verl_ppo).
+(llm_bridge.job.verl_sft, llm_bridge.job.verl_ppo).
 
 1. Label log-probs without flash-attn. verl computes each token's log-prob with flash-attn's Triton
 cross-entropy when flash-attn is installed; otherwise it falls back to `logprobs_from_logits_v2`,
@@ -13,7 +13,7 @@ logits, the kernel count drops from O(tokens) to O(tokens / CHUNK).
 request with vLLM's default output kind, CUMULATIVE, and keeps only the last output. vLLM then builds a
 new output object for all 256 running requests at every decode step and wakes each waiting coroutine,
 in one Python process: the same engine made 13.3k tokens/s that way and 19.3k with FINAL_ONLY on an
-H100 (train/scripts/bench/vllm_bench.py, docs/benchmarks.md). The patch asks for FINAL_ONLY; the tokens
+H100 (benchmarks/vllm_bench.py, docs/benchmarks.md). The patch asks for FINAL_ONLY; the tokens
 and log-probs verl reads are the same. Only the synchronous trainer (main_ppo) is meant: verl's
 partial-rollout abort waits for a request's first output, which FINAL_ONLY sends only at the end.
 Turning vLLM's detokenizing off as well (verl reads only token ids) made no measurable difference
@@ -113,7 +113,7 @@ def final_only_outputs(server_module, final_only=None) -> None:
 
     sampling_params.bridge_final_only = True
     server_module.SamplingParams = sampling_params
-    print("llm_bridge: vLLM rollout sends each response once, when finished (llm_bridge.verl_patches)", flush=True)
+    print("llm_bridge: vLLM rollout sends each response once, when finished (llm_bridge.job.verl_patches)", flush=True)
 
 
 class AfterImport(importlib.abc.MetaPathFinder):
@@ -154,7 +154,7 @@ def chunked_label_logprobs(torch_functional) -> None:
     if torch_functional.logprobs_from_logits_v2 is not label_logprobs:
         torch_functional.logprobs_from_logits_v2 = label_logprobs
         if not torch_functional.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE:
-            print("llm_bridge: no flash-attn: verl's label log-probs use the chunked kernel (llm_bridge.verl_patches)",
+            print("llm_bridge: no flash-attn: verl's label log-probs use the chunked kernel (llm_bridge.job.verl_patches)",
                   flush=True)
 
 

@@ -7,11 +7,11 @@ cudaMalloc'd segment of that allocator with its Python stack, and before each sl
 to sleep after every rollout, which returns that memory) append to BRIDGE_MEMSNAP_DIR/memsnap-PID.txt
 the reserved memory by pool and the live segments of PyTorch's default pool by the code that made them.
 
-  PYTHONPATH=train/scripts/bench/vllm_memory:$PYTHONPATH BRIDGE_MEMSNAP_DIR=/tmp/memsnap \\
-      python train/scripts/bench/grpo_bench.py --recipe templates/team.example.yaml --label memsnap ...
+  PYTHONPATH=benchmarks/vllm_memory:$PYTHONPATH BRIDGE_MEMSNAP_DIR=/tmp/memsnap \\
+      python benchmarks/grpo_bench.py --recipe templates/team.example.yaml --label memsnap ...
 
 Only segment events are recorded (not every allocation), so generation keeps its speed. The hook is
-the recipe's own (llm_bridge.verl_patches.patch_when_imported), found in this checkout when the recipe is not installed.
+the recipe's own (llm_bridge.job.verl_patches.patch_when_imported), found in this checkout when the recipe is not installed.
 Without BRIDGE_MEMSNAP_DIR this file only runs the sitecustomize it shadows.
 """
 import collections
@@ -101,10 +101,10 @@ def _run_shadowed_sitecustomize():
 
 if os.environ.get("BRIDGE_MEMSNAP_DIR"):
     # This file runs in every process, also in grpo_bench's own, whose sys.path holds only the script's folder.
-    REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
+    REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 2))
     if REPO not in sys.path:
         sys.path.append(REPO)
-    from llm_bridge.verl_patches import patch_when_imported  # the recipe's own after-import hook
+    from llm_bridge.job.verl_patches import patch_when_imported  # the recipe's own after-import hook
 
     os.makedirs(os.environ["BRIDGE_MEMSNAP_DIR"], exist_ok=True)
     patch_when_imported(WORKER_MODULE, functools.partial(instrument, directory=os.environ["BRIDGE_MEMSNAP_DIR"]))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # llm_bridge: the recipe's own renderer and parquet writer
 COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
@@ -137,8 +137,8 @@ def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | 
 def recipe_knobs(team_file: Path, script: str, array: str) -> tuple[list[str], dict[str, str]]:
     """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file, and the
     variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none."""
-    from llm_bridge.loader import load
-    from llm_bridge.render import render_all
+    from llm_bridge.login.loader import load
+    from llm_bridge.login.render import render_all
 
     config, problems = load(team_file)
     if config is None:

@@ -1,4 +1,4 @@
-"""`bridge ray up | submit | stop`: the interactive multi-node mode.
+"""`llm-bridge ray up | submit | stop`: the interactive multi-node mode.
 
 `up` submits the rendered mutinode_ppo/ray_cluster.sbatch and waits for the address file it writes;
 `submit` runs the rendered submit_ppo.sh, which starts the verl driver inside that job; `stop` scancels
@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import TeamConfig
-from .render import config_hash
+from llm_bridge.login.config import TeamConfig
+from llm_bridge.login.render import config_hash
 
 CLUSTER_SCRIPT = Path("mutinode_ppo") / "ray_cluster.sbatch"
 SUBMIT_SCRIPT = Path("mutinode_ppo") / "submit_ppo.sh"
@@ -30,12 +30,12 @@ def rendered_script(team_file: Path, rendered: Path, relative: Path) -> Path:
     """A rendered script, checked to come from this very team file (its header names the config's hash)."""
     script = rendered / relative
     if not script.is_file():
-        raise RayCommandError(f"{script} does not exist. Fix: bridge render --team {team_file} --out {rendered}")
+        raise RayCommandError(f"{script} does not exist. Fix: llm-bridge render --team {team_file} --out {rendered}")
     want = config_hash(team_file)
     have = re.search(r"\(sha256 ([0-9a-f]{12})\)", script.read_text())
     if not have or have.group(1) != want:
         raise RayCommandError(f"{script} was rendered from another version of {team_file}. "
-                              f"Fix: bridge render --team {team_file} --out {rendered}")
+                              f"Fix: llm-bridge render --team {team_file} --out {rendered}")
     return script
 
 
@@ -65,7 +65,7 @@ def up(config: TeamConfig, team_file: Path, rendered: Path) -> int:
                                   f"see {_logs(config)}/ray-cluster-{job}.out")
         time.sleep(2)
     print(address.read_text().strip())
-    print(f"Ready. Run a driver with: bridge ray submit --team {team_file}")
+    print(f"Ready. Run a driver with: llm-bridge ray submit --team {team_file}")
     return 0
 
 

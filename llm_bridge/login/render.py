@@ -2,7 +2,7 @@
 
 Templates are the `*.j2` files under templates/ whose path has no part starting with "_" (those are
 partials). `templates/sft/run_sft.sbatch.j2` renders to `<out>/sft/run_sft.sbatch`. Every value a template
-prints goes through one rule (llm_bridge/shell.py), and the set of scripts reaches --out whole or not at all.
+prints goes through one rule (llm_bridge/login/shell.py), and the set of scripts reaches --out whole or not at all.
 """
 
 import hashlib
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__
-from .config import TeamConfig
-from .data import current_umask
-from .doctor import FLASH_ATTN_PIN, SCRIPTS_ALLOCATOR, VERL_PIN
-from .loader import dotted, walk
-from .shell import Checked, UnsafeValue, plain_name, quoted_word, script_value, script_words
+from llm_bridge import __version__
+from llm_bridge.login.config import TeamConfig
+from llm_bridge.data import current_umask
+from llm_bridge.job.doctor import FLASH_ATTN_PIN, SCRIPTS_ALLOCATOR, VERL_PIN
+from llm_bridge.login.loader import dotted, walk
+from llm_bridge.login.shell import Checked, UnsafeValue, plain_name, quoted_word, script_value, script_words
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = REPO_ROOT / "templates"
 COMMITTED_RENDERS = REPO_ROOT / "train" / "scripts"
 
@@ -99,7 +99,7 @@ def render_all(
             text = env.get_template(template.as_posix()).render(context)
         except UnsafeValue as exc:
             raise RenderError(f"{_fields_holding(config, exc.value)} {exc.value!r} {exc}; nothing is rendered from it. "
-                              "Fix: correct that value in the team config (`bridge check` names the rule)") from None
+                              "Fix: correct that value in the team config (`llm-bridge check` names the rule)") from None
         except jinja2.TemplateError as exc:
             raise RenderError(f"templates/{template}: {exc}") from exc
         output = template.with_suffix("")

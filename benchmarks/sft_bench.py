@@ -1,12 +1,12 @@
 """verl SFT throughput on one node: tokens/s, verl's train/mfu, step time and peak GPU memory.
 
-    python train/scripts/bench/sft_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
+    python benchmarks/sft_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
         [--recipe templates/team.example.yaml] [-- verl overrides]
 
 Offline by design (the GPU machine has no network): a random-weight Qwen2 model of the named size
 (Qwen2.5-0.5B / 1.5B / 7B architecture values, vocabulary 151,936), a byte-level BPE tokenizer trained
 on GSM8K, and GSM8K question/answer pairs packed into multi-turn conversations of about
---tokens tokens. Training runs through the recipe's own entrypoint (torchrun -m llm_bridge.verl_sft).
+--tokens tokens. Training runs through the recipe's own entrypoint (torchrun -m llm_bridge.job.verl_sft).
 --recipe adds the speed knobs of the SFT script rendered from that team.yaml; overrides after -- come last.
 Throughput is tokens (verl's train/global_tokens) over wall time from step --warmup to the last step.
 --profile adds one step after the timed ones, recorded by verl's torch profiler, and summarizes
@@ -55,7 +55,7 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
     if args.profile:  # the extra last step; the timing below stops before it
         overrides = [*overrides, "profiler.enable=True", "profiler.tool=torch", f"profiler.save_path={run_dir / 'profile'}",
                      f"trainer.profile_interval=[{steps_to_run},{steps_to_run}]"]
-    argv = ["torchrun", "--standalone", f"--nproc-per-node={args.gpus}", "-m", "llm_bridge.verl_sft",
+    argv = ["torchrun", "--standalone", f"--nproc-per-node={args.gpus}", "-m", "llm_bridge.job.verl_sft",
             f"data.train_files={data}", f"data.val_files={data}", "data.messages_key=messages",
             f"data.max_length={args.max_length}", "data.truncation=right", "data.enable_thinking_default=null",
             f"model.path={model}", f"trainer.total_training_steps={steps_to_run}", "trainer.test_freq=-1",

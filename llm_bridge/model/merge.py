@@ -1,4 +1,4 @@
-"""`bridge merge`: a verl FSDP checkpoint -> a Hugging Face model directory that vLLM and transformers load.
+"""`llm-bridge merge`: a verl FSDP checkpoint -> a Hugging Face model directory that vLLM and transformers load.
 
 verl's own merger does the work (`python -m verl.model_merger merge --backend fsdp`). Around it:
 the newest step by default, the actor of a PPO/GRPO step found by itself, a LoRA adapter merged
@@ -92,7 +92,7 @@ def _check_replaceable(out: Path, force: bool) -> None:
     if not force:
         raise SystemExit(f"ERROR: {out} exists. Fix: choose another --out, or pass --force to replace a previous merge there.")
     if not (out / MARK).is_file():
-        raise SystemExit(f"ERROR: --force replaces only an earlier `bridge merge` output (it holds {MARK}), and {out} is "
+        raise SystemExit(f"ERROR: --force replaces only an earlier `llm-bridge merge` output (it holds {MARK}), and {out} is "
                          "not one; nothing was deleted.\n"
                          f"       Fix: choose another --out, or move {out} away yourself if it may go.")
 

@@ -1,4 +1,4 @@
-"""`bridge doctor`: is this Python environment ready to train? One row per check, never a token."""
+"""`llm-bridge doctor`: is this Python environment ready to train? One row per check, never a token."""
 
 import importlib
 import importlib.metadata
@@ -83,7 +83,7 @@ def check_allocator() -> Row:
         return Row("allocator", "PASS", f"PYTORCH_CUDA_ALLOC_CONF={value}")
     return Row("allocator", "WARN",
                f"PYTORCH_CUDA_ALLOC_CONF={value} replaces the scripts' {SCRIPTS_ALLOCATOR}: vLLM's sampler then "
-               "holds up to 18 GiB outside rl.gpu_memory_utilization during GRPO, more than bridge check counts "
+               "holds up to 18 GiB outside rl.gpu_memory_utilization during GRPO, more than llm-bridge check counts "
                f"(docs/benchmarks.md). unset PYTORCH_CUDA_ALLOC_CONF, or add {SCRIPTS_ALLOCATOR} to it")
 
 

@@ -10,13 +10,13 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from .shell import PATH_CHARS
+from llm_bridge.login.shell import PATH_CHARS
 
-# Characters that survive a bash double-quoted string *and* a Hydra override unquoted (llm_bridge/shell.py).
+# Characters that survive a bash double-quoted string *and* a Hydra override unquoted (llm_bridge/login/shell.py).
 _SAFE_PATH = re.compile(f"[{PATH_CHARS}]*")
 _HOME_PREFIXES = ("${HOME}", "$HOME", "~")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-# A SLURM hostlist: names, [ranges] and commas (llm_bridge/hostlist.py expands it in `bridge check`).
+# A SLURM hostlist: names, [ranges] and commas (llm_bridge/login/hostlist.py expands it in `llm-bridge check`).
 _HOSTLIST = re.compile(r"[A-Za-z0-9._\[\],-]+")
 # An OpenAI-compatible base URL: scheme, host, optional port and path; nothing a shell would read.
 _URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.+@%/-]*)?")
@@ -256,7 +256,7 @@ class RL(Stage):
 
 
 class Evaluation(Section):
-    """bridge eval: HLE (text-only) and Do-Not-Answer, predictions by vLLM on one node, an LLM judge over HTTP."""
+    """llm-bridge eval: HLE (text-only) and Do-Not-Answer, predictions by vLLM on one node, an LLM judge over HTTP."""
 
     results: ShellPath = "~/eval"
     hle_questions: ShellPath = "~/data/hle/test.parquet"

@@ -18,10 +18,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from . import hostlist
-from .config import TeamConfig
-from .doctor import wandb_logged_in
-from .problems import Problem
+from llm_bridge.login import hostlist
+from llm_bridge.login.config import TeamConfig
+from llm_bridge.job.doctor import wandb_logged_in
+from llm_bridge.problems import Problem
 
 
 def _layouts(config: TeamConfig) -> list[tuple[str, int]]:
@@ -320,7 +320,7 @@ def check_local_paths(config: TeamConfig) -> list[Problem]:
         return [Problem(
             field,
             f"{env.activate_script} does not exist here, so this is not the cluster's login node; other path checks skipped",
-            "run `bridge check` on the login node to check paths too", "warning",
+            "run `llm-bridge check` on the login node to check paths too", "warning",
         )]
     candidates = {
         "environment.conda_env": env.conda_env,

@@ -1,6 +1,6 @@
 """Where one profiled training step spends its GPU time, from a torch.profiler chrome trace.
 
-    python train/scripts/bench/trace_summary.py TRACE.json[.gz] [--top 15]
+    python benchmarks/trace_summary.py TRACE.json[.gz] [--top 15]
 
 Reports the traced wall time, how much of it the GPU was busy (union of kernel and memcpy intervals),
 GPU time by kernel family, the longest kernels, and the CUDA calls in which the CPU waited. A GPU busy

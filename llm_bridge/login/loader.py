@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from . import secrets
-from .config import TeamConfig
-from .problems import Problem
+from llm_bridge import secrets
+from llm_bridge.login.config import TeamConfig
+from llm_bridge.problems import Problem
 
 _PLACEHOLDERS = [
     (re.compile(r"YOU_TEAM|YOUR_[A-Z_]+|CHANGE_?ME"), "a placeholder from the seed recipe"),

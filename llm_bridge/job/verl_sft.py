@@ -1,10 +1,10 @@
-"""verl 0.9.1's SFT trainer, plus a final checkpoint before the SLURM time limit (llm_bridge.deadline).
+"""verl 0.9.1's SFT trainer, plus a final checkpoint before the SLURM time limit (llm_bridge.job.deadline).
 
 verl's SFT loop saves and returns on its last step, so the step that crosses the deadline simply
 becomes the last step. Ranks time their own steps and could disagree by one step, so the decision
 is all-reduced (max) every step: one 8-byte gloo all-reduce.
 
-    torchrun ... -m llm_bridge.verl_sft <verl sft_trainer overrides>
+    torchrun ... -m llm_bridge.job.verl_sft <verl sft_trainer overrides>
 """
 
 import os
@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from verl.trainer import sft_trainer
 
-from llm_bridge import verl_patches
-from llm_bridge.deadline import StepClock, announce_stop
+from llm_bridge.job import verl_patches
+from llm_bridge.job.deadline import StepClock, announce_stop
 
 STEP_LOG = os.environ.get("BRIDGE_STEP_LOG")
 
@@ -34,7 +34,7 @@ class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
             self._step += 1
             self._clock.step_begins()
             if self.rank == 0 and STEP_LOG:
-                with open(STEP_LOG, "a") as log:  # wall clock per step, for train/scripts/bench
+                with open(STEP_LOG, "a") as log:  # wall clock per step, for benchmarks
                     log.write(f'{{"step": {self._step}, "time": {time.time():.4f}}}\n')
             if self._step < self.total_training_steps and self._deadline_is_close():
                 self.total_training_steps = self._step  # verl's loop: is_last_step -> save -> return

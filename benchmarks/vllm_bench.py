@@ -1,6 +1,6 @@
 """vLLM generation the way verl's rollout server asks for it, without verl: where does GRPO's `gen` go?
 
-    python train/scripts/bench/vllm_bench.py --model DIR --data grpo.parquet --label NAME \
+    python benchmarks/vllm_bench.py --model DIR --data grpo.parquet --label NAME \
         [--stream-interval 1] [--modes streamed,final-only]
 
 verl 0.9.1's rollout server (vllm_async_server.py) sends every response as its own AsyncLLM request with

@@ -8,7 +8,7 @@
 # FLASH_ATTN_ONLY=1 builds only flash-attn).
 # Needs: python3.12, and nvcc 13.x in /usr/local/cuda for flash-attn.
 #
-#   bash train/scripts/bench/offline_env.sh OUT
+#   bash benchmarks/offline_env.sh OUT
 #
 # OUT/parts/ then holds pieces of at most 56 MiB (base.tar.xz.part*, vllm.tar.xz.part*, the flash-attn wheel).
 # On the GPU host, with the pieces in one folder:
@@ -21,7 +21,7 @@
 # these hosts end a call's leftover processes when it returns (docs/benchmarks.md, H6).
 set -euo pipefail
 
-OUT=${1:?"usage: bash train/scripts/bench/offline_env.sh OUT (a new folder for the packed environment)"}
+OUT=${1:?"usage: bash benchmarks/offline_env.sh OUT (a new folder for the packed environment)"}
 PY312=${PY312:-python3.12}
 command -v "$PY312" >/dev/null || { echo "ERROR: $PY312 not found. Fix: install Python 3.12 or set PY312=/path/to/python3.12" >&2; exit 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -35,7 +35,7 @@ PLATFORM=(--only-binary=:all: --python-version 3.12 --platform any --platform li
           --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64)
 for v in 17 24 26 27 28 29 31 32 33 34 35 36 37 38 39; do PLATFORM+=(--platform "manylinux_2_${v}_x86_64"); done
 # Already on the image, or not needed for a dense model without flashinfer (VLLM_USE_FLASHINFER_SAMPLER=0).
-# vLLM's nvidia-cutlass-dsl stays, as in a team's env: with it Liger picks its CuTe DSL RoPE (llm_bridge/verl_patches.py, patch 5).
+# vLLM's nvidia-cutlass-dsl stays, as in a team's env: with it Liger picks its CuTe DSL RoPE (llm_bridge/job/verl_patches.py, patch 5).
 ON_IMAGE='^(torch|torchvision|torchaudio|triton|numpy|scipy|pandas|pyarrow|pillow|numba|llvmlite|grpcio|setuptools|ninja|pybind11|tensorboard.*|nvidia-(?!cutlass-dsl).*|cuda-.*|flashinfer.*|tilelang|tokenspeed.*|quack-kernels|humming-kernels|z3-solver|torchcodec|av|opencv-python-headless|pytest.*|iniconfig|pluggy|virtualenv|distlib|python-discovery|wandb|sentry-sdk|cwevals|anthropic|mcp|mcp-types|fastapi-cloud-cli|fastar|rignore)$'
 
 build_site() {

@@ -1,24 +1,24 @@
-"""`bridge merge`, `bridge upload`, `bridge generate`: from a verl checkpoint to a model on the Hub and its outputs."""
+"""`llm-bridge merge`, `llm-bridge upload`, `llm-bridge generate`: from a verl checkpoint to a model on the Hub and its outputs."""
 
 import argparse
 import sys
 from pathlib import Path
 
-from llm_bridge.loader import load
+from llm_bridge.login.loader import load
 from llm_bridge.evaluate.sampling import length_arg
 from llm_bridge.problems import errors, report
-from llm_bridge.rules import check
+from llm_bridge.login.rules import check
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from llm_bridge.merge import merge
+    from llm_bridge.model.merge import merge
 
     merge(args.checkpoint, args.out, args.step, check=not args.no_verify, force=args.force)
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from llm_bridge.upload import model_card, upload
+    from llm_bridge.model.upload import model_card, upload
 
     team = None
     if args.team:
@@ -93,7 +93,7 @@ def add_parsers(sub) -> None:
     upload_parser.add_argument("--repo", required=True, help="ORG/NAME, or NAME under huggingface.org of --team")
     upload_parser.add_argument("--team", type=Path, help="team.yaml: recipe settings for the model card")
     upload_parser.add_argument("--stage", choices=["sft", "rl"], default="sft", help="which settings of --team (default: sft)")
-    upload_parser.add_argument("--eval", type=Path, help="a `bridge eval report --out` directory: scores for the card")
+    upload_parser.add_argument("--eval", type=Path, help="a `llm-bridge eval report --out` directory: scores for the card")
     upload_parser.add_argument("--public", action="store_true", help="make the repo public (default: private)")
     upload_parser.add_argument("--dry-run", action="store_true", help="list what would go up; send nothing")
     upload_parser.set_defaults(func=cmd_upload)
@@ -107,7 +107,7 @@ def add_parsers(sub) -> None:
         "{id, status, response, finish_reason}, and for a model that thinks first {reasoning, thinking} with the answer "
         "alone in response; a rerun skips ids already written.",
     )
-    generate_parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory (bridge merge --out)")
+    generate_parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory (llm-bridge merge --out)")
     generate_parser.add_argument("--data", type=Path, required=True, help="parquet or jsonl")
     generate_parser.add_argument("--out", type=Path, required=True, help="output .jsonl (appended; resumable)")
     generate_parser.add_argument("--messages-key", default="prompt", help="column with the chat messages (default: prompt)")

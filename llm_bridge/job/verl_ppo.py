@@ -1,19 +1,19 @@
 """verl 0.9.1's PPO/GRPO driver (main_ppo, V1 trainer), plus a final checkpoint before the SLURM
-time limit (llm_bridge.deadline).
+time limit (llm_bridge.job.deadline).
 
 verl's legacy trainer has this ("ESI" save); the V1 trainer that 0.9.1 runs by default does not.
 The trainer loop runs in verl's TaskRunner Ray actor, so the hook goes in there: a TaskRunner whose
 trainer class checks the deadline at the end of each step (after verl's own save_freq save, where
 the state is consistent), saves if it must, and ends the loop after that step.
 
-    python3 -m llm_bridge.verl_ppo <verl main_ppo overrides>
+    python3 -m llm_bridge.job.verl_ppo <verl main_ppo overrides>
 """
 
 import ray
 from verl.trainer import main_ppo
 
-from llm_bridge import verl_patches
-from llm_bridge.deadline import StepClock, announce_stop
+from llm_bridge.job import verl_patches
+from llm_bridge.job.deadline import StepClock, announce_stop
 
 
 def with_deadline(trainer_cls: type) -> type:
@@ -57,6 +57,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from llm_bridge.verl_ppo import main as imported_main  # Ray pickles the runner by module name, not from __main__
+    from llm_bridge.job.verl_ppo import main as imported_main  # Ray pickles the runner by module name, not from __main__
 
     imported_main()

@@ -4,7 +4,7 @@ The full build compiles 72 kernel files; these 12 built in under 11 min on 16 co
 are compiled exactly as in the full build, and the dispatch refuses fp16 and other head dims instead of
 running a wrong kernel. Teams install the full build (install_env.sbatch). Run inside the unpacked sdist:
 
-    tar xzf flash_attn-2.8.3.tar.gz && cd flash_attn-2.8.3 && python3 ../train/scripts/bench/trim_flash_attn.py
+    tar xzf flash_attn-2.8.3.tar.gz && cd flash_attn-2.8.3 && python3 ../benchmarks/trim_flash_attn.py
     FLASH_ATTENTION_FORCE_BUILD=TRUE FLASH_ATTN_CUDA_ARCHS=90 MAX_JOBS=14 NVCC_THREADS=1 python3 setup.py bdist_wheel
 """
 import re

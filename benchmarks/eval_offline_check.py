@@ -1,7 +1,7 @@
-"""Check, on a GPU with vLLM, the offline path of `bridge eval` and `bridge generate`: sampling, length and
+"""Check, on a GPU with vLLM, the offline path of `llm-bridge eval` and `llm-bridge generate`: sampling, length and
 thinking apart from the answer, read from real vLLM outputs and real rendered prompts.
 
-    python train/scripts/bench/eval_offline_check.py OUT_DIR      # 1 GPU, about 2 minutes, no network
+    python benchmarks/eval_offline_check.py OUT_DIR      # 1 GPU, about 2 minutes, no network
 
 A language model whose next token depends only on the last one is built offline (one-hot embeddings, its
 layers' outputs zeroed, lm_head a fixed map): after the prompt it writes `x</think>A` and stops, under
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 QWEN3 = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 R1 = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
@@ -73,7 +73,7 @@ def bridge(*args, out: Path) -> str:
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *map(str, args)], env=env, capture_output=True,
                             text=True, cwd=REPO)
-    (out / "log.txt").open("a").write(f"$ bridge {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}\n")
+    (out / "log.txt").open("a").write(f"$ llm-bridge {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}\n")
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -110,7 +110,7 @@ def main(out: Path) -> None:
            "--max-model-len", 512, out=out)
     assert json.loads((out / "dna" / "settings.json").read_text())["predict"]["max_tokens"] is None
     assert records(out / "dna" / "predictions.jsonl")["0"]["response"] == "A"
-    data = out / "prompts.jsonl"  # bridge generate: any jsonl with chat messages, sampled as the model's config says
+    data = out / "prompts.jsonl"  # llm-bridge generate: any jsonl with chat messages, sampled as the model's config says
     data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": q["question"]}]}) + "\n" for q in QUESTIONS))
     log = bridge("generate", "--model", models["r1"], "--data", data, "--out", out / "generated.jsonl",
                  "--max-tokens", "model", "--max-model-len", 512, out=out)

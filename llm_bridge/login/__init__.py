@@ -1,0 +1,1 @@
+"""Runs on the login node: team.yaml's schema and rules, rendering, and the `llm-bridge ray` driver."""

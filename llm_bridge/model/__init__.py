@@ -1,0 +1,1 @@
+"""After training: merge a checkpoint into a model, upload it, generate with it."""
