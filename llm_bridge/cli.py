@@ -7,25 +7,17 @@ from pathlib import Path
 
 from llm_bridge import __version__
 from llm_bridge import secrets
-from llm_bridge.login.loader import load
-from llm_bridge.problems import Problem, errors, report
+from llm_bridge.problems import Problem, errors, missing_package, report
 from llm_bridge.login.render import RenderError, render_all, write_all
-from llm_bridge.login.rules import check
+from llm_bridge.login.validate import validate
 from llm_bridge.model import cli as model_cli
 from llm_bridge.evaluate import cli as evaluate_cli
 
 DEFAULT_TEAM = Path("team.yaml")
 
 
-def _validate(team: Path, local_paths: bool = True) -> tuple[object, list[Problem]]:
-    config, problems = load(team)
-    if config is not None:
-        problems += check(config, local_paths=local_paths)
-    return config, problems
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    config, problems = _validate(args.team)
+    config, problems = validate(args.team)
     if args.strict:
         problems = [Problem(p.field, p.message, p.fix, "error") for p in problems]
     print(report(str(args.team), problems))
@@ -37,7 +29,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    config, problems = _validate(args.team, local_paths=False)
+    config, problems = validate(args.team, local_paths=False)
     if errors(problems):
         print(report(str(args.team), problems))
         print(f"\nNothing written to {args.out}: fix the errors above first.")
@@ -65,7 +57,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_ray(args: argparse.Namespace) -> int:
     from llm_bridge.login import ray_cluster
 
-    config, problems = _validate(args.team, local_paths=False)
+    config, problems = validate(args.team, local_paths=False)
     if errors(problems):
         print(report(str(args.team), problems))
         return 1
@@ -146,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as exc:  # the login node's venv has only what check and render need
-        print(f"ERROR: `llm-bridge {args.command}` needs the Python package {exc.name}, which {sys.executable} lacks.\n"
-              "       Fix: run it inside the training environment (README_install_conda.md builds it), "
-              f"or install the package there (pip install {_PACKAGES.get(exc.name, exc.name)}).", file=sys.stderr)
+        print(missing_package(exc.name, f"`llm-bridge {args.command}`"), file=sys.stderr)
         return 1
     except BrokenPipeError:  # `llm-bridge check | head` closed the pipe: stop quietly, as other commands do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -159,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc.filename}: {exc.strerror or exc}.\n       Fix: check that path and its permissions.",
               file=sys.stderr)
         return 1
-
-
-_PACKAGES = {"yaml": "pyyaml"}  # import names whose PyPI name differs
 
 
 if __name__ == "__main__":

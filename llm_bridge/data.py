@@ -221,3 +221,14 @@ def write_splits(name: str, rows: list[dict], conversion: Conversion, out_dir: P
         write_parquet(test, out_dir / "test.parquet")
     write_rejected(conversion, rows, out_dir / "rejected.jsonl")
     print(f"  wrote {out_dir}/train.parquet ({len(train)} rows)" + (f" and test.parquet ({len(test)} rows)" if test else ""))
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """A data-prep script's entry: a package missing from this Python gets the environment to use, not a traceback."""
+    try:
+        main()
+    except ModuleNotFoundError as exc:
+        from llm_bridge.problems import missing_package
+
+        print(missing_package(exc.name, sys.argv[0]), file=sys.stderr)
+        raise SystemExit(1) from None

@@ -11,7 +11,7 @@ import re
 
 _WANDB_FIX = "run `wandb login` (or export WANDB_API_KEY) instead"
 _TOKENS = [
-    (re.compile(r"hf_[A-Za-z0-9]{30,}"), "a Hugging Face token", "run `huggingface-cli login` (or export HF_TOKEN) instead"),
+    (re.compile(r"hf_[A-Za-z0-9]{30,}"), "a Hugging Face token", "run `hf auth login` (or export HF_TOKEN) instead"),
     (re.compile(r"sk-[A-Za-z0-9_-]{20,}"), "an OpenAI-style API key", "export OPENAI_API_KEY in your shell instead"),
     (re.compile(r"wandb_v1_[A-Za-z0-9_]{40,}"), "a W&B API key", _WANDB_FIX),  # W&B's 86-character keys (2025-)
     (re.compile(r"(?<![A-Za-z0-9])local-[0-9a-f]{40}(?![0-9a-fA-F])"), "a W&B API key (W&B server)", _WANDB_FIX),

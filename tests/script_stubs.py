@@ -37,13 +37,15 @@ exit 0
 
 def stub_config(example: dict, root: Path) -> dict:
     """The example team config pointed at root: a module init file, a venv, local paths, offline W&B."""
-    team = json.loads(json.dumps(example))
+    from conftest import as_our_team
+
+    team = json.loads(as_our_team(json.dumps(example)))
     (root / "modules.sh").write_text("")
     (root / "venv" / "bin").mkdir(parents=True, exist_ok=True)
     (root / "venv" / "bin" / "activate").write_text("")
     team["environment"] = {"module_init": str(root / "modules.sh"), "modules": example["environment"]["modules"],
                            "venv": str(root / "venv")}
-    team["paths"] = {name: str(root / name) for name in ("data", "models", "checkpoints", "logs", "hf_home")}
+    team["paths"] = {name: str(root / name) for name in ("checkpoints", "logs", "hf_home")}
     team["wandb"]["mode"] = "offline"
     return team
 

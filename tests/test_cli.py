@@ -89,3 +89,58 @@ def test_output_cut_short_by_a_pager_is_not_a_traceback():
                          stderr=subprocess.PIPE, text=True)
     os.close(write)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_check_reports_schema_and_cross_field_problems_in_one_run(example, write_team):
+    """A typo and a bad value must not hide the node count and batch-size errors behind them."""
+    example["sft"]["train_bach_size"] = example["sft"].pop("train_batch_size")  # typo: train_batch_size is missing
+    example["wandb"]["mode"] = "sometimes"
+    example["slurm"]["nodes"] = 2  # the nodelist names 3 nodes
+    example["rl"]["ppo_mini_batch_size"] = 200  # more than rl.train_batch_size 96
+    result = bridge("check", "--team", str(write_team(example)))
+    assert result.returncode == 1
+    out = result.stdout
+    for line in ("ERROR sft.train_bach_size: unknown key", "ERROR sft.train_batch_size: required but missing",
+                 "ERROR wandb.mode", "ERROR slurm.nodelist: names 3 node(s)", "ERROR rl.ppo_mini_batch_size: 200 is larger"):
+        assert line in out, out
+    # a rule about a refused field is left to its schema error: no rule ran on the example's stand-in for it
+    assert out.count("sft.train_batch_size:") == 1, out
+
+
+def test_an_unedited_copy_of_the_example_names_every_value_that_is_another_teams(tmp_path):
+    copy = tmp_path / "team.yaml"
+    copy.write_text(EXAMPLE.read_text())
+    result = bridge("check", "--team", str(copy))
+    assert result.returncode == 1
+    for field in ("slurm.partition", "slurm.nodelist", "paths.logs", "paths.hf_home", "wandb.entity", "huggingface.org"):
+        assert f"ERROR {field}: " in result.stdout and "is the example's value" in result.stdout, field
+    assert "sinfo -s" in result.stdout
+    assert bridge("render", "--team", str(copy), "--out", str(tmp_path / "r")).returncode == 1
+    assert not (tmp_path / "r").exists()
+    assert bridge("check", "--team", str(EXAMPLE)).returncode == 0  # the example itself renders train/scripts/
+
+
+def test_a_missing_logs_folder_is_an_error_with_the_mkdir(tmp_path, example, write_team):
+    """SLURM opens --output before the script runs: without the folder the job dies without a log."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text("")  # this machine has the environment: the path checks run
+    del example["environment"]["conda_sh"], example["environment"]["conda_env"]
+    example["environment"]["venv"] = str(venv)
+    example["paths"]["logs"] = str(tmp_path / "logs")
+    team = write_team(example)
+    result = bridge("check", "--team", str(team))
+    assert result.returncode == 1
+    assert f"ERROR paths.logs: {tmp_path / 'logs'} does not exist" in result.stdout
+    assert f"fix: mkdir -p {tmp_path / 'logs'}" in result.stdout
+    (tmp_path / "logs").mkdir()
+    result = bridge("check", "--team", str(team))
+    assert "ERROR paths.logs" not in result.stdout and result.returncode == 0, result.stdout
+
+
+def test_settings_that_changed_nothing_are_named_and_ignored(example, write_team):
+    example["paths"].update(data="~/data", models="~/models")
+    result = bridge("check", "--team", str(write_team(example)))
+    assert result.returncode == 0, result.stdout
+    assert "WARN  paths.data: is no longer a setting" in result.stdout
+    assert "WARN  paths.models: is no longer a setting" in result.stdout

@@ -50,21 +50,21 @@ def test_all_problems_reported_at_once(example, write_team):
 
 def test_paths_expand_home_at_run_time(example, write_team):
     example["environment"]["conda_env"] = "~/envs/llm"
-    example["paths"]["data"] = "$HOME/data/"
+    example["paths"]["checkpoints"] = "$HOME/training/"
     config, problems = load(write_team(example))
     assert problems == []
     assert config.environment.conda_env == "${HOME}/envs/llm"
-    assert config.paths.data == "${HOME}/data"
+    assert config.paths.checkpoints == "${HOME}/training"
 
 
 def test_bad_paths_name_the_fix(example, write_team):
-    example["paths"]["data"] = "data"  # relative
-    example["paths"]["models"] = "/home/u/my models"  # space
+    example["paths"]["checkpoints"] = "training"  # relative
+    example["paths"]["hf_home"] = "/home/u/my cache"  # space
     example["paths"]["logs"] = "~/logs"  # SLURM cannot expand ~ in #SBATCH --output
     _, problems = load(write_team(example))
     by_field = {p.field: p for p in problems}
-    assert "~/data" in by_field["paths.data"].fix
-    assert "no spaces" in by_field["paths.models"].fix
+    assert "~/training" in by_field["paths.checkpoints"].fix
+    assert "no spaces" in by_field["paths.hf_home"].fix
     assert "absolute" in by_field["paths.logs"].fix
 
 
@@ -183,7 +183,7 @@ def test_an_absurd_hostlist_range_is_refused_at_once(example, write_team):
         hostlist.expand("n[1-999999999]")
 
 
-@pytest.mark.parametrize("field, value", [("sft.model", "Qwen/Qwen3-32B\n"), ("paths.data", "~/data\n"),
+@pytest.mark.parametrize("field, value", [("sft.model", "Qwen/Qwen3-32B\n"), ("paths.checkpoints", "~/training\n"),
                                           ("slurm.nodelist", "osk-gpu[51-53]\n"), ("evaluation.judge_url", "http://h:8000/v1\n"),
                                           ("huggingface.org", "P01\n")])
 def test_a_trailing_line_break_does_not_pass(example, write_team, field, value):

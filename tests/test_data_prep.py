@@ -123,3 +123,16 @@ def test_prepared_data_follows_the_umask_not_mkstemps_0600(tmp_path):
     assert result.returncode == 0, result.stderr
     assert {p.name: p.stat().st_mode & 0o777 for p in out.glob("*.parquet")} == {"train.parquet": 0o664,
                                                                                    "test.parquet": 0o664}
+
+
+def test_a_data_prep_script_without_its_packages_says_which_environment_runs_it(tmp_path):
+    """Data prep run from the login node's light venv: the package and the environment, not an import traceback."""
+    (tmp_path / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    (tmp_path / "test.jsonl").write_text('{"question": "2+2?", "answer": "#### 4"}\n')
+    script = REPO / "train" / "scripts" / "data_preprocess" / "gsm8k.py"
+    code = ("import runpy, sys; sys.modules['pyarrow'] = None; sys.modules['datasets'] = None; "
+            f"sys.argv = [{str(script)!r}, '--local-path', {str(tmp_path)!r}, '--rl-dir', {str(tmp_path / 'rl')!r}, "
+            f"'--sft-dir', {str(tmp_path / 'sft')!r}]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "needs the Python package pyarrow" in result.stderr and "conda activate" in result.stderr

@@ -44,3 +44,16 @@ def test_doctor_warns_when_the_environment_replaces_the_scripts_allocator(tmp_pa
 
 def test_doctor_help():
     assert "pass/fail" in bridge("doctor", "--help").stdout
+
+
+def test_doctor_names_another_bridge_on_path(tmp_path):
+    """iproute2's `bridge` answers a forgotten activate with 'Object "check" is unknown'; doctor says which it is."""
+    (tmp_path / "bridge").write_text("#!/bin/sh\n")
+    (tmp_path / "bridge").chmod(0o755)
+    env = {"HOME": str(tmp_path), "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "doctor"], capture_output=True, text=True, env=env)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("command name"))
+    assert "WARN" in row and str(tmp_path / "bridge") in row and "type llm-bridge" in row
+    env["PATH"] = "/nonexistent"
+    result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "doctor"], capture_output=True, text=True, env=env)
+    assert next(line for line in result.stdout.splitlines() if line.startswith("command name")).split()[2] == "PASS"

@@ -143,7 +143,7 @@ def test_the_renderer_refuses_what_the_schema_would_let_through(stubbed, payload
         except RenderError as exc:
             assert field in str(exc) and "Fix:" in str(exc)
             refused += 1
-        else:  # a field no template prints (paths.data, a PPO-only value in a GRPO config, ...)
+        else:  # a field no template prints (a PPO-only value in a GRPO config, ...)
             assert not any(planted_text in text for text in scripts.values()), field
     assert refused > 30
 

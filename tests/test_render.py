@@ -12,7 +12,7 @@ import yaml
 from llm_bridge.login.loader import load
 from llm_bridge.login.render import RenderError, render_all, script_templates
 
-from conftest import EXAMPLE, REPO, bridge, fake_token
+from conftest import EXAMPLE, REPO, as_our_team, bridge, fake_token
 
 sys.path.insert(0, str(REPO / "tests" / "cpu"))
 import pipeline  # noqa: E402
@@ -192,11 +192,11 @@ def test_render_never_writes_over_its_own_team_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     team = out / "compute_node.sh"  # a team config named like one of the outputs
-    team.write_text(EXAMPLE.read_text())
+    team.write_text(as_our_team(EXAMPLE.read_text()))
     result = bridge("render", "--team", str(team), "--out", str(out))
     assert result.returncode == 1
     assert "is the team config itself" in result.stderr
-    assert team.read_text() == EXAMPLE.read_text() and [p.name for p in out.iterdir()] == ["compute_node.sh"]
+    assert team.read_text() == as_our_team(EXAMPLE.read_text()) and [p.name for p in out.iterdir()] == ["compute_node.sh"]
 
 
 def test_rendered_scripts_follow_the_umask(tmp_path):

@@ -83,7 +83,7 @@ def test_dry_run_lists_files_and_card_and_sends_nothing(hub, model, tmp_path):
 def test_no_token_refuses_before_any_request(hub, model, tmp_path):
     result = upload("--model", model, "--repo", "org/my-model", hub=hub, tmp_path=tmp_path)
     assert result.returncode == 1
-    assert "no Hugging Face token" in result.stderr and "huggingface-cli login" in result.stderr
+    assert "no Hugging Face token" in result.stderr and "hf auth login" in result.stderr
     assert hub.requests == []
 
 
@@ -118,3 +118,16 @@ def test_cached_login_is_used_when_hf_token_is_unset(hub, model, tmp_path):
 def test_not_a_model_directory(hub, tmp_path):
     result = upload("--model", tmp_path, "--repo", "org/m", "--dry-run", hub=hub, tmp_path=tmp_path)
     assert result.returncode == 1 and "llm-bridge merge" in result.stderr
+
+
+def test_eval_takes_the_report_folder_or_a_file_in_it_and_refuses_anything_else(hub, model, tmp_path):
+    report = tmp_path / "eval" / "my-model"
+    report.mkdir(parents=True)
+    (report / "summary.json").write_text("{}")
+    (report / "summary.md").write_text("# my-model\n\n| benchmark | score |\n|---|---|\n| HLE | 4.2 |\n")
+    token = fake_token("hf_")
+    for given in (report, report / "summary.md"):
+        result = upload("--model", model, "--repo", "org/m", "--eval", given, "--dry-run", hub=hub, tmp_path=tmp_path, token=token)
+        assert result.returncode == 0 and "| HLE | 4.2 |" in result.stdout, result.stderr
+    result = upload("--model", model, "--repo", "org/m", "--eval", tmp_path / "eval", "--dry-run", hub=hub, tmp_path=tmp_path, token=token)
+    assert result.returncode == 1 and "no summary.json and summary.md there" in result.stderr and hub.requests == []

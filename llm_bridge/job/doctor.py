@@ -4,6 +4,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,11 +107,20 @@ def check_logins() -> list[Row]:
     except Exception:
         token = os.environ.get("HF_TOKEN")
     rows.append(Row("huggingface login", "PASS" if token else "WARN",
-                    "token found (not shown)" if token else "not logged in: huggingface-cli login"))
+                    "token found (not shown)" if token else "not logged in: hf auth login"))
     wandb = wandb_logged_in()
     rows.append(Row("wandb login", "PASS" if wandb else "WARN",
                     "API key found (not shown)" if wandb else "not logged in: wandb login (or wandb.mode: offline)"))
     return rows
+
+
+def check_command_name() -> Row:
+    """The recipe's command is llm-bridge; every Linux has iproute2's `bridge`, which answers a forgotten
+    `conda activate` with 'Object "check" is unknown'. Say which one a bare `bridge` runs."""
+    found = shutil.which("bridge")
+    if found is None:
+        return Row("command name", "PASS", "llm-bridge (no other `bridge` on PATH)")
+    return Row("command name", "WARN", f"`bridge` here is {found}, not this recipe: type llm-bridge")
 
 
 def run() -> list[Row]:
@@ -128,6 +138,7 @@ def run() -> list[Row]:
         check_package("ray", "ray", "2.", "FAIL", "pip install 'ray[default]'"),
         check_allocator(),
         *check_logins(),
+        check_command_name(),
     ]
 
 

@@ -148,8 +148,6 @@ class Environment(Section):
 
 
 class Paths(Section):
-    data: ShellPath
-    models: ShellPath
     checkpoints: ShellPath
     logs: LogsPath
     hf_home: ShellPath

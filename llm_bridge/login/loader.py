@@ -1,7 +1,9 @@
 """Read team.yaml and turn every problem in it into a `Problem` — all of them at once."""
 
+import copy
 import difflib
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,15 @@ from pydantic import BaseModel, ValidationError
 
 from llm_bridge import secrets
 from llm_bridge.login.config import TeamConfig
-from llm_bridge.problems import Problem
+from llm_bridge.problems import Problem, errors
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "templates" / "team.example.yaml"
+
+# Keys that were settings once and changed nothing: a warning, then ignored, so that an older team.yaml still loads.
+REMOVED = {
+    ("paths", "data"): "no script read it; data paths are sft.train_files, sft.val_files, rl.train_files, rl.val_files",
+    ("paths", "models"): "no script read it; models go where `llm-bridge merge --out` puts them",
+}
 
 _PLACEHOLDERS = [
     (re.compile(r"YOU_TEAM|YOUR_[A-Z_]+|CHANGE_?ME"), "a placeholder from the seed recipe"),
@@ -113,6 +123,16 @@ def _scan_placeholders(data: Any) -> list[Problem]:
     return problems
 
 
+def _removed_keys(data: dict) -> list[Problem]:
+    problems = []
+    for (section, key), why in REMOVED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            del data[section][key]
+            problems.append(Problem(f"{section}.{key}", f"is no longer a setting and is ignored: {why}",
+                                    "delete this line", "warning"))
+    return problems
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] | None = TeamConfig
     for part in loc:
@@ -152,33 +172,96 @@ def _from_validation_error(exc: ValidationError, skip: set[str]) -> list[Problem
     return problems
 
 
+@dataclass
+class Loaded:
+    """What `load_for_rules` found. `config` is the team's config, None while any problem is an error. `stand_in` is
+    the same config with each value the schema refused set aside (unknown keys dropped, a bad or missing value replaced
+    by the example's), so that the cross-field rules can still run; `set_aside` names those fields."""
+
+    config: TeamConfig | None
+    problems: list[Problem]
+    stand_in: TeamConfig | None = None
+    set_aside: set[str] = field(default_factory=set)
+
+
 def load(path: Path) -> tuple[TeamConfig | None, list[Problem]]:
     """Parse and validate a team config. Returns the config (None if invalid) and every problem found, with any
     token shape in them hidden: a key, an alias, a tag or a bad value may be one."""
-    config, problems = _load(path)
-    return config, [Problem(secrets.hide(p.field), secrets.hide(p.message), secrets.hide(p.fix), p.severity)
-                    for p in problems]
+    loaded = load_for_rules(path)
+    return loaded.config, loaded.problems
 
 
-def _load(path: Path) -> tuple[TeamConfig | None, list[Problem]]:
+def load_for_rules(path: Path) -> Loaded:
+    loaded = _load(path)
+    loaded.problems = [Problem(secrets.hide(p.field), secrets.hide(p.message), secrets.hide(p.fix), p.severity)
+                       for p in loaded.problems]
+    return loaded
+
+
+def example_values() -> dict:
+    """The shipped example's values: stand-ins for refused values, and the values that are another team's."""
+    return yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+
+
+def _at(tree: Any, loc: tuple) -> tuple[bool, Any]:
+    for part in loc:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        else:
+            return False, None
+    return True, tree
+
+
+def _stand_in(data: dict) -> tuple[TeamConfig | None, set[str]]:
+    """Set aside what the schema refuses, a few rounds at most (fixing one error can uncover the next)."""
+    data, example, set_aside = copy.deepcopy(data), example_values(), set()
+    for _ in range(5):
+        try:
+            return TeamConfig.model_validate(data), set_aside
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = tuple(str(p) for p in err["loc"])
+                if not loc:
+                    return None, set_aside
+                if err["type"] != "extra_forbidden":
+                    set_aside.add(dotted(loc))
+                found, parent = _at(data, loc[:-1])
+                if not found or not isinstance(parent, (dict, list)):
+                    continue
+                known, value = _at(example, loc)
+                if isinstance(parent, dict):
+                    if known and err["type"] != "extra_forbidden":
+                        parent[loc[-1]] = copy.deepcopy(value)
+                    else:
+                        parent.pop(loc[-1], None)
+                elif known:
+                    parent[int(loc[-1])] = copy.deepcopy(value)
+    return None, set_aside
+
+
+def _load(path: Path) -> Loaded:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return None, [Problem(str(path), f"cannot read: {exc.strerror}", "pass --team PATH to an existing team.yaml")]
+        return Loaded(None, [Problem(str(path), f"cannot read: {exc.strerror}", "pass --team PATH to an existing team.yaml")])
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        return None, [Problem(f"line {line}", f"{path} is not UTF-8 text (byte {exc.start})",
-                              "save it as UTF-8 (any editor's 'UTF-8' encoding), or start again from templates/team.example.yaml")]
+        return Loaded(None, [Problem(f"line {line}", f"{path} is not UTF-8 text (byte {exc.start})",
+                                     "save it as UTF-8 (any editor's 'UTF-8' encoding), or start again from templates/team.example.yaml")])
     data, problems = _parse(text)
     if data is None and problems:
-        return None, problems
+        return Loaded(None, problems)
     if not isinstance(data, dict):
-        return None, [Problem("(top level)", "must be a mapping of sections", "start from templates/team.example.yaml")]
+        return Loaded(None, [Problem("(top level)", "must be a mapping of sections", "start from templates/team.example.yaml")])
 
     problems += _scan_secrets(text, data) + _scan_placeholders(data)
+    problems += _removed_keys(data)
     try:
         config = TeamConfig.model_validate(data)
     except ValidationError as exc:
         problems += _from_validation_error(exc, skip={p.field for p in problems})
-        return None, problems
-    return (None if problems else config), problems
+        stand_in, set_aside = _stand_in(data)
+        return Loaded(None, problems, stand_in, set_aside)
+    return Loaded(None if errors(problems) else config, problems, config)

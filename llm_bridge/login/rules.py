@@ -313,7 +313,8 @@ def _expand(path: str) -> Path:
 
 
 def check_local_paths(config: TeamConfig) -> list[Problem]:
-    """Warn about paths missing on this machine. Off the cluster (no conda.sh), say so once instead."""
+    """Paths missing on this machine: the logs folder is an error, the rest warnings (data and models come later).
+    Off the cluster (no conda.sh), say so once instead."""
     env = config.environment
     if not _expand(env.activate_script).exists():
         field = "environment.conda_sh" if env.venv is None else "environment.venv"
@@ -338,8 +339,12 @@ def check_local_paths(config: TeamConfig) -> list[Problem]:
     problems = []
     for field, path in candidates.items():
         if path is not None and not _expand(path).exists():
-            fix = f"mkdir -p {path}" if field == "paths.logs" else "create it first (data prep, SFT merge) or fix the path"
-            problems.append(Problem(field, f"{path} does not exist yet", fix, "warning"))
+            if field == "paths.logs":  # SLURM opens --output before the script runs: no folder, no log, no job
+                problems.append(Problem(field, f"{path} does not exist: SLURM cannot open the job logs there and "
+                                        "the job fails before it prints anything", f"mkdir -p {path}"))
+            else:
+                problems.append(Problem(field, f"{path} does not exist yet",
+                                        "create it first (data prep, SFT merge) or fix the path", "warning"))
     return problems
 
 
@@ -382,7 +387,7 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
             if not model.startswith(("/", "${HOME}")):
                 problems.append(Problem(
                     field, f"huggingface.offline is true and {model} is a Hub id: it must already be in paths.hf_home",
-                    f"download it on the login node first: HF_HOME={config.paths.hf_home} huggingface-cli download {model}",
+                    f"download it on the login node first: HF_HOME={config.paths.hf_home} hf download {model}",
                     "warning",
                 ))
     return problems

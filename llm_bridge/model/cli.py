@@ -4,10 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from llm_bridge.login.loader import load
 from llm_bridge.evaluate.sampling import length_arg
 from llm_bridge.problems import errors, report
-from llm_bridge.login.rules import check
+from llm_bridge.login.validate import validate
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -22,9 +21,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     team = None
     if args.team:
-        team, problems = load(args.team)
-        if team is not None:
-            problems += check(team, local_paths=False)
+        team, problems = validate(args.team, local_paths=False)
         if errors(problems):
             print(report(str(args.team), problems))
             return 1
@@ -34,7 +31,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
             print("ERROR: --repo needs ORG/NAME. Fix: pass the full repo id, or --team to use huggingface.org.", file=sys.stderr)
             return 1
         repo = f"{team.huggingface.org}/{repo}"
-    card = model_card(args.model, repo, team, args.stage, args.eval)
+    report = args.eval.expanduser() if args.eval else None
+    if report is not None and report.is_file():  # summary.md or summary.json: the folder they are in
+        report = report.parent
+    if report is not None and not ((report / "summary.json").is_file() and (report / "summary.md").is_file()):
+        print(f"ERROR: --eval {args.eval}: no summary.json and summary.md there, so the card would have no scores.\n"
+              "       Fix: pass the folder `llm-bridge eval report --out` wrote (evaluation.results/<model>), "
+              "or leave --eval out.", file=sys.stderr)
+        return 1
+    card = model_card(args.model, repo, team, args.stage, report)
     return upload(args.model, repo, args.public, args.dry_run, card)
 
 
@@ -86,7 +91,7 @@ def add_parsers(sub) -> None:
         allow_abbrev=False,
         help="merged model -> Hugging Face Hub: private by default, model card, resumable, --dry-run",
         description="Upload a model directory with huggingface_hub's upload_large_folder (resumable: rerun after an "
-        "interruption). The token comes from HF_TOKEN or `huggingface-cli login`, never from an argument. A model "
+        "interruption). The token comes from HF_TOKEN or `hf auth login`, never from an argument. A model "
         "card (README.md) is generated from team.yaml and the eval report unless the folder has its own.",
     )
     upload_parser.add_argument("--model", type=Path, required=True, help="the merged model directory")

@@ -1,6 +1,6 @@
 """`llm-bridge upload`: a merged model -> the Hugging Face Hub, private unless asked, with a model card.
 
-The token comes from HF_TOKEN or the cached `huggingface-cli login`, and only ever travels inside
+The token comes from HF_TOKEN or the cached `hf auth login`, and only ever travels inside
 this process to huggingface_hub; it is never an argument, never printed. upload_large_folder is
 resumable: rerun the same command after an interruption and only what is missing goes up.
 """
@@ -22,7 +22,7 @@ def token_source() -> tuple[str | None, str]:
     token = get_token()
     if not token:
         return None, "none"
-    return token, "HF_TOKEN" if os.environ.get("HF_TOKEN") == token else "cached login (huggingface-cli login)"
+    return token, "HF_TOKEN" if os.environ.get("HF_TOKEN") == token else "cached login (hf auth login)"
 
 
 def model_card(model_dir: Path, repo: str, team=None, stage: str | None = None, report: Path | None = None) -> str:
@@ -84,7 +84,7 @@ def upload(model_dir: Path, repo: str, public: bool, dry_run: bool, card: str) -
         return 0
     if not token:
         print("ERROR: no Hugging Face token: HF_TOKEN is unset and there is no cached login.\n"
-              "       Fix: huggingface-cli login   (or export HF_TOKEN in your shell; never pass it as an argument)",
+              "       Fix: hf auth login   (or export HF_TOKEN in your shell; never pass it as an argument)",
               file=sys.stderr)
         return 1
     if write_card:
@@ -101,7 +101,7 @@ def upload(model_dir: Path, repo: str, public: bool, dry_run: bool, card: str) -
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
         print(f"ERROR: the Hub refused the upload (HTTP {status}).\n"
-              f"       Fix: check that the token may write to {repo.split('/')[0]} (huggingface-cli whoami), "
+              f"       Fix: check that the token may write to {repo.split('/')[0]} (hf auth whoami), "
               "then rerun: the upload resumes.", file=sys.stderr)
         return 1
     print(f"Uploaded: https://huggingface.co/{repo}")

@@ -66,10 +66,9 @@ def team_config(work: Path, nodes: int = 1, rl_model: Path | None = None) -> dic
     cpus = 16 if nodes > 1 else os.cpu_count() or 2
     team["slurm"].update(nodes=nodes, gpus_per_node=2, cpus_per_task=cpus, time_limit="00:30:00")
     team["slurm"].pop("nodelist")
-    if nodes > 1:
-        team["slurm"]["partition"] = "lab"
+    team["slurm"]["partition"] = "lab" if nodes > 1 else "local"
     team["environment"] = {"venv": sys.prefix}
-    team["paths"] = {name: str(work / name) for name in ("data", "models", "checkpoints", "logs", "hf_home")}
+    team["paths"] = {name: str(work / name) for name in ("checkpoints", "logs", "hf_home")}
     team["network"] = {"socket_ifname": "eth0", "rendezvous_timeout_s": 120} if nodes > 1 else {}
     team["wandb"] = {"project": "llm-bridge-cpu", "mode": "disabled"}
     team["huggingface"] = {"org": "local", "offline": True}

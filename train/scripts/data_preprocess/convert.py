@@ -14,7 +14,7 @@ train and test is deterministic (--test-fraction, --seed); bad rows are reported
 import argparse
 from pathlib import Path
 
-from llm_bridge.data import BadRow, convert, load_split, normalise_messages, write_splits
+from llm_bridge.data import BadRow, convert, load_split, normalise_messages, run_script, write_splits
 
 
 def _text(row: dict, field: str) -> str:
@@ -85,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -13,7 +13,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from llm_bridge.data import load_split, read_local, write_csv
+from llm_bridge.data import load_split, read_local, run_script, write_csv
 
 QUESTION_COLUMNS = ["id", "risk_area", "types_of_harm", "specific_harms", "question"]
 
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

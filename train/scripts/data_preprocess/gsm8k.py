@@ -12,7 +12,7 @@ import argparse
 import re
 from pathlib import Path
 
-from llm_bridge.data import BadRow, convert, load_split, write_parquet, write_rejected
+from llm_bridge.data import BadRow, convert, load_split, run_script, write_parquet, write_rejected
 
 DATA_SOURCE = "openai/gsm8k"
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
@@ -68,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

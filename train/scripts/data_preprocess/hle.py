@@ -1,6 +1,6 @@
 """Humanity's Last Exam, text-only questions -> verl RL parquet, scored by llm_bridge/rewards/hle.py.
 
-    huggingface-cli login                                              # cais/hle is gated: accept its terms first
+    hf auth login                                              # cais/hle is gated: accept its terms first
     python train/scripts/data_preprocess/hle.py                        # from the Hub
     python train/scripts/data_preprocess/hle.py --local-path ~/datasets/hle   # offline: test.parquet / test.jsonl
 
@@ -12,7 +12,7 @@ The 2025 competition forbade training on HLE: use this for validation and evalua
 import argparse
 from pathlib import Path
 
-from llm_bridge.data import BadRow, convert, load_split, write_parquet, write_rejected
+from llm_bridge.data import BadRow, convert, load_split, run_script, write_parquet, write_rejected
 from llm_bridge.rewards.hle import DATA_SOURCE, SYSTEM_PROMPT
 
 
@@ -52,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

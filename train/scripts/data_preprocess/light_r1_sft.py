@@ -11,7 +11,7 @@ and left out. The responses are long (thousands of tokens): raise sft.max_length
 import argparse
 from pathlib import Path
 
-from llm_bridge.data import BadRow, convert, load_split, normalise_messages, write_splits
+from llm_bridge.data import BadRow, convert, load_split, normalise_messages, run_script, write_splits
 
 
 def to_sft_row(index: int, row: dict) -> dict:
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

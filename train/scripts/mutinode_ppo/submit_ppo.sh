@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 2ec43c92fadd).
+# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 34a84d00e760).
 # Do not edit: change the team config or templates/, then run `llm-bridge render` again.
 #
 # Interactive mode, driver side: runs verl.trainer.main_ppo (llm_bridge.job.verl_ppo) on the head node of a running Ray cluster job
@@ -32,6 +32,9 @@ export NCCL_DEBUG=WARN
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 
 export HF_HOME="/home/Competition2025/P01/shareP01/hf_cache"
+# The Hub token stays each member's own: `hf auth login` writes ~/.cache/huggingface/token, which HF_HOME above
+# would otherwise hide (huggingface_hub looks for $HF_HOME/token). Never copy a token into the shared cache.
+export HF_TOKEN_PATH="${HF_TOKEN_PATH:-${HOME}/.cache/huggingface/token}"
 export HF_HUB_OFFLINE=0
 
 export WANDB_ENTITY=p01-team
