@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark environment for an offline GPU host, built on a networked CPU machine (docs/benchmarks.md, H5).
+# The benchmark environment for an offline GPU host, built on a networked CPU machine (docs/benchmarks.md, "実行環境").
 #
 # For: GPU machines with no network whose image already has Python 3.12, torch 2.11.0+cu130, numpy, pandas,
 # pyarrow, numba and the NVIDIA libraries (the H100/H200 machines of docs/benchmarks.md). Everything else
@@ -18,7 +18,7 @@
 # (the second entry is what nvidia-cutlass-dsl's .pth file adds; pip --target leaves .pth files unread).
 # base.tar.xz alone is enough for SFT; GRPO needs vllm.tar.xz too.
 # A run that must outlive the remote call that starts it needs its own session (setsid nohup CMD &):
-# these hosts end a call's leftover processes when it returns (docs/benchmarks.md, H6).
+# these hosts end a call's leftover processes when it returns.
 set -euo pipefail
 
 OUT=${1:?"usage: bash benchmarks/offline_env.sh OUT (a new folder for the packed environment)"}
@@ -56,15 +56,15 @@ EOF
   py312/bin/pip wheel -q --no-deps -w stand-ins antlr4-python3-runtime==4.9.3
   py312/bin/pip install -q --dry-run --ignore-installed --report report.json --target "$OUT/unused" "${PLATFORM[@]}" \
     --find-links stand-ins "${PINS[@]}" "${IMAGE_HAS[@]/%/+image}"
-  py312/bin/python - "$ON_IMAGE" <<'EOF' > urls.txt
+  # the resolved set as exact pins, fetched by pip itself: whatever index pip is configured with, no URL here
+  py312/bin/python - "$ON_IMAGE" <<'EOF' > pins.txt
 import json, re, sys
 for item in json.load(open("report.json"))["install"]:
     name = item["metadata"]["name"].lower().replace("_", "-")
-    if not re.match(sys.argv[1], name):
-        print(item["download_info"]["url"])
+    if not re.match(sys.argv[1], name) and not item["download_info"]["url"].startswith("file:"):
+        print(f"{name}=={item['metadata']['version']}")
 EOF
-  (cd wheels && grep -v '^file:' ../urls.txt | xargs -n1 -P8 curl -fsSLO)
-  for u in $(grep '^file:' urls.txt || true); do cp "${u#file://}" wheels/; done
+  py312/bin/pip download -q --no-deps -d wheels "${PLATFORM[@]}" -r pins.txt
   cp stand-ins/antlr4*.whl wheels/
 
   echo "== install into site/ and leave out what a dense model on Hopper never loads"
@@ -84,8 +84,9 @@ build_flash_attn() {
   # torch with its CUDA wheels (~4 GB): their headers (cuBLAS, cuSPARSE, cuSOLVER) are ones a bare nvcc lacks
   build-venv/bin/pip install -q "torch==$TORCH" packaging ninja psutil einops wheel "setuptools<82"
   CUDA_INCLUDE=$(ls -d "$OUT"/build-venv/lib/python3.12/site-packages/nvidia/cu13/include)
-  # the sdist straight from the index: pip download would build its metadata, which imports torch
-  curl -fsSLO "$(curl -fsSL https://pypi.org/simple/flash-attn/ | grep -o "https://[^\"#]*flash_attn-$FLASH_ATTN\.tar\.gz" | head -1)"
+  # the sdist through pip; preparing its metadata imports torch (hence build-venv, no isolation) and builds nothing
+  FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE build-venv/bin/pip download -q --no-deps --no-binary flash-attn \
+    --no-build-isolation -d . "flash-attn==$FLASH_ATTN"
   rm -rf "flash_attn-$FLASH_ATTN" && tar xzf "flash_attn-$FLASH_ATTN.tar.gz"
   (cd "flash_attn-$FLASH_ATTN" && ../build-venv/bin/python "$HERE/trim_flash_attn.py" \
     && PATH="$OUT/build-venv/bin:/usr/local/cuda/bin:$PATH" CUDA_HOME=/usr/local/cuda CPATH="$CUDA_INCLUDE" \

@@ -1,4 +1,4 @@
-"""Where vLLM's GPU worker puts memory outside its own pool (docs/benchmarks.md, H12).
+"""Where vLLM's GPU worker puts memory outside its own pool (docs/benchmarks.md, "GRPO のスクリプトにも expandable segments").
 
 vLLM sizes its pool (weights + KV cache) with `gpu_memory_utilization`, but during generation its
 worker also takes memory through PyTorch's caching allocator, and nvidia-smi shows only the sum. This
