@@ -1,6 +1,7 @@
 """The scripts committed under train/scripts/ are exactly the render of templates/team.example.yaml."""
 
 import os
+import subprocess
 import shutil
 from pathlib import Path
 
@@ -49,3 +50,16 @@ def test_drift_is_detected_when_a_template_is_removed(tmp_path):
     shutil.copytree(TEMPLATES_DIR, templates)
     (templates / "ppo" / "run_ppo.sbatch.j2").unlink()
     assert drifted(templates) == ["ppo/run_ppo.sbatch"]
+
+
+def test_train_scripts_holds_renders_and_data_prep_only():
+    """The layout shows where code runs: rendered scripts, and hand-written data prep in data_preprocess/.
+    Benchmark harness code lives in benchmarks/, the package in llm_bridge/."""
+    config, _ = load(EXAMPLE)
+    rendered = set(render_all(config, EXAMPLE, "train/scripts"))
+    tracked = subprocess.run(["git", "ls-files", "train/scripts"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked, "train/scripts is tracked"
+    other = [name for name in tracked if Path(name).relative_to("train/scripts") not in rendered
+             and not name.startswith("train/scripts/data_preprocess/")]
+    assert other == [], f"not a render and not data prep: {other}"

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import EXAMPLE, REPO
+from conftest import EXAMPLE, REPO, as_our_team
 
-READMES = ["README.md", "README_install_conda.md", "README_single_node_SFT_PPO.md", "README_multi_node_SFT_PPO.md"]
+READMES = ["README.md", "README_install_conda.md", "README_single_node_SFT_PPO.md", "README_multi_node_SFT_PPO.md",
+           "docs/development.md"]
+# Every bash block says on its first line where it runs: the login node, a compute node, or any machine.
+WHERE = re.compile(r"# \[(ログインノード|計算ノード|どのマシンでも)\]")
 QUICK_START_MAIN = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
     "pip install -c tests/constraints.txt -e '.[cpu]' && python tests/cpu/pipeline.py"
@@ -22,10 +25,12 @@ QUICK_START_MAIN = (
 TEST_COMMAND = "bash tests/setup_machine.sh && python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c tests/constraints.txt -e '.[test]' && python -m pytest"
 
 
+def blocks(readme: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (REPO / readme).read_text(), flags=re.S)
+
+
 def commands(readme: str) -> list[str]:
-    text = (REPO / readme).read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    lines = "\n".join(blocks(readme)).replace("\\\n", " ").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
@@ -41,8 +46,8 @@ def tracked_copy(dest: Path) -> Path:
 
 def test_quick_start_commands_are_the_documented_ones():
     readme = commands("README.md")
-    assert readme[0] == QUICK_START_MAIN
-    assert readme[1] == TEST_COMMAND
+    assert QUICK_START_MAIN in readme
+    assert TEST_COMMAND in readme
     assert TEST_COMMAND in (REPO / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
 
 
@@ -69,8 +74,9 @@ def test_quick_start_main_job_runs_the_cpu_pipeline(tmp_path):
 @pytest.mark.parametrize("readme", READMES)
 def test_readme_commands(readme, tmp_path):
     checkout = tracked_copy(tmp_path / "checkout")
-    shutil.copy(EXAMPLE, checkout / "team.yaml")
+    (checkout / "team.yaml").write_text(as_our_team(EXAMPLE.read_text()))  # each README starts from a written team.yaml
     example = yaml.safe_load(EXAMPLE.read_text())
+    cloned = None
     ran = 0
     for line in commands(readme):
         if line in (QUICK_START_MAIN, TEST_COMMAND):
@@ -110,6 +116,27 @@ def test_readme_commands(readme, tmp_path):
             assert argv[1:] == ["activate", example["environment"]["conda_env"]], line
         elif argv[0] == "cp":
             subprocess.run(argv, cwd=checkout, check=True)
+            if argv[-1] == "team.yaml":  # the README's next step: the member writes their team's values
+                team = checkout / "team.yaml"
+                team.write_text(as_our_team(team.read_text()))
+        elif argv[:2] == ["git", "clone"]:
+            assert re.fullmatch(r"<[^<>]+>", argv[2]) and argv[3].startswith("~/"), line
+            subprocess.run(["git", "clone", "-q", str(REPO), str(tmp_path / "clone")], check=True)
+            assert (tmp_path / "clone" / "pyproject.toml").is_file()
+            cloned = argv[3]
+        elif argv[0] == "cd":
+            assert cloned is not None and argv[1] == cloned, f"{readme}: `{line}` is not the folder cloned above"
+        elif argv[0] == "source":
+            assert argv[1:] == [example["environment"]["conda_sh"]], line
+        elif argv in (["hf", "auth", "login"], ["wandb", "login"]):
+            # interactive; the command exists in the training env and jobs read what it saves (tests/test_upload.py)
+            result = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "--help"],
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, f"{readme}: `{line}`: {result.stderr}"
+        elif re.fullmatch(r"read -rs ([A-Z_]+) && export \1", line):
+            pass  # a secret typed without echo and without shell history
+        elif argv == ["exit"]:
+            pass  # leaves the compute node shell
         elif argv[0] == "python3" and "&&" in argv:
             # environment setup lines: the same steps the quick start runs for real
             assert line.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install "), line
@@ -121,8 +148,6 @@ def test_readme_commands(readme, tmp_path):
         elif argv[0] == "export":
             # secrets are exported in the shell; the README shows only a placeholder
             assert re.fullmatch(r"export [A-Z_]+=\.\.\.", line), line
-        elif argv == ["huggingface-cli", "login"]:
-            pass  # interactive; llm-bridge upload's token handling is tested in tests/test_upload.py
         elif argv[0] == "module":
             assert argv[1] == "load" and set(argv[2:]) <= set(example["environment"]["modules"]), line
         elif argv[0] in ("squeue", "scancel"):
@@ -134,3 +159,28 @@ def test_readme_commands(readme, tmp_path):
             pytest.fail(f"{readme}: no check for `{line}`; add one to tests/test_readmes.py")
         ran += 1
     assert ran > 0
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_every_block_says_where_it_runs(readme):
+    for block in blocks(readme):
+        assert WHERE.match(block), f"{readme}: a bash block without its place on line 1:\n{block[:200]}"
+
+
+# iproute2 ships /usr/sbin/bridge on every Linux: a line that runs `bridge` runs that, not this recipe.
+OLD_NAME = re.compile(r"(?:^|[\s;&|(`$'\"])bridge(?=\s+(?:check|render|doctor|ray|merge|upload|generate|eval|help)\b)")
+
+
+def test_no_command_runs_the_old_name():
+    files = [REPO / r for r in READMES] + [REPO / "docs" / "benchmarks.md"]
+    files += [p for p in (REPO / "templates").rglob("*") if p.is_file()]
+    files += [p for p in (REPO / "train" / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files += [p for p in (REPO / "llm_bridge").rglob("*.py")] + [p for p in (REPO / "benchmarks").rglob("*") if p.is_file()]
+    found = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in files
+             for n, line in enumerate(p.read_text(errors="ignore").splitlines(), start=1) if OLD_NAME.search(line)]
+    assert found == [], "\n".join(found)
+    assert OLD_NAME.search("bridge check --team team.yaml") and OLD_NAME.search("  `bridge render`")
+    assert not OLD_NAME.search("llm-bridge check --team team.yaml") and not OLD_NAME.search("ip link add br0 type bridge")
+    from importlib.metadata import entry_points
+
+    assert [e.name for e in entry_points(group="console_scripts") if e.value == "llm_bridge.cli:main"] == ["llm-bridge"]
