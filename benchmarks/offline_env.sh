@@ -61,11 +61,10 @@ EOF
 import json, re, sys
 for item in json.load(open("report.json"))["install"]:
     name = item["metadata"]["name"].lower().replace("_", "-")
-    if not re.match(sys.argv[1], name) and not item["download_info"]["url"].startswith("file:"):
+    if not re.match(sys.argv[1], name):
         print(f"{name}=={item['metadata']['version']}")
 EOF
-  py312/bin/pip download -q --no-deps -d wheels "${PLATFORM[@]}" -r pins.txt
-  cp stand-ins/antlr4*.whl wheels/
+  py312/bin/pip download -q --no-deps -d wheels "${PLATFORM[@]}" --find-links stand-ins -r pins.txt
 
   echo "== install into site/ and leave out what a dense model on Hopper never loads"
   rm -rf site && py312/bin/pip install -q --no-deps --no-compile --target site "${PLATFORM[@]}" wheels/*.whl

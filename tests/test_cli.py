@@ -144,3 +144,14 @@ def test_settings_that_changed_nothing_are_named_and_ignored(example, write_team
     assert result.returncode == 0, result.stdout
     assert "WARN  paths.data: is no longer a setting" in result.stdout
     assert "WARN  paths.models: is no longer a setting" in result.stdout
+
+
+def test_check_and_render_need_only_the_login_venvs_packages(tmp_path):
+    """The login node's .venv has jinja2, pydantic and pyyaml only: check and render must not import the rest."""
+    heavy = ["torch", "verl", "pyarrow", "datasets", "huggingface_hub", "openai", "transformers", "vllm", "ray", "numpy"]
+    code = (f"import sys; sys.modules.update(dict.fromkeys({heavy!r})); from llm_bridge.cli import main; "
+            f"assert main(['check', '--team', {str(EXAMPLE)!r}]) == 0; "
+            f"sys.exit(main(['render', '--team', {str(EXAMPLE)!r}, '--out', {str(tmp_path / 'r')!r}]))")
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "r" / "sft" / "run_sft.sbatch").is_file()
