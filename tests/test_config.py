@@ -192,3 +192,30 @@ def test_a_trailing_line_break_does_not_pass(example, write_team, field, value):
     _, problems = load(write_team(example))
     [problem] = [p for p in problems if p.field == field]
     assert problem.fix, "every refusal says how to fix it"
+
+
+@pytest.mark.parametrize("lora, field, fix", [
+    ({"rank": 1000, "alpha": 64}, "sft.lora.rank", "use 8 to 256"),
+    ({"rank": 0, "alpha": 64}, "sft.lora.rank", "use 8 to 256"),
+    ({"rank": 32, "alpha": 0}, "sft.lora.alpha", "twice the rank"),
+    ({"rank": 32, "alpha": 64, "target_modules": ["q_proj", "a b"]}, "sft.lora.target_modules", "all-linear"),
+    ({"rank": 32, "alpha": 64, "target_modules": []}, "sft.lora.target_modules", "all-linear"),
+    ({"rank": 32, "alpha": 64, "exclude_modules": "lm_head;x"}, "sft.lora.exclude_modules", "module names"),
+    ({"rank": 32, "alpha": 64, "base_dtype": "fp16"}, "sft.lora.base_dtype", "'bf16' or 'fp32'"),
+    ({"rank": 32, "alpha": 64, "dropout": 0.1}, "sft.lora.dropout", "base_dtype"),
+    ({"alpha": 64}, "sft.lora.rank", "add it"),
+])
+def test_every_lora_misuse_names_its_field_and_fix(example, write_team, lora, field, fix):
+    example["sft"]["lora"] = lora
+    example["slurm"]["nodes"] = 2  # a cross-field error elsewhere still shows in the same run
+    result = bridge("check", "--team", str(write_team(example)))
+    assert result.returncode == 1
+    assert f"ERROR {field}: " in result.stdout and fix in result.stdout, result.stdout
+    assert "ERROR slurm.nodelist: names 3 node(s)" in result.stdout
+
+
+def test_a_lora_section_is_optional_and_complete(example, write_team):
+    example["sft"]["lora"] = {"rank": 32, "alpha": 64}
+    config, problems = load(write_team(example))
+    assert problems == [] and config.sft.lora.target_modules == "all-linear" and config.sft.lora.base_dtype == "bf16"
+    assert config.rl.lora is None  # absent: full fine-tuning

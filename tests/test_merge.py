@@ -27,11 +27,13 @@ def lora_run(tmp_path_factory) -> Path:
     pipeline.prepare(work, stage)
     team = pipeline.team_config(work)
     team["sft"]["experiment_name"] = "sft-lora"
+    # LoRA from team.yaml, as a team writes it (fp32 base: the CPU run keeps its dtype)
+    team["sft"]["lora"] = {"rank": 4, "alpha": 8, "base_dtype": "fp32"}
     (work / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
     stage.run("render", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / "team.yaml"),
                          "--out", str(work / "rendered")])
     stage.run("sft_lora", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
-                           "model.lora_rank=4", "model.lora_alpha=8", "optim.lr=1e-2", "trainer.total_training_steps=2"],
+                           "optim.lr=1e-2", "trainer.total_training_steps=2"],
               pipeline.CPU_ENV)
     return work
 

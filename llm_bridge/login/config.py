@@ -8,7 +8,7 @@ name every field involved and the fix.
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from llm_bridge.login.shell import PATH_CHARS
 
@@ -77,6 +77,28 @@ def _url(value: str) -> str:
     return value
 
 
+def _lora_rank(value: int) -> int:
+    if not 1 <= value <= 512:
+        raise ValueError(f"{value} is not a LoRA rank the GRPO rollout can load: vLLM takes 1 to 512 (verl rounds "
+                         "it up to 8, 16, 32, 64, 128, 256, 320 or 512). Fix: use 8 to 256; 32 and 64 are common")
+    return value
+
+
+def _lora_alpha(value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"{value} is not a LoRA alpha (the adapter's scale is alpha / rank). "
+                         "Fix: write a positive number, commonly twice the rank (64 for rank 32)")
+    return value
+
+
+def _target_modules(value):
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and _WORD.fullmatch(i) for i in items):
+        raise ValueError(f"{value!r} is not what PEFT can target. Fix: write all-linear, or a list of module names "
+                         "such as [q_proj, k_proj, v_proj, o_proj]")
+    return value
+
+
 def _absolute(value: str) -> str:
     if value.startswith("${HOME}"):
         raise ValueError(
@@ -90,6 +112,7 @@ ShellPath = Annotated[str, AfterValidator(_shell_path)]
 LogsPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_absolute)]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_WORD = re.compile(r"[A-Za-z0-9_.:/+-]+")
 Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/+-]+$")]
 Port = Annotated[int, Field(ge=1024, le=32767)]  # below Linux's ephemeral range (32768-60999)
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -197,6 +220,18 @@ class HuggingFace(Section):
     offline: bool = False
 
 
+class LoRA(Section):
+    """LoRA adapters on a frozen base instead of full fine-tuning (verl's model.lora_* keys, PEFT underneath)."""
+
+    rank: Annotated[int, AfterValidator(_lora_rank)]  # the GRPO rollout's vLLM takes LoRA ranks up to 512
+    alpha: Annotated[int, AfterValidator(_lora_alpha)]
+    # PEFT names: all-linear, or module names such as q_proj
+    target_modules: Annotated[str | list[str], BeforeValidator(_target_modules)] = "all-linear"
+    exclude_modules: Annotated[list[str] | None, BeforeValidator(lambda v: v if v is None else _target_modules(v))] = None
+    # The frozen base's dtype. bf16 halves its memory; the adapters then train in bf16 too (verl casts them).
+    base_dtype: Literal["bf16", "fp32"] = "bf16"
+
+
 class Stage(Section):
     """What SFT and RL share: naming, data, schedule, checkpoints."""
 
@@ -214,6 +249,7 @@ class Stage(Section):
     gradient_checkpointing: bool = True
     attn_implementation: Literal["flash_attention_2", "sdpa", "flex_attention", "eager"] = "flash_attention_2"
     use_liger: bool = False  # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU): GPU only, needs liger-kernel
+    lora: LoRA | None = None  # absent: full fine-tuning
 
 
 class SFT(Stage):

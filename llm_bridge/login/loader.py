@@ -3,6 +3,7 @@
 import copy
 import difflib
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part)) if model else None
         annotation = field.annotation if field else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        options = typing.get_args(annotation) or (annotation,)  # an optional section: LoRA | None
+        model = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
     return model
 
 
@@ -165,6 +167,9 @@ def _from_validation_error(exc: ValidationError, skip: set[str]) -> list[Problem
             problems.append(Problem(field, f"{err.get('input')!r} has characters this field does not take",
                                     f"write it with only what {err['ctx']['pattern']} allows "
                                     "(no spaces, quotes, line breaks or other symbols)"))
+        elif kind == "literal_error":
+            problems.append(Problem(field, f"{err.get('input')!r} is not one of the choices",
+                                    f"write one of {err['ctx']['expected']}"))
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
@@ -234,6 +239,11 @@ def _stand_in(data: dict) -> tuple[TeamConfig | None, set[str]]:
                 if isinstance(parent, dict):
                     if known and err["type"] != "extra_forbidden":
                         parent[loc[-1]] = copy.deepcopy(value)
+                    elif err["type"] == "missing" and len(loc) > 1:  # an optional section the example leaves out
+                        _, grandparent = _at(data, loc[:-2])
+                        if isinstance(grandparent, dict):
+                            grandparent.pop(loc[-2], None)
+                            set_aside.add(dotted(loc[:-1]))
                     else:
                         parent.pop(loc[-1], None)
                 elif known:
