@@ -45,6 +45,8 @@ class HFServer:
         self.model.eval()
         self.global_steps = None
         self.lock = asyncio.Lock()
+        self.base = None  # the base weights under a LoRA adapter, kept at the first fold
+        self.adapter_updates = 0
 
     def _generate(self, prompt_ids: list[int], sampling_params: dict) -> TokenOutput:
         prompt_length, response_length = self.config.prompt_length, self.config.response_length
@@ -79,14 +81,45 @@ class HFServer:
         async with self.lock:
             return await asyncio.to_thread(self._generate, list(prompt_ids), dict(sampling_params))
 
-    async def update_weights(self, state_dict: dict):
+    async def update_weights(self, state_dict: dict, peft_config: dict | None = None):
         async with self.lock:
+            if peft_config is not None and any(".lora_A." in name for name in state_dict):
+                return self._fold_adapter(state_dict, peft_config)
             result = self.model.load_state_dict(state_dict, strict=False)
+            self.base = None  # new base weights: the next adapter folds onto these
             known = set(self.model.state_dict())
             if not known.intersection(state_dict):
                 raise RuntimeError(f"{NAME}: no weight name matched the model: {sorted(state_dict)[:5]} ...")
             if result.unexpected_keys:
                 logger.warning("%s: unexpected weights ignored: %s", NAME, result.unexpected_keys[:5])
+
+    def _fold_adapter(self, adapter: dict, peft_config) -> None:
+        """What vLLM's LoRA path computes, folded into the weights: W = W_base + (alpha / r) * B @ A for every module
+        the adapter covers. W_base is kept from the first fold, so each step's adapter replaces the last one's."""
+        get = peft_config.get if isinstance(peft_config, dict) else lambda key: getattr(peft_config, key)
+        scale = float(get("lora_alpha")) / float(get("r"))
+        weights = self.model.state_dict()
+        if self.base is None:
+            self.base = {}
+        folded, size = 0, 0.0
+        for name, a in adapter.items():
+            if ".lora_A." not in name:
+                continue
+            module = name.split(".lora_A.")[0].removeprefix("base_model.model.")
+            key = f"{module}.weight"
+            if key not in weights:
+                raise RuntimeError(f"{NAME}: adapter module {module} is not in the model")
+            b = adapter[name.replace(".lora_A.", ".lora_B.")]
+            base = self.base.setdefault(key, weights[key].clone())
+            delta = scale * (b @ a)
+            weights[key].copy_(base + delta)
+            folded, size = folded + 1, size + delta.abs().sum().item()
+        if not folded:
+            raise RuntimeError(f"{NAME}: an adapter update without lora_A weights: {sorted(adapter)[:5]} ...")
+        self.adapter_updates += 1
+        # size: the summed |update| the adapter makes, a fingerprint a test can recompute from a saved adapter
+        logger.warning("%s: LoRA adapter folded into %d modules (scale %.3g, update %d, size %.6e)", NAME, folded,
+                       scale, self.adapter_updates, size)
 
     async def set_global_steps(self, global_steps):
         self.global_steps = global_steps
@@ -139,7 +172,7 @@ class ServerAdapter(BaseRollout):
         async for name, tensor in ensure_async_iterator(weights):  # every rank must drain its generator
             state_dict[name] = tensor.detach().to("cpu", torch.float32).clone()
         if self.has_server:
-            await self._server().update_weights.remote(state_dict)
+            await self._server().update_weights.remote(state_dict, kwargs.get("peft_config"))
             if global_steps is not None:
                 await self._server().set_global_steps.remote(global_steps)
 
