@@ -111,13 +111,14 @@ class HFServer:
                 raise RuntimeError(f"{NAME}: adapter module {module} is not in the model")
             b = adapter[name.replace(".lora_A.", ".lora_B.")]
             base = self.base.setdefault(key, weights[key].clone())
-            delta = scale * (b @ a)
-            weights[key].copy_(base + delta)
-            folded, size = folded + 1, size + delta.abs().sum().item()
+            weights[key].copy_(base + scale * (b @ a))
+            # the fingerprint in bf16, the dtype verl's merger saves adapters in, so a test can match it exactly
+            fingerprint = scale * (b.to(torch.bfloat16).float() @ a.to(torch.bfloat16).float())
+            folded, size = folded + 1, size + fingerprint.abs().sum().item()
         if not folded:
             raise RuntimeError(f"{NAME}: an adapter update without lora_A weights: {sorted(adapter)[:5]} ...")
         self.adapter_updates += 1
-        # size: the summed |update| the adapter makes, a fingerprint a test can recompute from a saved adapter
+        # size: the summed |alpha/r * B @ A| over the modules, which a test recomputes from a saved adapter
         logger.warning("%s: LoRA adapter folded into %d modules (scale %.3g, update %d, size %.6e)", NAME, folded,
                        scale, self.adapter_updates, size)
 
