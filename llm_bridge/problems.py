@@ -1,5 +1,6 @@
 """A problem found in a team config: which field, what is wrong, how to fix it."""
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,8 +40,6 @@ _PYPI_NAMES = {"yaml": "pyyaml"}  # import names whose PyPI name differs
 def missing_package(module: str, what: str) -> str:
     """What to say when `what` (a command or script) needs a package this Python lacks: which environment runs it.
     The login node's .venv has only what check and render need; everything else runs in the training env."""
-    import sys
-
     return (f"ERROR: {what} needs the Python package {module}, which {sys.executable} lacks.\n"
             "       Fix: run it in the training environment that README_install_conda.md builds:\n"
             "            source <environment.conda_sh> && conda activate <environment.conda_env>\n"

@@ -99,6 +99,10 @@ def _target_modules(value):
     return value
 
 
+def _excluded_modules(value):
+    return value if value is None else _target_modules(value)
+
+
 def _absolute(value: str) -> str:
     if value.startswith("${HOME}"):
         raise ValueError(
@@ -113,7 +117,7 @@ LogsPath = Annotated[str, AfterValidator(_shell_path), AfterValidator(_absolute)
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 _WORD = re.compile(r"[A-Za-z0-9_.:/+-]+")
-Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/+-]+$")]
+Word = Annotated[str, Field(pattern=f"^{_WORD.pattern}$")]
 Port = Annotated[int, Field(ge=1024, le=32767)]  # below Linux's ephemeral range (32768-60999)
 PositiveInt = Annotated[int, Field(ge=1)]
 Freq = Annotated[int, Field(ge=-1)]
@@ -227,7 +231,7 @@ class LoRA(Section):
     alpha: Annotated[int, AfterValidator(_lora_alpha)]
     # PEFT names: all-linear, or module names such as q_proj
     target_modules: Annotated[str | list[str], BeforeValidator(_target_modules)] = "all-linear"
-    exclude_modules: Annotated[list[str] | None, BeforeValidator(lambda v: v if v is None else _target_modules(v))] = None
+    exclude_modules: Annotated[list[str] | None, BeforeValidator(_excluded_modules)] = None
     # The frozen base's dtype. bf16 halves its memory; the adapters then train in bf16 too (verl casts them).
     base_dtype: Literal["bf16", "fp32"] = "bf16"
 

@@ -18,12 +18,11 @@ from llm_bridge import __version__
 from llm_bridge.login.config import TeamConfig
 from llm_bridge.data import current_umask
 from llm_bridge.job.doctor import FLASH_ATTN_PIN, SCRIPTS_ALLOCATOR, VERL_PIN
-from llm_bridge.login.loader import dotted, walk
+from llm_bridge.login.loader import EXAMPLE, dotted, walk
 from llm_bridge.login.shell import Checked, UnsafeValue, plain_name, quoted_word, script_value, script_words
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES_DIR = REPO_ROOT / "templates"
-COMMITTED_RENDERS = REPO_ROOT / "train" / "scripts"
+TEMPLATES_DIR = EXAMPLE.parent
+COMMITTED_RENDERS = TEMPLATES_DIR.parent / "train" / "scripts"
 
 
 class RenderError(RuntimeError):

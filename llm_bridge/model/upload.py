@@ -42,8 +42,7 @@ def model_card(model_dir: Path, repo: str, team=None, stage: str | None = None, 
         for key, value in settings.model_dump(exclude_none=True).items():
             lines.append(f"| `{key}` | `{value}` |")
         lines.append("")
-    summary = report / "summary.json" if report else None
-    if summary and summary.is_file():
+    if report is not None:  # a report folder, checked by cmd_upload
         lines += ["## Evaluation", "", (report / "summary.md").read_text().split("\n", 2)[-1].strip(), ""]
     lines += ["## Serve", "", "```bash", f"vllm serve {repo}", "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines)).content

@@ -45,7 +45,7 @@ class HFServer:
         self.model.eval()
         self.global_steps = None
         self.lock = asyncio.Lock()
-        self.base = None  # the base weights under a LoRA adapter, kept at the first fold
+        self.base = {}  # the base weights under a LoRA adapter, kept at the first fold
         self.adapter_updates = 0
 
     def _generate(self, prompt_ids: list[int], sampling_params: dict) -> TokenOutput:
@@ -86,7 +86,7 @@ class HFServer:
             if peft_config is not None and any(".lora_A." in name for name in state_dict):
                 return self._fold_adapter(state_dict, peft_config)
             result = self.model.load_state_dict(state_dict, strict=False)
-            self.base = None  # new base weights: the next adapter folds onto these
+            self.base.clear()  # new base weights: the next adapter folds onto these
             known = set(self.model.state_dict())
             if not known.intersection(state_dict):
                 raise RuntimeError(f"{NAME}: no weight name matched the model: {sorted(state_dict)[:5]} ...")
@@ -99,8 +99,6 @@ class HFServer:
         get = peft_config.get if isinstance(peft_config, dict) else lambda key: getattr(peft_config, key)
         scale = float(get("lora_alpha")) / float(get("r"))
         weights = self.model.state_dict()
-        if self.base is None:
-            self.base = {}
         folded, size = 0, 0.0
         for name, a in adapter.items():
             if ".lora_A." not in name:
