@@ -1,7 +1,10 @@
 """What the SFT and GRPO benchmarks share: offline models, a GSM8K tokenizer, and the recipe's own knobs.
 
-The GPU machine has no network, so models are random-weight Qwen2 models with Qwen2.5's architecture
-values and the tokenizer is a byte-level BPE trained on GSM8K. The recipe's settings are not copied here:
+The GPU machine has no network, so models are random-weight models with Qwen2.5's or Qwen3's architecture
+values and the tokenizer is a byte-level BPE trained on GSM8K. Qwen3 shapes (8B to 32B) are written
+without weights: config.json, the tokenizer and a safetensors file holding one norm vector, so that
+`from_pretrained` (verl's loader too) initializes every other weight as new (normal, std 0.02). A 32B
+model then needs no 64 GB on disk, and loads in the time its random initialization takes. The recipe's settings are not copied here:
 `recipe_knobs` renders a team.yaml with the recipe's templates and keeps the throughput knobs of the
 verl command line the scripts would run, and the environment defaults they export (PyTorch's allocator),
 so a benchmark of "the recipe" measures what teams submit.
@@ -33,6 +36,17 @@ ARCHS = {  # Qwen2.5 config.json values
     "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                intermediate_size=18944, tie_word_embeddings=False),
 }
+QWEN3 = dict(max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu", head_dim=128,
+             attention_dropout=0.0, tie_word_embeddings=False)
+QWEN3_ARCHS = {  # Qwen3 config.json values; "moe" ones are Qwen3MoeForCausalLM
+    "qwen3-8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                     intermediate_size=12288),
+    "qwen3-32b": dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8,
+                      intermediate_size=25600),
+    "qwen3-30b-a3b": dict(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+                          intermediate_size=6144, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+                          norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], moe=True),
+}
 QWEN_VOCAB = 151936
 
 # verl overrides that change speed and memory but not what is learned. Everything else on the rendered
@@ -41,6 +55,8 @@ QWEN_VOCAB = 151936
 _KNOBS = re.compile(
     r"^\+?(data\.(use_dynamic_bsz|max_token_len_per_gpu|micro_batch_size_per_gpu)"
     r"|model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
+    # A LoRA team.yaml's adapter: it changes what is learned, and it is the job being measured.
+    r"|(actor_rollout_ref\.)?model\.(lora_rank|lora_alpha|target_modules|exclude_modules)"
     r"|engine\.\w+"
     r"|actor_rollout_ref\.model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
     r"|actor_rollout_ref\.(actor|ref)\.(strategy|use_dynamic_bsz|ppo_max_token_len_per_gpu|ppo_micro_batch_size_per_gpu"
@@ -109,8 +125,9 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     sit on the GPU through the run (3.1 GiB for 0.5B on an H100) and count in the GRPO peak.
     """
     def build(partial: Path) -> None:
-        child = multiprocessing.get_context("spawn").Process(
-            target=_build_model, args=(ARCHS[arch], tokenizer_dir, partial, vocab_size))
+        target = _write_qwen3_stub if arch in QWEN3_ARCHS else _build_model
+        shape = QWEN3_ARCHS.get(arch) or ARCHS[arch]
+        child = multiprocessing.get_context("spawn").Process(target=target, args=(shape, tokenizer_dir, partial, vocab_size))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -131,6 +148,30 @@ def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | 
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def qwen3_config(shape: dict, vocab_size: int, eos: int | None = None, pad: int | None = None):
+    from transformers import Qwen3Config, Qwen3MoeConfig
+
+    shape = dict(shape)
+    moe = shape.pop("moe", False)
+    cls = Qwen3MoeConfig if moe else Qwen3Config
+    return cls(**QWEN3, **shape, vocab_size=vocab_size, torch_dtype="bfloat16", bos_token_id=None, eos_token_id=eos,
+               pad_token_id=pad, architectures=["Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM"])
+
+
+def _write_qwen3_stub(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = qwen3_config(shape, vocab_size or len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config.save_pretrained(out)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+    save_file({"model.norm.weight": torch.ones(config.hidden_size, dtype=torch.bfloat16)}, out / "model.safetensors",
+              metadata={"format": "pt"})
     tokenizer.save_pretrained(out)
 
 
@@ -155,7 +196,7 @@ def recipe_knobs(team_file: Path, script: str, array: str) -> tuple[list[str], d
 def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser:
     """The options every benchmark takes; `script` names the rendered script --recipe reads."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=sorted(ARCHS), default="0.5b")
+    p.add_argument("--arch", choices=sorted(ARCHS) + sorted(QWEN3_ARCHS), default="0.5b")
     p.add_argument("--recipe", type=Path, help=f"a team.yaml: run with the speed knobs of its rendered {script}")
     p.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
     p.add_argument("--work", type=Path, required=True)
@@ -172,9 +213,13 @@ def new_run_dir(args, prefix: str = "") -> Path:
     return run_dir
 
 
-def run_logged(argv: list[str], run_dir: Path, env: dict[str, str]) -> int:
-    """Run argv from the repo root with the repo importable; all output goes to run_dir/log.txt."""
-    env = {**os.environ, **env, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+def run_logged(argv: list[str], run_dir: Path, env: dict[str, str], arch: str = "") -> int:
+    """Run argv from the repo root with the repo importable; all output goes to run_dir/log.txt.
+    A weight-free Qwen3 model gets the fast random initialization of stub_init/sitecustomize.py."""
+    path = f"{REPO}:{os.environ.get('PYTHONPATH', '')}"
+    if arch in QWEN3_ARCHS:
+        path = f"{REPO / 'benchmarks' / 'stub_init'}:{path}"
+    env = {**os.environ, **env, "PYTHONPATH": path}
     with (run_dir / "log.txt").open("w") as log:
         return subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
 

@@ -63,7 +63,7 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
             "checkpoint.save_contents=[]", f"hydra.run.dir={run_dir / 'hydra'}", "trainer.project_name=bench",
             f"trainer.experiment_name={args.label}", *overrides]
     rc = run_logged(argv, run_dir, {**env, "BRIDGE_STEP_LOG": str(run_dir / "steps.jsonl"),
-                                    "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")})
+                                    "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")}, args.arch)
     result = {"arch": args.arch, "label": args.label, "gpus": args.gpus, "rc": rc, "overrides": overrides, "env": env, "log": str(run_dir / "log.txt")}
     if rc != 0 or not (run_dir / "steps.jsonl").is_file():
         result["error"] = (run_dir / "log.txt").read_text()[-3000:]
