@@ -202,6 +202,7 @@ def test_a_trailing_line_break_does_not_pass(example, write_team, field, value):
     ({"rank": 32, "alpha": 64, "target_modules": []}, "sft.lora.target_modules", "all-linear"),
     ({"rank": 32, "alpha": 64, "exclude_modules": "lm_head;x"}, "sft.lora.exclude_modules", "module names"),
     ({"rank": 32, "alpha": 64, "base_dtype": "fp16"}, "sft.lora.base_dtype", "'bf16' or 'fp32'"),
+    ({"rank": 32, "alpha": 64, "checkpoints": "adapters"}, "sft.lora.checkpoints", "'adapter' or 'full'"),
     ({"rank": 32, "alpha": 64, "dropout": 0.1}, "sft.lora.dropout", "base_dtype"),
     ({"alpha": 64}, "sft.lora.rank", "add it"),
 ])

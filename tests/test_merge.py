@@ -1,6 +1,9 @@
-"""llm-bridge merge on real verl checkpoints (the CPU pipeline merges full SFT and GRPO ones): a LoRA SFT
-run is merged into its base, and bad input stops before anything is written."""
+"""llm-bridge merge on real verl checkpoints (the CPU pipeline merges full SFT and GRPO ones): a LoRA SFT run
+saved adapter-only is folded into --base or written as the adapter alone, a GRPO LoRA run saved in full is
+folded into the base weights it holds, and bad input stops before anything is written."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,28 +41,82 @@ def lora_run(tmp_path_factory) -> Path:
     return work
 
 
-def test_a_lora_checkpoint_is_merged_into_its_base(lora_run):
+def _logits(model_dir: Path, adapter: Path | None = None) -> torch.Tensor:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.no_grad():
+        return model(torch.tensor([[1, 5, 9, 42, 7, 3]])).logits
+
+
+def test_an_adapter_only_checkpoint_is_folded_into_its_base(lora_run, tmp_path):
+    """sft.lora saves the adapter alone by default: the checkpoint holds no base weight, merge refuses to guess the
+    base, and with --base folds the adapter in: the merged model's logits are base+adapter's (PEFT) to 1e-4."""
+    run = lora_run / "checkpoints" / "sft" / "sft-lora"
+    shard = torch.load(next((run / "global_step_2").glob("model_world_size_2_rank_0.pt")), weights_only=False)
+    assert shard and all("lora_" in key for key in shard), "the checkpoint holds the adapter only"
+
     out = lora_run / "models" / "sft-lora"
-    result = bridge_merge("--checkpoint", lora_run / "checkpoints" / "sft" / "sft-lora", "--out", out)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "LoRA adapter found" in result.stdout and "Loads: Qwen2ForCausalLM" in result.stdout
-    assert (out / "lora_adapter" / "adapter_config.json").is_file()
-    assert not list(out.parent.glob(".*merging*")), "the work directory is cleaned up"
+    no_base = bridge_merge("--checkpoint", run, "--out", out)
+    assert no_base.returncode == 1 and "holds only the LoRA adapter" in no_base.stderr and "--base" in no_base.stderr
+    assert not out.exists() and not list(out.parent.glob(".*merging*"))
 
     base = lora_run / "tiny" / "model"
-    merged = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32),
-                                          out / "lora_adapter")
-    original = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
-    name = "model.layers.0.self_attn.q_proj.weight"
-    change = (merged.state_dict()[name] - original.state_dict()[name]).abs().max().item()
-    assert change > 0, "the adapter's update is in the merged weights"
-    tokens = torch.tensor([[1, 5, 9, 42, 7, 3]])
-    with torch.no_grad():
-        assert torch.allclose(merged(tokens).logits, reference(tokens).logits, atol=2e-2)
+    result = bridge_merge("--checkpoint", run, "--out", out, "--base", base)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Folded the adapter into 14 weights" in result.stdout and "Loads: Qwen2ForCausalLM" in result.stdout
+    assert (out / "lora_adapter" / "adapter_config.json").is_file() and (out / "chat_template.jinja").is_file()
+    assert not list(out.parent.glob(".*merging*")), "the work directory is cleaned up"
+    merged, reference, original = _logits(out), _logits(base, out / "lora_adapter"), _logits(base)
+    assert (merged - original).abs().max() > 1e-2, "the adapter changed the model"
+    assert torch.allclose(merged, reference, atol=1e-4), (merged - reference).abs().max()
+
+    adapter = tmp_path / "adapter"
+    alone = bridge_merge("--checkpoint", run, "--out", adapter, "--adapter-only", "--base", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert not (adapter / "model.safetensors").exists() and (adapter / "tokenizer.json").is_file()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "Qwen/Qwen2.5-0.5B-Instruct" and config["r"] == 4
+    assert torch.allclose(_logits(base, adapter), reference, atol=1e-6), "the same adapter, loadable by PEFT"
+
+
+def test_base_is_a_directory_or_a_hub_id_from_the_cache(lora_run, tmp_path, monkeypatch):
+    """--base as a team writes sft.model: a Hub id is taken from the HF cache (HF_HOME) with no network."""
+    from llm_bridge.model.lora import resolve_base
+
+    base = lora_run / "tiny" / "model"
+    snapshot = tmp_path / "hub" / "models--tiny-org--tiny" / "snapshots" / ("a" * 40)
+    shutil.copytree(base, snapshot)
+    (tmp_path / "hub" / "models--tiny-org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--tiny-org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert resolve_base("tiny-org/tiny") == snapshot
+    assert resolve_base(str(base)) == base.resolve()
+    for wrong, message in (("tiny-org/absent", "hf download tiny-org/absent"), (str(tmp_path / "nope"), "not a Hub id")):
+        with pytest.raises(SystemExit, match=message):
+            resolve_base(wrong)
+
+
+def test_a_wrong_base_is_refused_before_anything_is_written(lora_run, tmp_path):
+    """An adapter folded into a model it was not trained on would load and be wrong: shapes and names are checked."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(lora_run / "tiny" / "model").to_dict()
+    config.update(num_hidden_layers=1, layer_types=config["layer_types"][:1])  # the adapter's layer 1 has no base weight
+    config = AutoConfig.for_model(**config)
+    other = tmp_path / "other"
+    AutoModelForCausalLM.from_config(config).save_pretrained(other)
+    out = tmp_path / "merged"
+    result = bridge_merge("--checkpoint", lora_run / "checkpoints" / "sft" / "sft-lora", "--out", out, "--base", other)
+    assert result.returncode == 1 and "have no base weight" in result.stderr and "--base" in result.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["other"]
 
 
 def test_bad_input_stops_before_writing(lora_run, tmp_path):
@@ -101,7 +158,8 @@ def test_force_replaces_only_an_earlier_merge(lora_run, tmp_path):
 
     out = tmp_path / "merged"
     for attempt in range(2):  # the second --force replaces the first merge: it carries the marker
-        result = bridge_merge("--checkpoint", run, "--out", out, "--no-verify", *(["--force"] if attempt else []))
+        result = bridge_merge("--checkpoint", run, "--out", out, "--no-verify", "--base", lora_run / "tiny" / "model",
+                              *(["--force"] if attempt else []))
         assert result.returncode == 0, result.stderr[-2000:]
     assert (out / ".bridge-merge.json").is_file() and (out / "config.json").is_file()
     assert (out.stat().st_mode & 0o777) == 0o777 & ~_umask(), "the model follows the umask, not mkdtemp's 0700"
@@ -122,12 +180,12 @@ def test_a_torn_tracker_file_is_a_message(tmp_path):
 
 @pytest.fixture(scope="module")
 def grpo_lora_run(lora_run) -> Path:
-    """GRPO with rl.lora from team.yaml, 2 steps on 2 CPU ranks, a checkpoint after each step."""
+    """GRPO with rl.lora from team.yaml, 2 steps on 2 CPU ranks, a full checkpoint (base + adapter) after each step."""
     work = lora_run
     stage = pipeline.Stage(work)
     team = pipeline.team_config(work)
     team["rl"].update(experiment_name="grpo-lora", model=str(work / "tiny" / "model"), lr=1e-2, save_freq=1,
-                      lora={"rank": 4, "alpha": 8, "base_dtype": "fp32"})
+                      lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "checkpoints": "full"})
     (work / "team-grpo.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
     stage.run("render_grpo", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / "team-grpo.yaml"),
                               "--out", str(work / "rendered-grpo")])
@@ -170,6 +228,7 @@ def test_grpo_with_lora_samples_from_the_adapter_training_produced(grpo_lora_run
         result = bridge_merge("--checkpoint", grpo_lora_run / "checkpoints" / "grpo" / "grpo-lora", "--step", str(step),
                               "--out", out)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "Folded the adapter into 14 weights" in result.stdout  # into the base weights the checkpoint holds
         saved[step] = _adapter_size(out / "lora_adapter")
     # each fold is the adapter its step saved, to float rounding; the two steps' adapters differ by about half
     for step, other in ((1, 2), (2, 1)):

@@ -133,13 +133,14 @@ def test_lora_reaches_verl_for_sft_and_the_grpo_actor(example, write_team):
     its adapter off (no second model), and vLLM loads weights as safetensors."""
     example["sft"]["lora"] = {"rank": 32, "alpha": 64, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
                               "exclude_modules": ["lm_head"]}
-    example["rl"].update(lora={"rank": 16, "alpha": 32, "base_dtype": "fp32"}, use_kl_loss=True)
+    example["rl"].update(lora={"rank": 16, "alpha": 32, "base_dtype": "fp32", "checkpoints": "full"}, use_kl_loss=True)
     team = write_team(example)
     config, problems = load(team)
     assert config is not None, problems
     scripts = render_all(config, team, "out")
     sft = compose_verl("sft_trainer_engine", verl_argv(scripts[Path("sft/run_sft.sbatch")], "llm_bridge.job.verl_sft", "SFT_ARGS"))
     assert sft.model.lora_rank == 32 and sft.model.lora_alpha == 64
+    assert sft.checkpoint.save_lora_only is True  # lora.checkpoints: adapter, the default
     assert list(sft.model.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert list(sft.model.exclude_modules) == ["lm_head"] and sft.engine.model_dtype == "bf16"
     for name in ("ppo/run_ppo.sbatch", "mutinode_ppo/run_ppo_multinode.sbatch"):
@@ -148,6 +149,7 @@ def test_lora_reaches_verl_for_sft_and_the_grpo_actor(example, write_team):
         assert model.lora_rank == 16 and model.lora_alpha == 32 and model.target_modules == "all-linear"
         assert ppo.actor_rollout_ref.actor.fsdp_config.model_dtype == "fp32"
         assert ppo.actor_rollout_ref.rollout.load_format == "safetensors"
+        assert not ppo.actor_rollout_ref.actor.checkpoint.get("save_lora_only", False)  # checkpoints: full
     # no lora section: full fine-tuning, verl's defaults untouched
     plain = compose_verl("ppo_trainer", verl_argv(render_all(load(EXAMPLE)[0], EXAMPLE, "out")[Path("ppo/run_ppo.sbatch")],
                                                   "llm_bridge.job.verl_ppo", "PPO_ARGS"))

@@ -234,6 +234,9 @@ class LoRA(Section):
     exclude_modules: Annotated[list[str] | None, BeforeValidator(_excluded_modules)] = None
     # The frozen base's dtype. bf16 halves its memory; the adapters then train in bf16 too (verl casts them).
     base_dtype: Literal["bf16", "fp32"] = "bf16"
+    # adapter: checkpoints hold the adapter and its optimizer only (MBs instead of the whole model per save;
+    # resuming reloads the base from `model`); `llm-bridge merge --base <model>` folds it in. full: verl's default.
+    checkpoints: Literal["adapter", "full"] = "adapter"
 
 
 class Stage(Section):

@@ -12,7 +12,8 @@ from llm_bridge.login.validate import validate
 def cmd_merge(args: argparse.Namespace) -> int:
     from llm_bridge.model.merge import merge
 
-    merge(args.checkpoint, args.out, args.step, check=not args.no_verify, force=args.force)
+    merge(args.checkpoint, args.out, args.step, check=not args.no_verify, force=args.force, base=args.base,
+          adapter_only=args.adapter_only)
     return 0
 
 
@@ -75,8 +76,9 @@ def add_parsers(sub) -> None:
         help="verl checkpoint -> Hugging Face model (verl's merger; newest step; LoRA folded in; load-checked)",
         description="Merge a sharded FSDP checkpoint of SFT or PPO/GRPO into a Hugging Face model directory with "
         "verl's own merger. The newest step unless --step; a PPO step's actor/ is found by itself; a LoRA adapter is "
-        "merged into the base weights (and kept in lora_adapter/). The result is written to a temporary directory "
-        "and renamed into place only after it loads with transformers.",
+        "folded into the base weights one shard at a time (and kept in lora_adapter/); a checkpoint that holds only "
+        "the adapter is folded into --base. The result is written to a temporary directory and renamed into place "
+        "only after it loads with transformers.",
     )
     merge_parser.add_argument("--checkpoint", type=Path, required=True,
                               help="trainer.default_local_dir of the run (or one global_step_N directory)")
@@ -84,6 +86,10 @@ def add_parsers(sub) -> None:
     merge_parser.add_argument("--step", type=int, help="this step instead of the newest")
     merge_parser.add_argument("--no-verify", action="store_true", help="skip loading the result with transformers")
     merge_parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    merge_parser.add_argument("--base", help="LoRA runs saved adapter-only (lora.checkpoints: adapter): the model the "
+                              "run trained from, a Hub id or a directory (sft.model or rl.model of team.yaml)")
+    merge_parser.add_argument("--adapter-only", action="store_true",
+                              help="LoRA runs: write the adapter alone (PEFT format, with the run's tokenizer)")
     merge_parser.set_defaults(func=cmd_merge)
 
     upload_parser = sub.add_parser(

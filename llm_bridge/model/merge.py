@@ -1,12 +1,15 @@
 """`llm-bridge merge`: a verl FSDP checkpoint -> a Hugging Face model directory that vLLM and transformers load.
 
 verl's own merger does the work (`python -m verl.model_merger merge --backend fsdp`). Around it:
-the newest step by default, the actor of a PPO/GRPO step found by itself, a LoRA adapter merged
-into the base weights (verl writes it beside them, unmerged), a load check, and an atomic result:
-the model is built in a temporary directory and renamed into place only when it loads. --out never
-overlaps the checkpoints it reads, and --force replaces only an earlier merge output (it holds MARK).
+the newest step by default, the actor of a PPO/GRPO step found by itself, a LoRA adapter folded
+into the base weights shard by shard (verl writes it beside them, unfolded; lora.py), a checkpoint
+that holds only the adapter (save_lora_only) folded into --base, or the adapter alone (--adapter-only),
+a load check, and an atomic result: the model is built in a temporary directory and renamed into
+place only when it loads. --out never overlaps the checkpoints it reads, and --force replaces only an
+earlier merge output (it holds MARK).
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from pathlib import Path
 from llm_bridge import __version__
 from llm_bridge.data import current_umask
 from llm_bridge.evaluate.store import write_json
+from llm_bridge.model.lora import ADAPTER_FILES, fold, holds_only_adapter, read_adapter, resolve_base
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MARK = ".bridge-merge.json"  # in every merge output: where it came from, and what --force may replace
@@ -46,18 +50,6 @@ def find_step(checkpoint: Path, step: int | None) -> Path:
         raise SystemExit(f"ERROR: {step_dir} holds no FSDP model shards (model_world_size_*_rank_*.pt).\n"
                          f"       Fix: check the step number; steps here: {sorted(p.name for p in step_dir.parent.glob('global_step_*'))}")
     return step_dir
-
-
-def merge_lora(model_dir: Path, out: Path) -> None:
-    """Fold lora_adapter/ (peft) into the base weights beside it."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, model_dir / "lora_adapter").merge_and_unload()
-    merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
 
 
 def verify(model_dir: Path) -> str:
@@ -97,34 +89,72 @@ def _check_replaceable(out: Path, force: bool) -> None:
                          f"       Fix: choose another --out, or move {out} away yourself if it may go.")
 
 
-def merge(checkpoint: Path, out: Path, step: int | None = None, check: bool = True, force: bool = False) -> Path:
+def merge(checkpoint: Path, out: Path, step: int | None = None, check: bool = True, force: bool = False,
+          base: str | None = None, adapter_only: bool = False) -> Path:
     out = out.expanduser().resolve()
     step_dir = find_step(checkpoint, step)
     _guard_checkpoints(out, checkpoint.expanduser().resolve(), step_dir)
     _check_replaceable(out, force)
+    lora = (step_dir / "lora_train_meta.json").is_file()  # verl writes it beside every LoRA checkpoint
+    if adapter_only and not lora:
+        raise SystemExit(f"ERROR: --adapter-only: {step_dir} is not a LoRA run (no lora_train_meta.json); it has no "
+                         "adapter to write. Fix: leave out --adapter-only to merge the full model.")
+    only_adapter = lora and holds_only_adapter(step_dir)
+    base_dir = None
+    if only_adapter and not adapter_only:
+        if base is None:
+            raise SystemExit(f"ERROR: {step_dir} holds only the LoRA adapter (lora.checkpoints: adapter); folding it "
+                             "needs the model it was trained on. Nothing was written.\n"
+                             "       Fix: add --base <sft.model or rl.model of team.yaml> (a Hub id or a directory), "
+                             "or --adapter-only to write the adapter alone.")
+        base_dir = resolve_base(base)
+    elif base is not None:
+        print(f"Note: --base {base} is not used: {'--adapter-only writes the adapter alone' if adapter_only else 'this checkpoint holds the base weights itself'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))
+    raw, model = work / "raw", work / "model"
     try:
         print(f"Merging {step_dir} -> {out}")
-        merger = subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-                                 "--local_dir", str(step_dir), "--target_dir", str(work / "raw")])
-        if merger.returncode != 0:
-            raise SystemExit(f"ERROR: verl's merger failed (exit code {merger.returncode}) on {step_dir}; its output is "
+        merger = "llm_bridge.model.adapter_merger" if only_adapter else "verl.model_merger"
+        result = subprocess.run([sys.executable, "-m", merger, "merge", "--backend", "fsdp",
+                                 "--local_dir", str(step_dir), "--target_dir", str(raw)])
+        if result.returncode != 0:
+            raise SystemExit(f"ERROR: verl's merger failed (exit code {result.returncode}) on {step_dir}; its output is "
                              f"above. Nothing was written to {out}.")
-        if (work / "raw" / "lora_adapter").is_dir():
-            print("LoRA adapter found: merging it into the base weights")
-            merge_lora(work / "raw", work / "model")
-            shutil.copytree(work / "raw" / "lora_adapter", work / "model" / "lora_adapter")
+        adapter = raw / "lora_adapter"
+        if adapter_only:
+            model.mkdir()
+            for item in raw.iterdir():  # the run's config and tokenizer, for the adapter's users
+                if item.is_file():
+                    shutil.copy2(item, model / item.name)
+            for name in ADAPTER_FILES:
+                shutil.copy2(adapter / name, model / name)
+            if base is not None:
+                config = json.loads((model / "adapter_config.json").read_text())
+                write_json(model / "adapter_config.json", {**config, "base_model_name_or_path": base})
+            read_adapter(model)
+            print("Wrote the LoRA adapter alone (--adapter-only)")
+        elif adapter.is_dir():
+            print("LoRA adapter found: folding it into the base weights, one shard at a time")
+            if base_dir is None:
+                changed = fold(raw, adapter, raw)
+                raw.rename(model)
+            else:
+                changed = fold(base_dir, adapter, model, tokenizer_dir=raw)
+                shutil.copytree(adapter, model / "lora_adapter")
+            print(f"Folded the adapter into {changed} weights")
         else:
-            (work / "raw").rename(work / "model")
-        if check:
-            print(f"Loads: {verify(work / 'model')}")
-        write_json(work / "model" / MARK, {"checkpoint": str(step_dir), "merged_by": f"llm_bridge {__version__}",
-                                           "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        (work / "model").chmod(0o777 & ~current_umask())
+            raw.rename(model)
+        if check and not adapter_only:
+            print(f"Loads: {verify(model)}")
+        write_json(model / MARK, {"checkpoint": str(step_dir), "merged_by": f"llm_bridge {__version__}",
+                                  "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  **({"base": base} if base_dir is not None else {}),
+                                  **({"adapter_only": True} if adapter_only else {})})
+        model.chmod(0o777 & ~current_umask())
         if out.exists():  # an earlier merge (checked above): swap, then drop it
             out.rename(work / "previous")
-        (work / "model").rename(out)
+        model.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"Wrote {out}")

@@ -1,0 +1,135 @@
+"""A LoRA run's adapter -> the base's weights with the adapter folded in, one safetensors shard at a time.
+
+PEFT's merge_and_unload holds the whole model in host memory (470 GB for Qwen3-235B in bf16, twice that while
+verl's merger output is still loaded). Here each base shard is read, its targeted weights get
+W + scale * B @ A (computed in fp32, stored in the shard's own dtype), and it is written before the next is
+read: host memory holds one shard (at most a few GB) plus the adapter.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# PEFT's key for one adapter matrix of the module whose base weight is <module>.weight
+_ADAPTER_KEY = re.compile(r"(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.default)?\.weight")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def holds_only_adapter(step_dir: Path) -> bool:
+    """True for a checkpoint saved with save_lora_only: rank 0's shard holds LoRA tensors and nothing else.
+    The shard is memory-mapped, so a full 20 GB shard costs no read to rule out."""
+    import logging
+
+    import torch
+
+    logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)  # a DTensor unpickled without its group
+    shard = next(step_dir.glob("model_world_size_*_rank_0.pt"))
+    keys = list(torch.load(shard, map_location="cpu", mmap=True, weights_only=False))
+    return bool(keys) and all("lora_" in k for k in keys)
+
+
+def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict]]:
+    """The adapter's scale and its matrices by base weight name: {"model.layers.0.q_proj.weight": {"A": .., "B": ..}}."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    unsupported = {k: config.get(k) for k in ("use_dora", "rank_pattern", "alpha_pattern", "target_parameters",
+                                               "fan_in_fan_out", "lora_bias", "modules_to_save") if config.get(k)}
+    if config.get("peft_type", "LORA") != "LORA" or unsupported:
+        raise SystemExit(f"ERROR: {adapter_dir} is not a plain LoRA adapter ({unsupported or config.get('peft_type')}); "
+                         "folding it is not supported.\n"
+                         "       Fix: merge with --adapter-only and load the adapter with PEFT or vLLM (--enable-lora).")
+    r, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    pairs: dict[str, dict] = {}
+    for key, tensor in load_file(adapter_dir / "adapter_model.safetensors").items():
+        match = _ADAPTER_KEY.fullmatch(key)
+        if match is None:
+            raise SystemExit(f"ERROR: {adapter_dir}: {key!r} is not a LoRA matrix (…lora_A.weight / …lora_B.weight). "
+                             "Fix: merge with --adapter-only and load the adapter with PEFT.")
+        pairs.setdefault(match["module"] + ".weight", {})[match["which"]] = tensor
+    halves = [name for name, pair in pairs.items() if set(pair) != {"A", "B"}]
+    if halves:
+        raise SystemExit(f"ERROR: {adapter_dir}: {halves[0]} has lora_A or lora_B but not both; the adapter is incomplete.")
+    return scale, pairs
+
+
+def weight_shards(model_dir: Path) -> list[Path]:
+    """The safetensors files of a Hugging Face model directory (one file, or the shards its index lists)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return [model_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    raise SystemExit(f"ERROR: {model_dir} has no safetensors weights (model.safetensors or model.safetensors.index.json).\n"
+                     "       Fix: pass the base model the run trained from (--base): a Hugging Face model directory "
+                     "or Hub id with safetensors weights.")
+
+
+def fold(base_dir: Path, adapter_dir: Path, out: Path, tokenizer_dir: Path | None = None) -> int:
+    """Write base_dir's model with the adapter folded in to out (out may be base_dir: shards are then replaced
+    one by one). Non-weight files come from base_dir, the tokenizer from tokenizer_dir when given (the run's own,
+    chat template included). Returns the number of weights changed."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    scale, pairs = read_adapter(adapter_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards, changed = weight_shards(base_dir), 0
+    for shard in shards:
+        tensors = {}
+        with safe_open(shard, framework="pt") as f:
+            metadata = f.metadata() or {"format": "pt"}
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                pair = pairs.pop(name, None)
+                if pair is not None:
+                    delta = pair["B"].to(torch.float32) @ pair["A"].to(torch.float32)
+                    if delta.shape != tensor.shape:
+                        raise SystemExit(f"ERROR: the adapter's {name} is {tuple(delta.shape)}, the base's is "
+                                         f"{tuple(tensor.shape)}: this adapter was not trained on {base_dir}.\n"
+                                         "       Fix: pass the base model the run trained from (--base).")
+                    tensor = (tensor.to(torch.float32) + scale * delta).to(tensor.dtype)
+                    changed += 1
+                tensors[name] = tensor
+        partial = out / f".{shard.name}.partial"
+        save_file(tensors, partial, metadata=metadata)
+        os.replace(partial, out / shard.name)
+        del tensors
+    if pairs:
+        raise SystemExit(f"ERROR: {len(pairs)} adapter weights have no base weight in {base_dir}, e.g. {next(iter(pairs))}: "
+                         "this adapter was not trained on that model.\n"
+                         "       Fix: pass the base model the run trained from (--base).")
+    if out != base_dir:
+        for item in base_dir.iterdir():
+            if item.is_file() and item.suffix != ".safetensors" and not item.name.startswith("."):
+                shutil.copy2(item, out / item.name)
+    if tokenizer_dir is not None:
+        for name in _TOKENIZER_FILES:
+            if (tokenizer_dir / name).is_file():
+                shutil.copy2(tokenizer_dir / name, out / name)
+    return changed
+
+
+def resolve_base(base: str) -> Path:
+    """--base: a local model directory, or a Hub id found in (or downloaded to) the Hugging Face cache."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if base.startswith(("/", "~", ".")) or base.count("/") != 1:
+        raise SystemExit(f"ERROR: --base {base}: no such model directory, and not a Hub id (org/name).\n"
+                         "       Fix: pass the model the run trained from, as sft.model (or rl.model) in team.yaml says.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(base, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]))
+    except Exception as error:  # offline with nothing cached, a typo, no access: the message says which
+        raise SystemExit(f"ERROR: --base {base}: {type(error).__name__}: {error}\n"
+                         f"       Fix: download it on the login node first (hf download {base}), with HF_HOME set as the "
+                         "jobs set it (paths.hf_home), or pass the local directory.") from None
