@@ -257,6 +257,11 @@ class Stage(Section):
     attn_implementation: Literal["flash_attention_2", "sdpa", "flex_attention", "eager"] = "flash_attention_2"
     use_liger: bool = False  # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU): GPU only, needs liger-kernel
     lora: LoRA | None = None  # absent: full fine-tuning
+    # Ulysses sequence parallelism: each sequence's attention heads are split over this many GPUs, so one
+    # sample of up to max_token_len_per_gpu x sequence_parallel tokens fits; 1 = off
+    sequence_parallel: PositiveInt = 1
+    cpu_offload: bool = False  # FSDP2's CPU offload policy: parameters, gradients and optimizer live in host memory
+    activation_offload: bool = False  # checkpointed layer inputs go to host memory between forward and backward
 
 
 class SFT(Stage):

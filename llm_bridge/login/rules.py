@@ -21,6 +21,7 @@ from pathlib import Path
 from llm_bridge.login import hostlist
 from llm_bridge.login.config import TeamConfig
 from llm_bridge.job.doctor import wandb_logged_in
+from llm_bridge.login.model_shape import check_model_shapes
 from llm_bridge.problems import Problem
 
 
@@ -117,12 +118,32 @@ def check_sft(config: TeamConfig) -> list[Problem]:
                 f"(train_batch_size {sft.train_batch_size} / {dp}) on {layout}; verl fails at the first step",
                 f"use a divisor of {per_rank}, or sft.use_dynamic_bsz: true",
             ))
-    if sft.use_dynamic_bsz and sft.max_token_len_per_gpu < sft.max_length:
+    # A packed micro-batch holds max_token_len_per_gpu x sequence_parallel tokens (verl's engine/utils.py).
+    if sft.use_dynamic_bsz and sft.max_token_len_per_gpu * sft.sequence_parallel < sft.max_length:
+        sp = f" x sft.sequence_parallel {sft.sequence_parallel}" if sft.sequence_parallel > 1 else ""
         problems.append(Problem(
             "sft.max_token_len_per_gpu",
-            f"{sft.max_token_len_per_gpu} is below sft.max_length {sft.max_length}; verl asserts on the first long sample",
-            f"set it to at least {sft.max_length}",
+            f"{sft.max_token_len_per_gpu}{sp} is below sft.max_length {sft.max_length}; verl asserts on the first long sample",
+            f"set it to at least {-(-sft.max_length // sft.sequence_parallel)}",
         ))
+    return problems
+
+
+def check_big_model_settings(config: TeamConfig) -> list[Problem]:
+    """sequence_parallel and cpu_offload against the layout and the engine (both stages)."""
+    problems: list[Problem] = []
+    gpus = config.slurm.gpus_per_node
+    for name, stage in (("sft", config.sft), ("rl", config.rl)):
+        if gpus % stage.sequence_parallel:
+            problems.append(Problem(
+                f"{name}.sequence_parallel", f"{stage.sequence_parallel} does not divide the {gpus} GPUs of a node; "
+                "a sequence-parallel group must lie within the GPUs of every layout",
+                f"use a divisor of {gpus}, e.g. {', '.join(str(d) for d in range(2, gpus + 1) if gpus % d == 0)}"))
+        if stage.cpu_offload and stage.strategy != "fsdp2":
+            problems.append(Problem(
+                f"{name}.cpu_offload", "verl 0.9.1 applies its CPU offload policy to FSDP2 only; with strategy fsdp "
+                "nothing would be offloaded and the job would run out of GPU memory as before",
+                f"set {name}.strategy: fsdp2"))
     return problems
 
 
@@ -192,12 +213,14 @@ def check_rl(config: TeamConfig) -> list[Problem]:
                         f"use a divisor of {per_rank}, or rl.use_dynamic_bsz: true",
                     ))
     longest = rl.max_prompt_length + rl.max_response_length
-    if rl.use_dynamic_bsz and rl.ppo_max_token_len_per_gpu < longest:
+    if rl.use_dynamic_bsz and rl.ppo_max_token_len_per_gpu * rl.sequence_parallel < longest:
+        sp = f" x rl.sequence_parallel {rl.sequence_parallel}" if rl.sequence_parallel > 1 else ""
+        least = -(-longest // rl.sequence_parallel)
         problems.append(Problem(
             "rl.ppo_max_token_len_per_gpu",
-            f"{rl.ppo_max_token_len_per_gpu} is below max_prompt_length + max_response_length = {longest}; "
+            f"{rl.ppo_max_token_len_per_gpu}{sp} is below max_prompt_length + max_response_length = {longest}; "
             "verl asserts on the first full-length response",
-            f"set it to at least {longest} (verl's docs suggest 2x: {2 * longest})",
+            f"set it to at least {least} (verl's docs suggest 2x: {2 * least})",
         ))
     return problems
 
@@ -395,7 +418,9 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
 
 def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
     problems = (check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config)
-                + check_memory(config) + check_rollout_memory(config) + check_evaluation(config))
+                + check_big_model_settings(config) + check_memory(config) + check_rollout_memory(config)
+                + check_evaluation(config))
     if local_paths:
-        problems += check_local_paths(config) + check_sft_val_rows(config) + check_accounts(config)
+        problems += (check_local_paths(config) + check_sft_val_rows(config) + check_accounts(config)
+                     + check_model_shapes(config))
     return problems

@@ -1,0 +1,122 @@
+"""Big-model settings (sequence_parallel, cpu_offload, activation_offload) reach verl 0.9.1's own keys, and what
+verl would meet only at run time is refused by check first: head counts against the sequence-parallel size
+(from the model's config.json, in a directory or in the team's HF cache), offload without FSDP2, token budgets,
+LoRA all-linear on a mixture-of-experts model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_bridge.login.loader import load
+from llm_bridge.login.render import render_all
+from llm_bridge.login.rules import check
+from test_verl_config import compose_verl, verl_argv
+
+
+def problems_of(write_team, data, severity="error"):
+    config, problems = load(write_team(data))
+    assert config is not None, problems
+    return {p.field: p for p in check(config, local_paths=True) if p.severity == severity}
+
+
+def model_dir(root: Path, **shape) -> str:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "qwen3", **shape}))
+    return str(root)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+def test_sequence_parallel_must_divide_the_heads(example, write_team, tmp_path, stage):
+    example[stage]["model"] = model_dir(tmp_path / "m", num_attention_heads=28, num_key_value_heads=4)  # Qwen2.5-7B
+    example[stage]["sequence_parallel"] = 8
+    problem = problems_of(write_team, example)[f"{stage}.sequence_parallel"]
+    assert "does not divide" in problem.message and "28 attention heads" in problem.message
+    assert problem.fix == "use one of [2, 4, 7]"
+    example[stage]["sequence_parallel"] = 4
+    assert f"{stage}.sequence_parallel" not in problems_of(write_team, example)
+
+
+def test_sequence_parallel_and_kv_heads_must_divide_one_another(example, write_team, tmp_path):
+    example["sft"]["model"] = model_dir(tmp_path / "m", num_attention_heads=24, num_key_value_heads=6)
+    example["sft"]["sequence_parallel"] = 4
+    problem = problems_of(write_team, example)["sft.sequence_parallel"]
+    assert "6 key/value heads" in problem.message and "multiple of 6" in problem.fix
+    example["sft"]["model"] = model_dir(tmp_path / "q3", num_attention_heads=64, num_key_value_heads=8)  # Qwen3-32B
+    assert "sft.sequence_parallel" not in problems_of(write_team, example)
+
+
+def test_a_hub_id_is_read_from_the_team_cache_and_a_missing_one_is_a_warning(example, write_team, tmp_path):
+    example["paths"]["hf_home"] = str(tmp_path / "hf")
+    repo = tmp_path / "hf" / "hub" / "models--Org--Model-7B"
+    model_dir(repo / "snapshots" / "abc123", num_attention_heads=28, num_key_value_heads=4)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    example["sft"].update(model="Org/Model-7B", sequence_parallel=8)
+    assert "28 attention heads" in problems_of(write_team, example)["sft.sequence_parallel"].message
+    example["sft"]["model"] = "Org/Not-Downloaded"
+    assert "sft.sequence_parallel" not in problems_of(write_team, example)
+    warning = problems_of(write_team, example, "warning")["sft.model"]
+    assert "not checked" in warning.message and "hf download Org/Not-Downloaded config.json" in warning.fix
+
+
+def test_sequence_parallel_must_divide_a_node(example, write_team):
+    example["rl"]["sequence_parallel"] = 3
+    problem = problems_of(write_team, example)["rl.sequence_parallel"]
+    assert "8 GPUs of a node" in problem.message and "2, 4, 8" in problem.fix
+
+
+def test_token_budgets_count_the_sequence_parallel_gpus(example, write_team):
+    """verl packs max_token_len_per_gpu x sp tokens per micro-batch: a 32k sample fits 8192 x 4."""
+    example["sft"].update(max_length=32768, max_token_len_per_gpu=8192, sequence_parallel=4)
+    assert "sft.max_token_len_per_gpu" not in problems_of(write_team, example)
+    example["sft"]["sequence_parallel"] = 2
+    assert problems_of(write_team, example)["sft.max_token_len_per_gpu"].fix == "set it to at least 16384"
+    example["rl"].update(max_prompt_length=1024, max_response_length=31744, ppo_max_token_len_per_gpu=8192,
+                         sequence_parallel=2)
+    problem = problems_of(write_team, example)["rl.ppo_max_token_len_per_gpu"]
+    assert "x rl.sequence_parallel 2" in problem.message and "at least 16384" in problem.fix
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+def test_cpu_offload_needs_fsdp2(example, write_team, stage):
+    example[stage].update(cpu_offload=True, strategy="fsdp")
+    problem = problems_of(write_team, example)[f"{stage}.cpu_offload"]
+    assert "FSDP2 only" in problem.message and problem.fix == f"set {stage}.strategy: fsdp2"
+    example[stage]["strategy"] = "fsdp2"
+    assert f"{stage}.cpu_offload" not in problems_of(write_team, example)
+
+
+def test_lora_all_linear_on_a_mixture_of_experts_is_refused(example, write_team, tmp_path):
+    """PEFT 0.21 turns all-linear on Qwen3-MoE into adapters on every expert and the router (target_parameters)."""
+    example["sft"]["model"] = model_dir(tmp_path / "moe", num_attention_heads=32, num_key_value_heads=4, num_experts=128)
+    example["sft"]["lora"] = {"rank": 32, "alpha": 64}
+    problem = problems_of(write_team, example)["sft.lora.target_modules"]
+    assert "router" in problem.message and "[q_proj, k_proj, v_proj, o_proj]" in problem.fix
+    example["sft"]["lora"]["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert "sft.lora.target_modules" not in problems_of(write_team, example)
+
+
+def test_big_model_settings_reach_verl(example, write_team):
+    example["sft"].update(sequence_parallel=4, cpu_offload=True, strategy="fsdp2", activation_offload=True)
+    example["rl"].update(sequence_parallel=2, cpu_offload=True, strategy="fsdp2", activation_offload=True,
+                         algorithm="ppo")
+    team = write_team(example)
+    config, problems = load(team)
+    assert config is not None, problems
+    scripts = render_all(config, team, "out")
+    sft = compose_verl("sft_trainer_engine", verl_argv(scripts[Path("sft/run_sft.sbatch")], "llm_bridge.job.verl_sft", "SFT_ARGS"))
+    assert sft.engine.ulysses_sequence_parallel_size == 4 and sft.engine.offload_policy is True
+    assert sft.engine.strategy == "fsdp2" and sft.model.enable_activation_offload is True
+    ppo = compose_verl("ppo_trainer", verl_argv(scripts[Path("ppo/run_ppo.sbatch")], "llm_bridge.job.verl_ppo", "PPO_ARGS"))
+    ref = ppo.actor_rollout_ref
+    assert ref.actor.fsdp_config.ulysses_sequence_parallel_size == 2 == ref.ref.fsdp_config.ulysses_sequence_parallel_size
+    assert ref.actor.fsdp_config.offload_policy is True and ref.model.enable_activation_offload is True
+    assert ppo.critic.ulysses_sequence_parallel_size == 2 and ppo.critic.fsdp.offload_policy is True
+    # not set: verl's defaults, and nothing new on the command line
+    for stage in ("sft", "rl"):
+        for key in ("sequence_parallel", "cpu_offload", "activation_offload"):
+            del example[stage][key]
+    plain = write_team(example, "plain.yaml")
+    for text in render_all(load(plain)[0], plain, "out").values():
+        assert "ulysses" not in text and "offload_policy" not in text and "activation_offload" not in text
