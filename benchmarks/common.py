@@ -175,12 +175,30 @@ def _write_qwen3_stub(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: i
     tokenizer.save_pretrained(out)
 
 
-def recipe_knobs(team_file: Path, script: str, array: str) -> tuple[list[str], dict[str, str]]:
+def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file, and the
-    variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none."""
+    variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none.
+    edits: KEY=VALUE (a dotted team.yaml key, a YAML value) applied to team_file first, e.g.
+    sft.lora={rank: 32, alpha: 64}: a team's variant of the example without a second copy of it."""
+    import tempfile
+
+    import yaml
+
     from llm_bridge.login.loader import load
     from llm_bridge.login.render import render_all
 
+    if edits:
+        data = yaml.safe_load(team_file.read_text())
+        for edit in edits:
+            key, _, value = edit.partition("=")
+            *parents, leaf = key.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value)
+        edited = Path(tempfile.mkdtemp()) / team_file.name
+        edited.write_text(yaml.safe_dump(data, sort_keys=False))
+        team_file = edited
     config, problems = load(team_file)
     if config is None:
         raise SystemExit(f"{team_file}: " + "; ".join(p.message for p in problems))
@@ -198,6 +216,8 @@ def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=sorted(ARCHS) + sorted(QWEN3_ARCHS), default="0.5b")
     p.add_argument("--recipe", type=Path, help=f"a team.yaml: run with the speed knobs of its rendered {script}")
+    p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="edit --recipe first: a dotted team.yaml key and a YAML value, e.g. sft.lora={rank: 32, alpha: 64}")
     p.add_argument("--gsm8k", type=Path, required=True, help="a directory with GSM8K's train.jsonl")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--label", required=True, help="name of this variant in the results")

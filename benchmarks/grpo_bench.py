@@ -179,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model = grpo_model(args.arch, args.vocab, args.gsm8k, args.work)
-    knobs, env = recipe_knobs(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS") if args.recipe else ([], {})
+    knobs, env = recipe_knobs(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS", args.recipe_set) if args.recipe else ([], {})
     data = build_data(args.gsm8k, args.work)
     longest = longest_prompt(model, data)
     if longest > args.prompt_length:

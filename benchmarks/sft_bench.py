@@ -98,7 +98,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
     model = build_model(args.arch, tok, args.work / f"model-{args.arch}")
-    knobs, env = recipe_knobs(args.recipe, "sft/run_sft.sbatch", "SFT_ARGS") if args.recipe else ([], {})
+    knobs, env = recipe_knobs(args.recipe, "sft/run_sft.sbatch", "SFT_ARGS", args.recipe_set) if args.recipe else ([], {})
     result = run(args, model, data, knobs + args.overrides, env)
     finish(args, result, [args.arch, args.label, args.gpus, result.get("tokens_per_s"), f"{result.get('mfu', 0):.3f}",
                           result.get("step_s"), result.get("peak_mem_gb")])

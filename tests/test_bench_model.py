@@ -2,6 +2,7 @@
 through a run (its nvidia-smi peak would count it), and written whole or not at all."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,47 @@ def test_a_failed_build_leaves_nothing_a_later_run_would_reuse(tmp_path):
     assert done.returncode != 0
     assert "building the tiny model failed" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_weight_free_qwen3_loads_with_every_weight_initialized_fast(tokenizer, tmp_path):
+    """Qwen3 shapes are written without weights; from_pretrained initializes them (normal, std 0.02), and
+    stub_init/sitecustomize.py makes that a tiled copy: finite, the right spread, experts routed at random."""
+    code = f"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {str(BENCH)!r})
+import common
+common.QWEN3_ARCHS["tiny-moe"] = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=512, moe_intermediate_size=1024, num_experts=8, num_experts_per_tok=2, moe=True)
+common.build_model("tiny-moe", Path({str(tokenizer)!r}), Path({str(tmp_path / "moe")!r}), vocab_size=None)
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).returncode == 0
+    assert (tmp_path / "moe" / "model.safetensors").stat().st_size < 10_000, "one norm vector, no weights"
+    load = f"""
+import json, torch
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "moe")!r}, dtype=torch.float32)
+experts = m.model.layers[0].mlp.experts.gate_up_proj  # 8 x 2048 x 256 = 4M values: tiled from 2**20
+print(json.dumps({{"arch": type(m).__name__, "finite": all(bool(torch.isfinite(p).all()) for p in m.parameters()),
+                  "std": float(experts.std()), "tiled": bool(torch.equal(experts.flatten()[:2**20], experts.flatten()[2**20:2**21]))}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(BENCH / "stub_init")}
+    done = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["arch"] == "Qwen3MoeForCausalLM" and result["finite"] and result["tiled"]
+    assert result["std"] == pytest.approx(0.02, rel=0.05)
+
+
+def test_recipe_edits_change_a_copy_of_the_team_file(tmp_path):
+    """--recipe-set: the benchmark of a LoRA job is the example plus the edits a team would make, not a second copy."""
+    sys.path.insert(0, str(BENCH))
+    from common import recipe_knobs
+
+    example = REPO / "templates" / "team.example.yaml"
+    before = example.read_text()
+    knobs, _ = recipe_knobs(example, "sft/run_sft.sbatch", "SFT_ARGS",
+                            ["sft.gradient_checkpointing=true", "sft.lora={rank: 32, alpha: 64, target_modules: [q_proj]}"])
+    assert "model.enable_gradient_checkpointing=True" in knobs and "model.lora_rank=32" in knobs
+    assert "model.target_modules=[q_proj]" in knobs and "engine.model_dtype=bf16" in knobs
+    assert example.read_text() == before
