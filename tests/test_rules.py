@@ -221,3 +221,15 @@ def test_rollout_memory_counts_the_reference_model_and_the_critic(example, write
     example["rl"]["rollout_tp"] = 1
     fix = warnings_of(write_team, example)["rl.gpu_memory_utilization"].fix
     assert "more GPUs (slurm.gpus_per_node)" in fix
+
+
+def test_rollout_memory_of_a_lora_actor_is_its_frozen_base(example, write_team):
+    """With rl.lora the actor holds its base in base_dtype and no optimizer state for it, and the reference policy is
+    the actor with the adapter off: a 7B model that warns in full fine-tuning fits beside vLLM's 0.75."""
+    example["rl"].update(model="Qwen/Qwen2.5-7B-Instruct", gradient_checkpointing=True, ppo_max_token_len_per_gpu=16384,
+                         use_kl_loss=True, gpu_memory_utilization=0.75)
+    assert "rl.gpu_memory_utilization" in warnings_of(write_team, example)
+    example["rl"]["lora"] = {"rank": 32, "alpha": 64}
+    assert "rl.gpu_memory_utilization" not in warnings_of(write_team, example)  # 1.6 GiB of bf16 base per GPU of 8
+    example["rl"].update(gpu_memory_utilization=0.88)
+    assert "actor 1.6 GiB" in warnings_of(write_team, example)["rl.gpu_memory_utilization"].message

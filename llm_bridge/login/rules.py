@@ -303,9 +303,13 @@ def check_rollout_memory(config: TeamConfig) -> list[Problem]:
     rl = config.rl
     dp = _layouts(config)[0][1]
     size = model_billions(rl.model)
-    models = {"actor": (size or 0.0) * BYTES_PER_TRAINED_PARAM}
-    if rl.use_kl_loss:
-        models["reference"] = (size or 0.0) * BYTES_PER_REF_PARAM
+    if rl.lora:  # a frozen base in its dtype (the adapter and its Adam state are <1% of it); the reference
+        # policy is the same actor with its adapter off, not a second model
+        models = {"actor": (size or 0.0) * (2 if rl.lora.base_dtype == "bf16" else 4)}
+    else:
+        models = {"actor": (size or 0.0) * BYTES_PER_TRAINED_PARAM}
+        if rl.use_kl_loss:
+            models["reference"] = (size or 0.0) * BYTES_PER_REF_PARAM
     if rl.algorithm == "ppo":
         models["critic"] = (model_billions(rl.critic_model or rl.model) or 0.0) * BYTES_PER_TRAINED_PARAM
     per_gpu = {name: gb * 1e9 / 2**30 / dp for name, gb in models.items()}
