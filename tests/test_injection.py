@@ -39,14 +39,23 @@ def _is_text(annotation) -> bool:
     return any(_is_text(a) for a in typing.get_args(annotation))
 
 
+def _section(annotation) -> type[BaseModel] | None:
+    """The model of a section field, optional or not (sft.lora: LoRA | None)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def string_fields(model: type[BaseModel] = TeamConfig, prefix: str = "") -> list[str]:
-    """Dotted names of every field of the schema that holds text (str, Literal, list[str], optional or not)."""
+    """Dotted names of every field of the schema that holds text (str, Literal, list[str], optional or not),
+    nested sections (sft.lora.*) included."""
     found = []
     for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found += string_fields(annotation, f"{prefix}{name}.")
-        elif _is_text(annotation):
+        section = _section(field.annotation)
+        if section is not None:
+            found += string_fields(section, f"{prefix}{name}.")
+        elif _is_text(field.annotation):
             found.append(prefix + name)
     return found
 
@@ -56,21 +65,37 @@ FIELDS = string_fields()
 
 def test_the_schema_walk_finds_every_kind_of_text_field():
     for field in ("slurm.nodelist", "environment.modules", "evaluation.judge_url", "sft.model", "rl.algorithm",
-                  "paths.logs", "network.ib_hca", "wandb.entity"):
+                  "paths.logs", "network.ib_hca", "wandb.entity", "sft.lora.target_modules", "rl.lora.exclude_modules"):
         assert field in FIELDS
     assert len(FIELDS) > 40
 
 
+def _annotation(field: str):
+    model: type[BaseModel] = TeamConfig
+    *sections, name = field.split(".")
+    for section in sections:
+        model = _section(model.model_fields[section].annotation)
+    return model.model_fields[name].annotation
+
+
 def _is_list(field: str) -> bool:
-    section, name = field.split(".")
-    return typing.get_origin(TeamConfig.model_fields[section].annotation.model_fields[name].annotation) is list
+    annotation = _annotation(field)
+    return typing.get_origin(annotation) is list or (
+        typing.get_origin(annotation) is not typing.Literal and list[str] in typing.get_args(annotation)
+        and str not in typing.get_args(annotation))
+
+
+LORA = {"rank": 8, "alpha": 16}  # a valid section to plant into: the payload is then its only problem
 
 
 def plant(team: dict, field: str, text: str) -> None:
-    section, name = field.split(".")
-    base = team.setdefault(section, {}).get(name)
+    *sections, name = field.split(".")
+    node = team
+    for section in sections:
+        node = node.setdefault(section, dict(LORA) if section == "lora" else {})
+    base = node.get(name)
     base = (base[0] if base else "x") if isinstance(base, list) else (base if isinstance(base, str) else "x")
-    team[section][name] = [base + text] if _is_list(field) else base + text
+    node[name] = [base + text] if _is_list(field) else base + text
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +147,19 @@ def test_a_payload_in_any_field_is_refused_or_stays_text(stubbed, field, capsys)
 
 
 def _bypass(config: TeamConfig, field: str, value: str) -> TeamConfig:
-    """config with value planted in field past the schema's validation."""
-    section, name = field.split(".")
-    part = getattr(config, section).model_copy(update={name: [value] if _is_list(field) else value})
-    return config.model_copy(update={section: part})
+    """config with value planted in field past the schema's validation (an absent section is made for it)."""
+    value = [value] if _is_list(field) else value
+
+    def update(node: BaseModel, path: list[str]) -> BaseModel:
+        head, *rest = path
+        if not rest:
+            return node.model_copy(update={head: value})
+        child = getattr(node, head)
+        if child is None:
+            child = _section(type(node).model_fields[head].annotation).model_construct(**LORA)
+        return node.model_copy(update={head: update(child, rest)})
+
+    return update(config, field.split("."))
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
