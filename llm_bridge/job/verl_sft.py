@@ -1,4 +1,5 @@
-"""verl 0.9.1's SFT trainer, plus a final checkpoint before the SLURM time limit (llm_bridge.job.deadline).
+"""verl 0.9.1's SFT trainer, plus a final checkpoint before the SLURM time limit (llm_bridge.job.deadline),
+and the recipe's chat template when the script names one (BRIDGE_CHAT_TEMPLATE, sft.chat_template).
 
 verl's SFT loop saves and returns on its last step, so the step that crosses the deadline simply
 becomes the last step. Ranks time their own steps and could disagree by one step, so the decision
@@ -8,7 +9,10 @@ is all-reduced (max) every step: one 8-byte gloo all-reduce.
 """
 
 import os
+import re
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -18,6 +22,23 @@ from llm_bridge.job import verl_patches
 from llm_bridge.job.deadline import StepClock, announce_stop
 
 STEP_LOG = os.environ.get("BRIDGE_STEP_LOG")
+CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
+
+
+def chat_template_override(name: str) -> str:
+    """verl's model.custom_chat_template set to the named template, as one Hydra override: single-quoted, with
+    each quote escaped and the backslashes right before a quote (or the end) doubled, Hydra's only escapes,
+    so the text arrives unchanged. OmegaConf would read ${...} as an interpolation: no template may hold one."""
+    path = CHAT_TEMPLATES / f"{name}.jinja"
+    if not path.is_file():
+        raise SystemExit(f"ERROR: BRIDGE_CHAT_TEMPLATE={name}: no {path.name} in {CHAT_TEMPLATES}. "
+                         f"Fix: use one of {sorted(p.stem for p in CHAT_TEMPLATES.glob('*.jinja'))} (sft.chat_template)")
+    text = path.read_text()
+    if "${" in text:
+        raise SystemExit(f"ERROR: {path} holds '${{', which OmegaConf would interpolate. Fix: write it as '$' '{{' in Jinja")
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return f"model.custom_chat_template='{text}'"
 
 
 class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
@@ -53,6 +74,8 @@ class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
 
 
 def main() -> None:
+    if os.environ.get("BRIDGE_CHAT_TEMPLATE"):
+        sys.argv.append(chat_template_override(os.environ["BRIDGE_CHAT_TEMPLATE"]))
     verl_patches.apply()
     sft_trainer.SFTTrainer = DeadlineSFTTrainer  # run_sft() looks the class up at call time
     sft_trainer.main()

@@ -266,6 +266,9 @@ class Stage(Section):
 
 class SFT(Stage):
     messages_key: Word = "messages"
+    # model: the model's own chat template. qwen3_sft: Qwen3's format with every assistant turn's <think> kept
+    # (llm_bridge/job/chat_templates/qwen3_sft.jinja); Qwen3's own template loses it in verl's SFT dataset.
+    chat_template: Literal["model", "qwen3_sft"] = "model"
     train_batch_size: PositiveInt
     use_dynamic_bsz: bool = True
     max_token_len_per_gpu: PositiveInt

@@ -14,24 +14,59 @@ def _expand(path: str) -> Path:
     return Path(path.replace("${HOME}", str(Path.home()), 1)).expanduser()
 
 
-def find_config(model: str, hf_home: str) -> dict | None:
-    """config.json of a model directory, or of a Hub id's snapshot in <hf_home>/hub (the revision refs/main names)."""
+def find_file(model: str, hf_home: str, name: str) -> Path | None:
+    """A file of a model directory, or of a Hub id's snapshot in <hf_home>/hub (the revision refs/main names)."""
     path = _expand(model)
     if path.is_absolute():
-        candidates = [path / "config.json"]
-    else:
-        repo = _expand(hf_home) / "hub" / ("models--" + model.replace("/", "--"))
-        ref = repo / "refs" / "main"
-        revision = ref.read_text().strip() if ref.is_file() else None
-        candidates = ([repo / "snapshots" / revision / "config.json"] if revision else
-                      sorted((repo / "snapshots").glob("*/config.json")))
-    for candidate in candidates:
-        try:
-            config = json.loads(candidate.read_text())
-        except (OSError, ValueError):
-            continue
-        return config.get("text_config", config) if isinstance(config, dict) else None
-    return None
+        return path / name if (path / name).is_file() else None
+    repo = _expand(hf_home) / "hub" / ("models--" + model.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    revision = ref.read_text().strip() if ref.is_file() else None
+    candidates = [repo / "snapshots" / revision / name] if revision else sorted((repo / "snapshots").glob(f"*/{name}"))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _json(path: Path | None) -> dict | None:
+    try:
+        data = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_config(model: str, hf_home: str) -> dict | None:
+    """The model's config.json (a multimodal model's text_config), or None when it is not here yet."""
+    config = _json(find_file(model, hf_home, "config.json"))
+    return config.get("text_config", config) if config else None
+
+
+def chat_template(model: str, hf_home: str) -> str | None:
+    """The model's chat template: chat_template.jinja, or tokenizer_config.json's chat_template."""
+    jinja = find_file(model, hf_home, "chat_template.jinja")
+    if jinja is not None:
+        return jinja.read_text(errors="replace")
+    template = (_json(find_file(model, hf_home, "tokenizer_config.json")) or {}).get("chat_template")
+    return template if isinstance(template, str) else None
+
+
+def check_sft_chat_template(config: TeamConfig) -> list[Problem]:
+    """Qwen3's template writes an assistant turn's <think> only after the conversation's last user message.
+    verl 0.9.1's SFT dataset renders each message on its own and compares with the whole conversation: with
+    that template it stops on the first sample (or, told to ignore it, trains without the thinking)."""
+    sft = config.sft
+    if sft.chat_template != "model":
+        return []
+    template = chat_template(sft.model, config.paths.hf_home)
+    fix = "set sft.chat_template: qwen3_sft (Qwen3's format with every assistant turn written as given, <think> included)"
+    if template is not None and "last_query_index" in template and "</think>" in template:
+        return [Problem("sft.chat_template", f"{sft.model}'s own chat template drops an assistant turn's <think> unless "
+                        "it follows the last user message, and verl's SFT dataset renders each message alone: the job "
+                        "would stop on its first sample (or train without the thinking)", fix)]
+    if template is None and "qwen3" in sft.model.lower():
+        return [Problem("sft.chat_template", f"{sft.model}'s chat template is not here to check; Qwen3's own template "
+                        "stops verl's SFT dataset on the first sample", f"{fix}, or download the model and check again",
+                        "warning")]
+    return []
 
 
 def check_model_shapes(config: TeamConfig) -> list[Problem]:

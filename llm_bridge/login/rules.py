@@ -21,7 +21,7 @@ from pathlib import Path
 from llm_bridge.login import hostlist
 from llm_bridge.login.config import TeamConfig
 from llm_bridge.job.doctor import wandb_logged_in
-from llm_bridge.login.model_shape import check_model_shapes
+from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template
 from llm_bridge.problems import Problem
 
 
@@ -426,5 +426,5 @@ def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
                 + check_evaluation(config))
     if local_paths:
         problems += (check_local_paths(config) + check_sft_val_rows(config) + check_accounts(config)
-                     + check_model_shapes(config))
+                     + check_model_shapes(config) + check_sft_chat_template(config))
     return problems

@@ -16,6 +16,7 @@ from pathlib import Path
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # PEFT's key for one adapter matrix of the module whose base weight is <module>.weight
 _ADAPTER_KEY = re.compile(r"(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.default)?\.weight")
+_MODEL_FILE_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".py", ".tiktoken")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
 
@@ -106,9 +107,9 @@ def fold(base_dir: Path, adapter_dir: Path, out: Path, tokenizer_dir: Path | Non
         raise SystemExit(f"ERROR: {len(pairs)} adapter weights have no base weight in {base_dir}, e.g. {next(iter(pairs))}: "
                          "this adapter was not trained on that model.\n"
                          "       Fix: pass the base model the run trained from (--base).")
-    if out != base_dir:
-        for item in base_dir.iterdir():
-            if item.is_file() and item.suffix != ".safetensors" and not item.name.startswith("."):
+    if out != base_dir:  # config, generation config, index, tokenizer, remote code; not other weight formats or
+        for item in base_dir.iterdir():  # the base's README.md (upload writes this model's own card)
+            if item.is_file() and item.suffix in _MODEL_FILE_SUFFIXES and not item.name.startswith("."):
                 shutil.copy2(item, out / item.name)
     if tokenizer_dir is not None:
         for name in _TOKENIZER_FILES:

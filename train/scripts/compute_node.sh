@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 82542a82983f).
+# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 fc409c9e619d).
 # Do not edit: change the team config or templates/, then run `llm-bridge render` again.
 #
 # An interactive shell on one compute node of partition P01, with the same resources
