@@ -56,7 +56,7 @@ _KNOBS = re.compile(
     r"^\+?(data\.(use_dynamic_bsz|max_token_len_per_gpu|micro_batch_size_per_gpu)"
     r"|model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
     # A LoRA team.yaml's adapter: it changes what is learned, and it is the job being measured.
-    r"|(actor_rollout_ref\.)?model\.(lora_rank|lora_alpha|target_modules|exclude_modules)"
+    r"|(actor_rollout_ref\.)?model\.(lora_rank|lora_alpha|target_modules|exclude_modules)|actor_rollout_ref\.rollout\.load_format"
     r"|engine\.\w+"
     r"|actor_rollout_ref\.model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
     r"|actor_rollout_ref\.(actor|ref)\.(strategy|use_dynamic_bsz|ppo_max_token_len_per_gpu|ppo_micro_batch_size_per_gpu"
@@ -117,17 +117,21 @@ def pad_tokenizer(tokenizer_dir: Path, out: Path, size: int = QWEN_VOCAB) -> Pat
     return build_once(out, "tokenizer.json", build)
 
 
-def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB) -> Path:
-    """A random-weight Qwen2 model with Qwen2.5-<arch>'s shapes, saved in bf16 with the tokenizer.
+def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB,
+                weights: bool = False) -> Path:
+    """A random-weight model with Qwen2.5-<arch>'s or Qwen3's shapes, saved in bf16 with the tokenizer.
 
     vocab_size None: the tokenizer's own size, so that every id the model can sample decodes.
+    Qwen3 shapes are written without weights unless `weights` (vLLM loads every weight from disk: GRPO needs them).
     Built in a child process: a CUDA context and cached blocks left in the benchmark's own process would
     sit on the GPU through the run (3.1 GiB for 0.5B on an H100) and count in the GRPO peak.
     """
     def build(partial: Path) -> None:
-        target = _write_qwen3_stub if arch in QWEN3_ARCHS else _build_model
-        shape = QWEN3_ARCHS.get(arch) or ARCHS[arch]
-        child = multiprocessing.get_context("spawn").Process(target=target, args=(shape, tokenizer_dir, partial, vocab_size))
+        if arch in QWEN3_ARCHS:
+            target, args = (_build_model, (QWEN3_ARCHS[arch], True)) if weights else (_write_qwen3_stub, (QWEN3_ARCHS[arch],))
+        else:
+            target, args = _build_model, (ARCHS[arch], False)
+        child = multiprocessing.get_context("spawn").Process(target=target, args=(*args, tokenizer_dir, partial, vocab_size))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -136,17 +140,22 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     return build_once(out, "config.json", build)
 
 
-def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
+def _build_model(shape: dict, qwen3: bool, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
+    """shape: a Qwen2.5 shape (ARCHS), or a Qwen3 one (QWEN3_ARCHS) when qwen3."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen2Config(**COMMON, **shape, vocab_size=vocab_size or len(tokenizer), torch_dtype="bfloat16",
-                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vocab, eos, pad = vocab_size or len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
+    if qwen3:
+        config = qwen3_config(shape, vocab, eos, pad)
+    else:
+        config = Qwen2Config(**COMMON, **shape, vocab_size=vocab, torch_dtype="bfloat16", bos_token_id=None,
+                             eos_token_id=eos, pad_token_id=pad)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

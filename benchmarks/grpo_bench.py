@@ -152,9 +152,9 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
 def grpo_model(arch: str, vocab: str, gsm8k: Path, work: Path) -> Path:
     tokenizer = build_tokenizer(load_gsm8k(gsm8k), work / "tokenizer")
     if vocab == "gsm8k":
-        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None)
+        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None, weights=True)
     tokenizer = pad_tokenizer(tokenizer, work / "tokenizer-qwen-vocab")
-    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB)
+    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB, weights=True)
 
 
 def longest_prompt(model: Path, data: Path) -> int:
