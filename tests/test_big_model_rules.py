@@ -120,3 +120,19 @@ def test_big_model_settings_reach_verl(example, write_team):
     plain = write_team(example, "plain.yaml")
     for text in render_all(load(plain)[0], plain, "out").values():
         assert "ulysses" not in text and "offload_policy" not in text and "activation_offload" not in text
+
+
+@pytest.mark.parametrize("shape, billions", [
+    (dict(num_hidden_layers=64, hidden_size=5120, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+          intermediate_size=25600), 32.8),  # Qwen3-32B
+    (dict(num_hidden_layers=48, hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+          intermediate_size=6144, moe_intermediate_size=768, num_experts=128), 30.5),  # Qwen3-30B-A3B
+    (dict(num_hidden_layers=94, hidden_size=4096, num_attention_heads=64, num_key_value_heads=4, head_dim=128,
+          intermediate_size=12288, moe_intermediate_size=1536, num_experts=128), 235.1),  # Qwen3-235B-A22B
+])
+def test_model_size_counts_every_expert(tmp_path, shape, billions):
+    """The published sizes from config.json values (Qwen3's: untied embeddings, vocabulary 151,936)."""
+    from llm_bridge.login.model_shape import model_billions
+
+    path = model_dir(tmp_path / "m", vocab_size=151936, tie_word_embeddings=False, **shape)
+    assert model_billions(path) == pytest.approx(billions, abs=0.05)

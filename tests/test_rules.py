@@ -127,7 +127,7 @@ def test_no_checkpointing_warns_for_models_of_a_billion_parameters_and_more(exam
     model.mkdir()
     (model / "config.json").write_text(
         '{"num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960, "vocab_size": 151936, '
-        '"num_attention_heads": 12, "num_key_value_heads": 2}')
+        '"num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": true}')
     example["rl"]["model"] = str(model)
     problem = warnings_of(write_team, example)["rl.gradient_checkpointing"]
     assert "~1.5B" in problem.message and "rl.gradient_checkpointing: true" in problem.fix

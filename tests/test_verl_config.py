@@ -150,6 +150,12 @@ def test_lora_reaches_verl_for_sft_and_the_grpo_actor(example, write_team):
         assert ppo.actor_rollout_ref.actor.fsdp_config.model_dtype == "fp32"
         assert ppo.actor_rollout_ref.rollout.load_format == "safetensors"
         assert not ppo.actor_rollout_ref.actor.checkpoint.get("save_lora_only", False)  # checkpoints: full
+        assert ppo.actor_rollout_ref.rollout.layered_summon is False  # a 0.5B model: one gather is cheap
+    example["rl"]["model"] = "Qwen/Qwen2.5-72B-Instruct"  # 70B+: verl's advice, gather one unit at a time
+    big = write_team(example, "big.yaml")
+    ppo = compose_verl("ppo_trainer", verl_argv(render_all(load(big)[0], big, "out")[Path("ppo/run_ppo.sbatch")],
+                                                "llm_bridge.job.verl_ppo", "PPO_ARGS"))
+    assert ppo.actor_rollout_ref.rollout.layered_summon is True
     # no lora section: full fine-tuning, verl's defaults untouched
     plain = compose_verl("ppo_trainer", verl_argv(render_all(load(EXAMPLE)[0], EXAMPLE, "out")[Path("ppo/run_ppo.sbatch")],
                                                   "llm_bridge.job.verl_ppo", "PPO_ARGS"))

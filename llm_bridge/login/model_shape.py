@@ -2,6 +2,7 @@
 team's Hugging Face cache (paths.hf_home), never downloaded. A model not there yet is a warning, not a guess."""
 
 import json
+import re
 from pathlib import Path
 
 from llm_bridge.login.config import TeamConfig
@@ -47,6 +48,34 @@ def chat_template(model: str, hf_home: str) -> str | None:
         return jinja.read_text(errors="replace")
     template = (_json(find_file(model, hf_home, "tokenizer_config.json")) or {}).get("chat_template")
     return template if isinstance(template, str) else None
+
+
+_SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z])")
+
+
+def model_billions(model: str, hf_home: str | None = None) -> float | None:
+    """Parameters in billions, from the model's config.json (a directory, or the HF cache under hf_home) or
+    from the name (Qwen2.5-7B-Instruct: 7). Mixture-of-experts layers count every expert. None: unknown."""
+    c = find_config(model, hf_home) if hf_home else _json(_expand(model) / "config.json")
+    if c is not None:
+        try:
+            layers, hidden, vocab = c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]
+            heads = c.get("num_attention_heads", 1)
+            head_dim = c.get("head_dim") or hidden // heads
+            q, kv = heads * head_dim, c.get("num_key_value_heads", heads) * head_dim
+            attention = 2 * hidden * q + 2 * hidden * kv
+            experts = next((c[k] for k in MOE_KEYS if c.get(k)), 0)
+            if experts:
+                mlp = experts * 3 * hidden * c.get("moe_intermediate_size", c.get("intermediate_size", 4 * hidden))
+                mlp += experts * hidden + 3 * hidden * c.get("shared_expert_intermediate_size", 0)
+            else:
+                mlp = 3 * hidden * c.get("intermediate_size", 4 * hidden)
+            embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
+            return (layers * (attention + mlp) + embeddings) / 1e9
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+    match = _SIZE_IN_NAME.search(Path(model).name)
+    return float(match.group(1)) if match else None
 
 
 def check_sft_chat_template(config: TeamConfig) -> list[Problem]:

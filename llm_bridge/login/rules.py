@@ -11,17 +11,15 @@ after the job has waited in the queue and loaded the model:
 Each rule runs for every layout the recipe renders: one node (single-node scripts) and all nodes (multi-node).
 """
 
-import json
 import math
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
 from llm_bridge.login import hostlist
 from llm_bridge.login.config import TeamConfig
 from llm_bridge.job.doctor import wandb_logged_in
-from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template
+from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template, model_billions
 from llm_bridge.problems import Problem
 
 
@@ -225,26 +223,6 @@ def check_rl(config: TeamConfig) -> list[Problem]:
     return problems
 
 
-_SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z])")
-
-
-def model_billions(model: str) -> float | None:
-    """Parameters in billions, from a local config.json or from the name (Qwen2.5-7B-Instruct: 7). None: unknown."""
-    config = _expand(model) / "config.json"
-    if config.is_file():
-        try:
-            c = json.loads(config.read_text())
-            layers, hidden, vocab = c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]
-            heads = c.get("num_attention_heads", 1)
-            kv = hidden // heads * c.get("num_key_value_heads", heads)
-            attention, mlp = 2 * hidden * hidden + 2 * hidden * kv, 3 * hidden * c.get("intermediate_size", 4 * hidden)
-            return (layers * (attention + mlp) + vocab * hidden) / 1e9
-        except (ValueError, KeyError, TypeError):
-            return None
-    match = _SIZE_IN_NAME.search(Path(model).name)
-    return float(match.group(1)) if match else None
-
-
 MEASURED_TOKENS_1B = 16384  # the most tokens/GPU measured to fit for 1B+ models (SFT, checkpointing); GRPO's budget too (docs/benchmarks.md)
 MEASURED_TOKENS_1_5B_NO_CKPT = 16384  # 1.5B SFT with Liger, no checkpointing: the fastest measured, 61.5 GiB reserved (H200)
 
@@ -253,7 +231,7 @@ def check_memory(config: TeamConfig) -> list[Problem]:
     """The example's speed settings were measured on 0.5B and 1.5B models (docs/benchmarks.md); warn before they OOM a bigger one."""
     problems = []
     for name, stage, field in (("sft", config.sft, "max_token_len_per_gpu"), ("rl", config.rl, "ppo_max_token_len_per_gpu")):
-        size = model_billions(stage.model)
+        size = model_billions(stage.model, config.paths.hf_home)
         if size is None or size < 1.0:
             continue
         tokens = getattr(stage, field)
@@ -302,7 +280,7 @@ def check_rollout_memory(config: TeamConfig) -> list[Problem]:
     the estimate leaves less than 10% of an 80 GB H100. The smallest layout (one node) shards the models least."""
     rl = config.rl
     dp = _layouts(config)[0][1]
-    size = model_billions(rl.model)
+    size = model_billions(rl.model, config.paths.hf_home)
     if rl.lora:  # a frozen base in its dtype (the adapter and its Adam state are <1% of it); the reference
         # policy is the same actor with its adapter off, not a second model
         models = {"actor": (size or 0.0) * (2 if rl.lora.base_dtype == "bf16" else 4)}
@@ -311,7 +289,7 @@ def check_rollout_memory(config: TeamConfig) -> list[Problem]:
         if rl.use_kl_loss:
             models["reference"] = (size or 0.0) * BYTES_PER_REF_PARAM
     if rl.algorithm == "ppo":
-        models["critic"] = (model_billions(rl.critic_model or rl.model) or 0.0) * BYTES_PER_TRAINED_PARAM
+        models["critic"] = (model_billions(rl.critic_model or rl.model, config.paths.hf_home) or 0.0) * BYTES_PER_TRAINED_PARAM
     per_gpu = {name: gb * 1e9 / 2**30 / dp for name, gb in models.items()}
     trainer = sum(per_gpu.values()) + TRAINER_PROCESS_GIB
     pool = rl.gpu_memory_utilization * H100_GIB
