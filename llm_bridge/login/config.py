@@ -6,6 +6,7 @@ name every field involved and the fix.
 """
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -20,6 +21,11 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 _HOSTLIST = re.compile(r"[A-Za-z0-9._\[\],-]+")
 # An OpenAI-compatible base URL: scheme, host, optional port and path; nothing a shell would read.
 _URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.+@%/-]*)?")
+
+
+def local_path(value: str) -> Path:
+    """A path of the config (normalized by _shell_path: absolute, or under ${HOME}) on this machine."""
+    return Path(value.replace("${HOME}", str(Path.home()), 1))
 
 
 def _shell_path(value: str) -> str:

@@ -5,22 +5,20 @@ import json
 import re
 from pathlib import Path
 
-from llm_bridge.login.config import TeamConfig
+from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.problems import Problem
 
 MOE_KEYS = ("num_experts", "n_routed_experts", "num_local_experts")  # Qwen3-MoE, DeepSeek, Mixtral
 
 
-def _expand(path: str) -> Path:
-    return Path(path.replace("${HOME}", str(Path.home()), 1)).expanduser()
-
-
-def find_file(model: str, hf_home: str, name: str) -> Path | None:
+def find_file(model: str, hf_home: str | None, name: str) -> Path | None:
     """A file of a model directory, or of a Hub id's snapshot in <hf_home>/hub (the revision refs/main names)."""
-    path = _expand(model)
+    path = local_path(model)
     if path.is_absolute():
         return path / name if (path / name).is_file() else None
-    repo = _expand(hf_home) / "hub" / ("models--" + model.replace("/", "--"))
+    if hf_home is None:
+        return None
+    repo = local_path(hf_home) / "hub" / ("models--" + model.replace("/", "--"))
     ref = repo / "refs" / "main"
     revision = ref.read_text().strip() if ref.is_file() else None
     candidates = [repo / "snapshots" / revision / name] if revision else sorted((repo / "snapshots").glob(f"*/{name}"))
@@ -35,7 +33,7 @@ def _json(path: Path | None) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def find_config(model: str, hf_home: str) -> dict | None:
+def find_config(model: str, hf_home: str | None) -> dict | None:
     """The model's config.json (a multimodal model's text_config), or None when it is not here yet."""
     config = _json(find_file(model, hf_home, "config.json"))
     return config.get("text_config", config) if config else None
@@ -56,7 +54,7 @@ _SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z])")
 def model_billions(model: str, hf_home: str | None = None) -> float | None:
     """Parameters in billions, from the model's config.json (a directory, or the HF cache under hf_home) or
     from the name (Qwen2.5-7B-Instruct: 7). Mixture-of-experts layers count every expert. None: unknown."""
-    c = find_config(model, hf_home) if hf_home else _json(_expand(model) / "config.json")
+    c = find_config(model, hf_home)
     if c is not None:
         try:
             layers, hidden, vocab = c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]

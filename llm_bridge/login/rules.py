@@ -12,12 +12,11 @@ Each rule runs for every layout the recipe renders: one node (single-node script
 """
 
 import math
-import os
 from collections import Counter
 from pathlib import Path
 
 from llm_bridge.login import hostlist
-from llm_bridge.login.config import TeamConfig
+from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.job.doctor import wandb_logged_in
 from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template, model_billions
 from llm_bridge.problems import Problem
@@ -313,15 +312,11 @@ def check_rollout_memory(config: TeamConfig) -> list[Problem]:
     )]
 
 
-def _expand(path: str) -> Path:
-    return Path(path.replace("${HOME}", os.path.expanduser("~"), 1))
-
-
 def check_local_paths(config: TeamConfig) -> list[Problem]:
     """Paths missing on this machine: the logs folder is an error, the rest warnings (data and models come later).
     Off the cluster (no conda.sh), say so once instead."""
     env = config.environment
-    if not _expand(env.activate_script).exists():
+    if not local_path(env.activate_script).exists():
         field = "environment.conda_sh" if env.venv is None else "environment.venv"
         return [Problem(
             field,
@@ -343,7 +338,7 @@ def check_local_paths(config: TeamConfig) -> list[Problem]:
             candidates[field] = model
     problems = []
     for field, path in candidates.items():
-        if path is not None and not _expand(path).exists():
+        if path is not None and not local_path(path).exists():
             if field == "paths.logs":  # SLURM opens --output before the script runs: no folder, no log, no job
                 problems.append(Problem(field, f"{path} does not exist: SLURM cannot open the job logs there and "
                                         "the job fails before it prints anything", f"mkdir -p {path}"))
@@ -367,7 +362,7 @@ def check_sft_val_rows(config: TeamConfig) -> list[Problem]:
     (`sft_trainer.py`, drop_last=True). With fewer rows than train_batch_size (which check_sft makes divide
     by every layout's GPUs) it validates nothing and logs val/loss nan, after the job has queued and trained."""
     sft = config.sft
-    rows = _parquet_rows(_expand(sft.val_files)) if sft.val_files else None
+    rows = _parquet_rows(local_path(sft.val_files)) if sft.val_files else None
     if rows is None or rows >= sft.train_batch_size:
         return []
     layout, dp = _layouts(config)[0]

@@ -115,7 +115,7 @@ def merge(checkpoint: Path, out: Path, step: int | None = None, check: bool = Tr
     raw, model = work / "raw", work / "model"
     try:
         print(f"Merging {step_dir} -> {out}")
-        merger = "llm_bridge.model.adapter_merger" if only_adapter else "verl.model_merger"
+        merger = "llm_bridge.model.adapter_merger" if only_adapter or adapter_only else "verl.model_merger"
         result = subprocess.run([sys.executable, "-m", merger, "merge", "--backend", "fsdp",
                                  "--local_dir", str(step_dir), "--target_dir", str(raw)])
         if result.returncode != 0:
