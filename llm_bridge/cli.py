@@ -21,6 +21,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.strict:
         problems = [Problem(p.field, p.message, p.fix, "error") for p in problems]
     print(report(str(args.team), problems))
+    if config is not None:
+        from llm_bridge.login.memory_plan import plan
+
+        print("\n" + plan(config).table(config.slurm.gpu_memory_gib))
     if errors(problems):
         print("\nNot ready: fix the errors above, then run `llm-bridge check` again.")
         return 1

@@ -32,7 +32,7 @@ def test_sequence_parallel_must_divide_the_heads(example, write_team, tmp_path, 
     example[stage]["sequence_parallel"] = 8
     problem = problems_of(write_team, example)[f"{stage}.sequence_parallel"]
     assert "does not divide" in problem.message and "28 attention heads" in problem.message
-    assert problem.fix == "use one of [2, 4, 7]"
+    assert problem.fix == "use one of [2, 4]"  # 7 divides the heads, not a node of 8 GPUs
     example[stage]["sequence_parallel"] = 4
     assert f"{stage}.sequence_parallel" not in problems_of(write_team, example)
 
@@ -62,8 +62,10 @@ def test_a_hub_id_is_read_from_the_team_cache_and_a_missing_one_is_a_warning(exa
 
 def test_sequence_parallel_must_divide_a_node(example, write_team):
     example["rl"]["sequence_parallel"] = 3
-    problem = problems_of(write_team, example)["rl.sequence_parallel"]
-    assert "8 GPUs of a node" in problem.message and "2, 4, 8" in problem.fix
+    config, _ = load(write_team(example))
+    node, heads = [p for p in check(config, local_paths=True) if p.field == "rl.sequence_parallel"]
+    assert "8 GPUs of a node" in node.message and "2, 4, 8" in node.fix
+    assert "14 attention heads" in heads.message and heads.fix == "use one of [2]"  # 7 divides no node of 8 GPUs
 
 
 def test_token_budgets_count_the_sequence_parallel_gpus(example, write_team):

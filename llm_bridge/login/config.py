@@ -138,6 +138,10 @@ class Slurm(Section):
     nodes: Annotated[int, Field(ge=1, le=64)]
     nodelist: Annotated[str, AfterValidator(_hostlist)] | None = None
     gpus_per_node: Annotated[int, Field(ge=1, le=16)]
+    # What `check` plans each stage against: one GPU's memory (an 80 GB H100 is 79.65 GiB, nvidia-smi's 81,559 MiB)
+    # and, when known, one node's host memory (rank 0 loads the whole model there)
+    gpu_memory_gib: Annotated[float, Field(gt=0)] = 79.65
+    host_memory_gib: PositiveInt | None = None
     cpus_per_task: PositiveInt
     mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] = "0"
     time_limit: Annotated[str, Field(pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")]

@@ -3,6 +3,7 @@ team's Hugging Face cache (paths.hf_home), never downloaded. A model not there y
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_bridge.login.config import TeamConfig, local_path
@@ -33,10 +34,13 @@ def _json(path: Path | None) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def find_config(model: str, hf_home: str | None) -> dict | None:
-    """The model's config.json (a multimodal model's text_config), or None when it is not here yet."""
+def find_config(model: str, hf_home: str | None, known: bool = True) -> dict | None:
+    """The model's config.json (a multimodal model's text_config); when it is not here yet and `known`, the published
+    values of a model the teams train (KNOWN_CONFIGS); else None."""
     config = _json(find_file(model, hf_home, "config.json"))
-    return config.get("text_config", config) if config else None
+    if config:
+        return config.get("text_config", config)
+    return _KNOWN.get(model.lower()) if known else None
 
 
 def chat_template(model: str, hf_home: str) -> str | None:
@@ -50,28 +54,142 @@ def chat_template(model: str, hf_home: str) -> str | None:
 
 _SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z])")
 
+# Published config.json values of the models the teams train (the fields the planner reads), so that `check` can plan
+# for a model before its files are downloaded. A model's own config.json, where it is here, wins.
+_QWEN3 = dict(vocab_size=151936, head_dim=128, tie_word_embeddings=False)
+_QWEN25 = dict(vocab_size=151936, tie_word_embeddings=True)
+_DEEPSEEK_V3 = dict(  # DeepSeek-V3 / R1 / R1-0528: multi-head latent attention, 3 dense layers, then 256 experts
+    num_hidden_layers=61, hidden_size=7168, num_attention_heads=128, intermediate_size=18432,
+    moe_intermediate_size=2048, n_routed_experts=256, num_experts_per_tok=8, n_shared_experts=1,
+    first_k_dense_replace=3, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+    v_head_dim=128, vocab_size=129280, tie_word_embeddings=False)
+KNOWN_CONFIGS = {
+    "Qwen/Qwen3-8B": dict(num_hidden_layers=36, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                          intermediate_size=12288, **_QWEN3),
+    "Qwen/Qwen3-32B": dict(num_hidden_layers=64, hidden_size=5120, num_attention_heads=64, num_key_value_heads=8,
+                           intermediate_size=25600, **_QWEN3),
+    "Qwen/Qwen3-30B-A3B": dict(num_hidden_layers=48, hidden_size=2048, num_attention_heads=32, num_key_value_heads=4,
+                               intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+                               num_experts_per_tok=8, **_QWEN3),
+    "Qwen/Qwen3-235B-A22B": dict(num_hidden_layers=94, hidden_size=4096, num_attention_heads=64,
+                                 num_key_value_heads=4, intermediate_size=12288, moe_intermediate_size=1536,
+                                 num_experts=128, num_experts_per_tok=8, **_QWEN3),
+    "deepseek-ai/DeepSeek-R1": _DEEPSEEK_V3,
+    "deepseek-ai/DeepSeek-R1-0528": _DEEPSEEK_V3,
+    "Qwen/Qwen2.5-0.5B-Instruct": dict(num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
+                                       num_key_value_heads=2, intermediate_size=4864, **_QWEN25),
+    "Qwen/Qwen2.5-3B-Instruct": dict(num_hidden_layers=36, hidden_size=2048, num_attention_heads=16,
+                                     num_key_value_heads=2, intermediate_size=11008, **_QWEN25),
+    "Qwen/Qwen2.5-7B-Instruct": dict(num_hidden_layers=28, hidden_size=3584, num_attention_heads=28,
+                                     num_key_value_heads=4, intermediate_size=18944, vocab_size=152064,
+                                     tie_word_embeddings=False),
+    "Qwen/Qwen2.5-1.5B-Instruct": dict(num_hidden_layers=28, hidden_size=1536, num_attention_heads=12,
+                                       num_key_value_heads=2, intermediate_size=8960, **_QWEN25),
+}
+_KNOWN = {name.lower(): config for name, config in KNOWN_CONFIGS.items()}
+_KNOWN.update({name.lower() + "-instruct": c for name, c in KNOWN_CONFIGS.items() if name.startswith("Qwen/Qwen2.5")})
+_KNOWN.update({name.lower().removesuffix("-instruct"): c for name, c in KNOWN_CONFIGS.items()})
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What memory depends on, from config.json. Dimensions are per token; a layer's MLP is its largest one."""
+
+    layers: int
+    hidden: int
+    intermediate: int      # a dense MLP's width (MoE: the dense layers', if any)
+    q_dim: int             # attention query width (heads x head_dim)
+    kv_dim: int            # one of key or value's width
+    vocab: int
+    attention_params: int  # one layer's attention projections
+    layer_params: int      # the largest decoder layer (an MoE layer holds every expert): FSDP gathers one at a time
+    params: int            # the whole model
+    embedding_params: int  # input embeddings and output head (one matrix when tied): FSDP's root unit
+    experts: int = 0
+    top_k: int = 0
+    moe_intermediate: int = 0
+    source: str = "config.json"
+
+    @property
+    def moe(self) -> bool:
+        return self.experts > 0
+
+    def activation_elements(self) -> int:
+        """Tensors one decoder layer keeps per token for its backward pass (the planner's unit, docs/benchmarks.md):
+        residual and norm inputs and outputs (4h), attention's q/k/v after RoPE and its output (2q + 2kv), and the
+        MLP's gate, up and activation (3I); an MoE layer instead keeps, for each routed expert of a token, the
+        token's copy and its expert's gate, up and activation, plus the router's logits."""
+        attention = 4 * self.hidden + 2 * self.q_dim + 2 * self.kv_dim
+        if self.moe:
+            return attention + self.top_k * (self.hidden + 3 * self.moe_intermediate) + 2 * self.experts
+        return attention + 3 * self.intermediate
+
+    def lora_params(self, rank: int, targets: str | list[str]) -> int:
+        """LoRA's trainable parameters: rank x (in + out) for each targeted projection of every layer (all-linear:
+        attention and dense MLP; experts are never targeted here, `check` refuses all-linear on MoE)."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h}
+        if not self.moe:
+            sizes.update(gate_proj=h + i, up_proj=h + i, down_proj=i + h)
+        names = sizes if targets == "all-linear" else [t for t in targets if t in sizes]
+        return self.layers * rank * sum(sizes[n] for n in names)
+
+
+def shape_of(c: dict, source: str = "config.json") -> Shape | None:
+    """A Shape from config.json values (dense, Qwen3-MoE, DeepSeek-V3's latent attention and dense first layers)."""
+    try:
+        layers, hidden, vocab = int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["vocab_size"])
+        heads = int(c.get("num_attention_heads", 1))
+        intermediate = int(c.get("intermediate_size", 4 * hidden))
+        if c.get("kv_lora_rank"):  # multi-head latent attention: low-rank query and key/value projections
+            qk = int(c["qk_nope_head_dim"]) + int(c["qk_rope_head_dim"])
+            v = int(c["v_head_dim"])
+            q_rank, kv_rank = int(c.get("q_lora_rank") or 0), int(c["kv_lora_rank"])
+            query = hidden * q_rank + q_rank * heads * qk if q_rank else hidden * heads * qk
+            attention = (query + hidden * (kv_rank + int(c["qk_rope_head_dim"]))
+                         + kv_rank * heads * (int(c["qk_nope_head_dim"]) + v) + heads * v * hidden)
+            q_dim, kv_dim = heads * qk, heads * v
+        else:
+            head_dim = int(c.get("head_dim") or hidden // heads)
+            q_dim, kv_dim = heads * head_dim, int(c.get("num_key_value_heads", heads)) * head_dim
+            attention = 2 * hidden * q_dim + 2 * hidden * kv_dim
+        experts = int(next((c[k] for k in MOE_KEYS if c.get(k)), 0))
+        dense_mlp = 3 * hidden * intermediate
+        if experts:
+            moe_i = int(c.get("moe_intermediate_size", intermediate))
+            shared = int(c.get("shared_expert_intermediate_size") or int(c.get("n_shared_experts") or 0) * moe_i)
+            moe_mlp = experts * 3 * hidden * moe_i + experts * hidden + 3 * hidden * shared
+            dense_layers = int(c.get("first_k_dense_replace", 0)) + len(c.get("mlp_only_layers") or [])
+            mlp_total = dense_layers * dense_mlp + (layers - dense_layers) * moe_mlp
+            top_k = int(c.get("num_experts_per_tok", 8))
+        else:
+            moe_i = top_k = moe_mlp = 0
+            mlp_total = layers * dense_mlp
+        embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
+        return Shape(layers=layers, hidden=hidden, intermediate=intermediate, q_dim=q_dim, kv_dim=kv_dim, vocab=vocab,
+                     attention_params=attention, layer_params=attention + max(moe_mlp, dense_mlp),
+                     params=layers * attention + mlp_total + embeddings, embedding_params=embeddings, experts=experts, top_k=top_k,
+                     moe_intermediate=moe_i, source=source)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def find_shape(model: str, hf_home: str | None = None) -> Shape | None:
+    """The model's Shape: its config.json (a directory, or the HF cache under hf_home), else the published values
+    of a model the teams train (KNOWN_CONFIGS, by Hub id). None: unknown."""
+    config = find_config(model, hf_home, known=False)
+    if config is not None:
+        return shape_of(config)
+    known = _KNOWN.get(model.lower())
+    return shape_of(known, f"published config of {model}") if known else None
+
 
 def model_billions(model: str, hf_home: str | None = None) -> float | None:
-    """Parameters in billions, from the model's config.json (a directory, or the HF cache under hf_home) or
-    from the name (Qwen2.5-7B-Instruct: 7). Mixture-of-experts layers count every expert. None: unknown."""
-    c = find_config(model, hf_home)
-    if c is not None:
-        try:
-            layers, hidden, vocab = c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]
-            heads = c.get("num_attention_heads", 1)
-            head_dim = c.get("head_dim") or hidden // heads
-            q, kv = heads * head_dim, c.get("num_key_value_heads", heads) * head_dim
-            attention = 2 * hidden * q + 2 * hidden * kv
-            experts = next((c[k] for k in MOE_KEYS if c.get(k)), 0)
-            if experts:
-                mlp = experts * 3 * hidden * c.get("moe_intermediate_size", c.get("intermediate_size", 4 * hidden))
-                mlp += experts * hidden + 3 * hidden * c.get("shared_expert_intermediate_size", 0)
-            else:
-                mlp = 3 * hidden * c.get("intermediate_size", 4 * hidden)
-            embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
-            return (layers * (attention + mlp) + embeddings) / 1e9
-        except (KeyError, TypeError, ZeroDivisionError):
-            return None
+    """Parameters in billions, from the model's shape (find_shape) or from the name (Qwen2.5-7B-Instruct: 7).
+    Mixture-of-experts layers count every expert. None: unknown."""
+    shape = find_shape(model, hf_home)
+    if shape is not None:
+        return shape.params / 1e9
     match = _SIZE_IN_NAME.search(Path(model).name)
     return float(match.group(1)) if match else None
 
@@ -99,7 +217,7 @@ def check_sft_chat_template(config: TeamConfig) -> list[Problem]:
 def check_model_shapes(config: TeamConfig) -> list[Problem]:
     problems: list[Problem] = []
     for name, stage in (("sft", config.sft), ("rl", config.rl)):
-        needs_shape = stage.sequence_parallel > 1 or (stage.lora and stage.lora.target_modules == "all-linear")
+        needs_shape = stage.sequence_parallel > 1 or bool(stage.lora)
         if not needs_shape:
             continue
         shape = find_config(stage.model, config.paths.hf_home)
@@ -112,7 +230,8 @@ def check_model_shapes(config: TeamConfig) -> list[Problem]:
             continue
         sp, heads, kv = stage.sequence_parallel, shape.get("num_attention_heads"), shape.get("num_key_value_heads")
         if sp > 1 and isinstance(heads, int) and heads % sp:
-            divisors = [d for d in range(2, heads + 1) if heads % d == 0 and d <= config.slurm.gpus_per_node]
+            gpus = config.slurm.gpus_per_node
+            divisors = [d for d in range(2, heads + 1) if heads % d == 0 and gpus % d == 0]
             problems.append(Problem(
                 f"{name}.sequence_parallel", f"{sp} does not divide {stage.model}'s {heads} attention heads; "
                 "verl splits the heads over the sequence-parallel GPUs and asserts when the model loads",
@@ -122,7 +241,14 @@ def check_model_shapes(config: TeamConfig) -> list[Problem]:
                 f"{name}.sequence_parallel", f"{sp} and {stage.model}'s {kv} key/value heads do not divide one another; "
                 "verl asserts when the model loads",
                 f"use a divisor or a multiple of {kv}"))
-        if stage.lora and stage.lora.target_modules == "all-linear" and any(shape.get(k) for k in MOE_KEYS):
+        moe = any(shape.get(k) for k in MOE_KEYS)
+        if stage.lora and stage.use_liger and moe:
+            problems.append(Problem(
+                f"{name}.use_liger", f"Liger replaces {stage.model}'s experts with a fused kernel that computes every "
+                "expert's weight gradient, frozen or not, and tunes itself for minutes on first use: LoRA SFT of "
+                "Qwen3-30B-A3B ran at 4,269 tokens/s with it (its expert kernel's tuning skipped) and 4,791 without "
+                "Liger (one H200, docs/benchmarks.md)", f"set {name}.use_liger: false", "warning"))
+        if stage.lora and stage.lora.target_modules == "all-linear" and moe:
             problems.append(Problem(
                 f"{name}.lora.target_modules", f"all-linear on the mixture-of-experts {stage.model} puts adapters on "
                 "every expert and on the router (PEFT turns them into target_parameters), and `llm-bridge merge` "

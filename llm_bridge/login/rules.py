@@ -18,7 +18,8 @@ from pathlib import Path
 from llm_bridge.login import hostlist
 from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.job.doctor import wandb_logged_in
-from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template, model_billions
+from llm_bridge.login.memory_plan import plan
+from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template
 from llm_bridge.problems import Problem
 
 
@@ -222,96 +223,6 @@ def check_rl(config: TeamConfig) -> list[Problem]:
     return problems
 
 
-MEASURED_TOKENS_1B = 16384  # the most tokens/GPU measured to fit for 1B+ models (SFT, checkpointing); GRPO's budget too (docs/benchmarks.md)
-MEASURED_TOKENS_1_5B_NO_CKPT = 16384  # 1.5B SFT with Liger, no checkpointing: the fastest measured, 61.5 GiB reserved (H200)
-
-
-def check_memory(config: TeamConfig) -> list[Problem]:
-    """The example's speed settings were measured on 0.5B and 1.5B models (docs/benchmarks.md); warn before they OOM a bigger one."""
-    problems = []
-    for name, stage, field in (("sft", config.sft, "max_token_len_per_gpu"), ("rl", config.rl, "ppo_max_token_len_per_gpu")):
-        size = model_billions(stage.model, config.paths.hf_home)
-        if size is None or size < 1.0:
-            continue
-        tokens = getattr(stage, field)
-        # 1.5B SFT with Liger runs faster without checkpointing, within its own (smaller) token budget
-        fast_1_5b = name == "sft" and size < 2.0 and stage.use_liger and not stage.gradient_checkpointing
-        if not stage.gradient_checkpointing and not fast_1_5b:
-            problems.append(Problem(
-                f"{name}.gradient_checkpointing",
-                f"false with a ~{size:.1f}B model ({stage.model}): without checkpointing a 0.5B model already holds "
-                f"32 GiB of activations at 16384 tokens/GPU on an H100; {tokens} tokens/GPU of a {size:.1f}B model will "
-                "run out of GPU memory",
-                f"set {name}.gradient_checkpointing: true (or lower the tokens per GPU and measure: docs/benchmarks.md)",
-                "warning",
-            ))
-        if fast_1_5b:
-            budget = MEASURED_TOKENS_1_5B_NO_CKPT
-            message = (f"{tokens} tokens/GPU without checkpointing with a ~{size:.1f}B model ({stage.model}): 1.5B was "
-                       f"measured up to {budget} only, its fastest setting (57.6 GiB allocated, 61.5 GiB reserved with "
-                       "the SFT script's expandable segments, of the 79 GiB an 80 GB H100 gives)")
-            fix = f"set sft.max_token_len_per_gpu: {budget} (or sft.gradient_checkpointing: true with {MEASURED_TOKENS_1B})"
-        else:
-            budget = MEASURED_TOKENS_1B
-            message = (f"{tokens} tokens/GPU with a ~{size:.1f}B model ({stage.model}): the example's 32768 was measured "
-                       f"on 0.5B only (SFT: 38 GiB of 80 on an H100); 1.5B SFT with checkpointing took 55 GiB at {budget}")
-            fix = (f"set {name}.{field}: {budget} (and {name}.gradient_checkpointing: true) for models of 1B "
-                   "parameters and more")
-        if tokens > budget:
-            problems.append(Problem(f"{name}.{field}", message, fix, "warning"))
-    return problems
-
-
-# GRPO/PPO memory per GPU while vLLM generates, fitted to nvidia-smi peaks (docs/benchmarks.md): 0.5B on 1 GPU with
-# an H100's 0.5 of vLLM pool measured 47.2-47.3 GiB (estimate 47.8) under the scripts' expandable segments, and 1.5B
-# 59.2 GiB (estimate 59.0); 0.5B measured 64.1-64.3 GiB without them, when the sampler's share was up to 18.4 GiB (a team
-# that exports another allocator gets that back).
-H100_GIB = 79.65                # nvidia-smi's 81,559 MiB; gpu_memory_utilization is a share of this
-VLLM_SAMPLER_GIB = 1.0          # vLLM's sampler outside its pool: 4 fp32 [256 sequences x 151,936] = 0.58, measured 0.4-0.8
-TRAINER_PROCESS_GIB = 1.4       # the FSDP worker's CUDA context and cache besides its weights (6.9 GiB for 0.5B)
-BYTES_PER_TRAINED_PARAM = 12    # fp32 weights + Adam's two moments stay on the GPU while vLLM generates
-BYTES_PER_REF_PARAM = 4         # the reference model: verl 0.9.1 loads it in fp32 too (ref.fsdp_config.model_dtype)
-HEADROOM = 0.10
-
-
-def check_rollout_memory(config: TeamConfig) -> list[Problem]:
-    """vLLM's pool, its sampler's workspace and the resident FSDP models share one GPU while generating; warn when
-    the estimate leaves less than 10% of an 80 GB H100. The smallest layout (one node) shards the models least."""
-    rl = config.rl
-    dp = _layouts(config)[0][1]
-    size = model_billions(rl.model, config.paths.hf_home)
-    if rl.lora:  # a frozen base in its dtype (the adapter and its Adam state are <1% of it); the reference
-        # policy is the same actor with its adapter off, not a second model
-        models = {"actor": (size or 0.0) * (2 if rl.lora.base_dtype == "bf16" else 4)}
-    else:
-        models = {"actor": (size or 0.0) * BYTES_PER_TRAINED_PARAM}
-        if rl.use_kl_loss:
-            models["reference"] = (size or 0.0) * BYTES_PER_REF_PARAM
-    if rl.algorithm == "ppo":
-        models["critic"] = (model_billions(rl.critic_model or rl.model, config.paths.hf_home) or 0.0) * BYTES_PER_TRAINED_PARAM
-    per_gpu = {name: gb * 1e9 / 2**30 / dp for name, gb in models.items()}
-    trainer = sum(per_gpu.values()) + TRAINER_PROCESS_GIB
-    pool = rl.gpu_memory_utilization * H100_GIB
-    total, limit = pool + VLLM_SAMPLER_GIB + trainer, (1 - HEADROOM) * H100_GIB
-    if total <= limit:
-        return []
-    split = " + ".join(f"{name} {gib:.1f}" for name, gib in per_gpu.items() if gib)
-    held = (f"{trainer:.1f} GiB per GPU ({split} GiB of weights and optimizer state over {dp} GPU(s), "
-            f"~{TRAINER_PROCESS_GIB} GiB CUDA context)" if split
-            else f"at least {TRAINER_PROCESS_GIB} GiB per GPU (the model's size is unknown here)")
-    most = math.floor((limit - VLLM_SAMPLER_GIB - trainer) / H100_GIB * 100) / 100
-    fix = (f"set rl.gpu_memory_utilization: {most} or lower (0.5B on one GPU: 0.5 of an H100 peaked at 47 GiB)"
-           if most >= 0.2 else "shard the models over more GPUs (slurm.gpus_per_node), or use a smaller model")
-    return [Problem(
-        "rl.gpu_memory_utilization",
-        f"{rl.gpu_memory_utilization} gives vLLM {pool:.1f} GiB, its sampler takes ~{VLLM_SAMPLER_GIB} GiB more while "
-        f"generating (with the scripts' expandable segments), and the FSDP workers keep {held}: about {total:.0f} GiB "
-        "per GPU, less than "
-        f"{HEADROOM:.0%} headroom on an 80 GB H100 ({H100_GIB} GiB), so a rollout can run out of memory mid-run",
-        fix, "warning",
-    )]
-
-
 def check_local_paths(config: TeamConfig) -> list[Problem]:
     """Paths missing on this machine: the logs folder is an error, the rest warnings (data and models come later).
     Off the cluster (no conda.sh), say so once instead."""
@@ -395,7 +306,7 @@ def check_accounts(config: TeamConfig) -> list[Problem]:
 
 def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
     problems = (check_slurm(config) + check_shared_paths(config) + check_sft(config) + check_rl(config)
-                + check_big_model_settings(config) + check_memory(config) + check_rollout_memory(config)
+                + check_big_model_settings(config) + plan(config).problems
                 + check_evaluation(config))
     if local_paths:
         problems += (check_local_paths(config) + check_sft_val_rows(config) + check_accounts(config)
