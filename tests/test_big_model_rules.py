@@ -68,6 +68,17 @@ def test_sequence_parallel_must_divide_a_node(example, write_team):
     assert "14 attention heads" in heads.message and heads.fix == "use one of [2]"  # 7 divides no node of 8 GPUs
 
 
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+def test_sequence_parallel_needs_flash_attention(example, write_team, stage):
+    """verl's Ulysses lives in `_ulysses_flash_attention_forward`: sdpa, flex and eager never exchange heads."""
+    example[stage].update(sequence_parallel=2, attn_implementation="sdpa")
+    problem = problems_of(write_team, example)[f"{stage}.sequence_parallel"]
+    assert "only inside its flash-attention forward" in problem.message and "silently" in problem.message
+    assert problem.fix.startswith(f"set {stage}.attn_implementation: flash_attention_2")
+    example[stage]["attn_implementation"] = "flash_attention_2"
+    assert f"{stage}.sequence_parallel" not in problems_of(write_team, example)
+
+
 def test_token_budgets_count_the_sequence_parallel_gpus(example, write_team):
     """verl packs max_token_len_per_gpu x sp tokens per micro-batch: a 32k sample fits 8192 x 4."""
     example["sft"].update(max_length=32768, max_token_len_per_gpu=8192, sequence_parallel=4)

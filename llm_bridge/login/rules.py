@@ -137,6 +137,13 @@ def check_big_model_settings(config: TeamConfig) -> list[Problem]:
                 f"{name}.sequence_parallel", f"{stage.sequence_parallel} does not divide the {gpus} GPUs of a node; "
                 "a sequence-parallel group must lie within the GPUs of every layout",
                 f"use a divisor of {gpus}, e.g. {', '.join(str(d) for d in range(2, gpus + 1) if gpus % d == 0)}"))
+        if stage.sequence_parallel > 1 and stage.attn_implementation != "flash_attention_2":
+            problems.append(Problem(
+                f"{name}.sequence_parallel", f"verl 0.9.1 splits the attention heads over the sequence-parallel GPUs "
+                f"only inside its flash-attention forward; with attn_implementation {stage.attn_implementation} each "
+                "GPU would attend within its own slice of the sequence and train on wrong attention, silently",
+                f"set {name}.attn_implementation: flash_attention_2 (flash-attn is installed by install_env.sbatch), "
+                f"or {name}.sequence_parallel: 1"))
         if stage.cpu_offload and stage.strategy != "fsdp2":
             problems.append(Problem(
                 f"{name}.cpu_offload", "verl 0.9.1 applies its CPU offload policy to FSDP2 only; with strategy fsdp "

@@ -76,6 +76,28 @@ def build_model(tokenizer, out: Path) -> Path:
     return out
 
 
+def build_qwen3(source: Path, out: Path, moe: bool = False) -> Path:
+    """A tiny Qwen3 (dense) or Qwen3-MoE model with the tokenizer of `source` (a model build_model wrote): the
+    architectures the teams fine-tune, at a size a CPU trains in seconds."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=False,
+                 bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if moe:
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, intermediate_size=128, moe_intermediate_size=32,
+                                                   num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**shape, intermediate_size=128))
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def main(out: Path) -> None:
     data = write_sample_data(out / "sample_gsm8k")
     corpus = [line for split in ("train", "test") for row in map(json.loads, (data / f"{split}.jsonl").read_text().splitlines())

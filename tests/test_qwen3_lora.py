@@ -1,0 +1,57 @@
+"""LoRA SFT of the architectures the teams fine-tune, through the rendered script on 2 ranks, then merged: a tiny
+Qwen3 (dense, all-linear) and a tiny Qwen3-MoE (attention: all-linear on MoE is refused by check). The merged model's
+logits equal PEFT's base + adapter to 1e-4.
+
+Ulysses sequence parallelism is not run here: verl 0.9.1 splits the heads only inside its flash-attention forward
+(`_ulysses_flash_attention_forward`), and flash-attn has no CPU kernel; with sdpa each rank would attend within its
+own slice of the sequence. gloo's all_to_all itself works on CPU. `check` refuses sequence_parallel without
+flash_attention_2 (tests/test_big_model_rules.py)."""
+
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "cpu"))
+import build_tiny  # noqa: E402
+import pipeline  # noqa: E402
+from test_merge import _logits, bridge_merge  # noqa: E402
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    work = tmp_path_factory.mktemp("qwen3")
+    stage = pipeline.Stage(work)
+    pipeline.prepare(work, stage)
+    return work, stage
+
+
+@pytest.mark.parametrize("arch, targets, folded", [("qwen3", "all-linear", 14), ("qwen3_moe", ATTENTION, 8)])
+def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, folded):
+    work, stage = prepared
+    base = build_tiny.build_qwen3(work / "tiny" / "model", work / "tiny" / arch, moe=arch.endswith("moe"))
+    team = pipeline.team_config(work)
+    team["sft"].update(experiment_name=f"lora-{arch}", model=str(base),
+                       lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "target_modules": targets})
+    (work / f"{arch}.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
+    out = work / f"rendered-{arch}"
+    stage.run(f"render-{arch}", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / f"{arch}.yaml"),
+                                 "--out", str(out)])
+    stage.run(f"sft-{arch}", ["bash", str(out / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
+                              "optim.lr=1e-2", "trainer.total_training_steps=2"], pipeline.CPU_ENV)
+    losses = [m["data"]["train/loss"] for m in pipeline.metrics(work / "logs", f"lora-{arch}") if "train/loss" in m["data"]]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+
+    run = work / "checkpoints" / "sft" / f"lora-{arch}"
+    merged = work / "models" / f"lora-{arch}"
+    result = bridge_merge("--checkpoint", run, "--out", merged, "--base", base)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Folded the adapter into {folded} weights" in result.stdout
+    after, reference, before = _logits(merged), _logits(base, merged / "lora_adapter"), _logits(base)
+    assert (after - before).abs().max() > 1e-3, "the adapter changed the model"
+    assert torch.allclose(after, reference, atol=1e-4), (after - reference).abs().max()
