@@ -149,3 +149,34 @@ def test_model_size_counts_every_expert(tmp_path, shape, billions):
 
     path = model_dir(tmp_path / "m", vocab_size=151936, tie_word_embeddings=False, **shape)
     assert model_billions(path) == pytest.approx(billions, abs=0.05)
+
+
+def test_samples_longer_than_max_length_are_counted_with_the_models_tokenizer(example, write_team, tmp_path):
+    """Reasoning data of 16k-32k tokens against sft.max_length: truncation error would stop verl mid-run at the first
+    long sample, right cuts the sample's end (its answer). Counted with the model's own tokenizer.json."""
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "tests" / "cpu"))
+    import build_tiny
+
+    build_tiny.main(tmp_path / "tiny")
+    words = "Tom has 3 apples and gets 4 more. How many apples does Tom have now? "
+    rows = [[{"role": "user", "content": words * 2}, {"role": "assistant", "content": words * n}] for n in (2, 40, 80)]
+    pq.write_table(pa.table({"messages": rows}), tmp_path / "train.parquet")
+    example["sft"].update(model=str(tmp_path / "tiny" / "model"), train_files=str(tmp_path / "train.parquet"),
+                          max_length=512, truncation="error")
+    problem = problems_of(write_team, example)["sft.max_length"]
+    assert "2 of 3 samples" in problem.message and "longer than sft.max_length 512" in problem.message
+    assert "stops at the first of them" in problem.message and problem.fix.startswith("set sft.max_length: ")
+    longest = int(problem.fix.split(": ")[1].split()[0])
+    assert 1024 <= longest <= 4096 and longest % 1024 == 0
+
+    example["sft"]["truncation"] = "right"
+    warning = problems_of(write_team, example, "warning")["sft.max_length"]
+    assert "cuts them" in warning.message and "answer" in warning.message
+    example["sft"].update(max_length=longest, max_token_len_per_gpu=longest)
+    assert "sft.max_length" not in problems_of(write_team, example, "warning")

@@ -19,7 +19,7 @@ from llm_bridge.login import hostlist
 from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.job.doctor import wandb_logged_in
 from llm_bridge.login.memory_plan import plan
-from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template
+from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template, find_file
 from llm_bridge.problems import Problem
 
 
@@ -293,6 +293,57 @@ def check_sft_val_rows(config: TeamConfig) -> list[Problem]:
     )]
 
 
+LONGEST_SAMPLES = 256  # the longest rows by characters are tokenized: enough to count what max_length cuts
+
+
+def _longest_conversations(path: Path, key: str) -> tuple[int, list[tuple[str, int]]] | None:
+    """(rows, (text, messages) of the LONGEST_SAMPLES longest conversations), or None without pyarrow or a readable
+    file."""
+    try:
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(path, columns=[key]).column(key).to_pylist()
+    except Exception:  # no pyarrow on this Python (the login .venv), a missing file or column: said elsewhere
+        return None
+    texts = [("\n".join(str(m.get("content") or "") + str(m.get("reasoning_content") or "") for m in row or []),
+              len(row or [])) for row in column]
+    return len(texts), sorted(texts, key=lambda t: len(t[0]), reverse=True)[:LONGEST_SAMPLES]
+
+
+def check_sft_lengths(config: TeamConfig) -> list[Problem]:
+    """Samples longer than sft.max_length, counted with the model's own tokenizer (tokenizer.json in the model's
+    directory or paths.hf_home, read by the `tokenizers` library of the training environment). verl's truncation
+    `error` stops the job at the first one, mid-epoch; `right` cuts a reasoning trace's end, its answer."""
+    sft = config.sft
+    tokenizer_file = find_file(sft.model, config.paths.hf_home, "tokenizer.json")
+    longest = _longest_conversations(local_path(sft.train_files), sft.messages_key) if tokenizer_file else None
+    if longest is None:
+        return []
+    try:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception:
+        return []
+    rows, texts = longest
+    per_message = 5  # the chat template's markers: Qwen's <|im_start|>role\n ... <|im_end|>\n
+    encoded = tokenizer.encode_batch([text for text, _ in texts])
+    lengths = [len(e.ids) + per_message * messages for e, (_, messages) in zip(encoded, texts)]
+    over = sum(n > sft.max_length for n in lengths)
+    if not over:
+        return []
+    count = f"at least {over}" if over == len(texts) else f"{over}"
+    what = (f"{count} of {rows} samples in {sft.train_files} are longer than sft.max_length {sft.max_length} tokens "
+            f"(the longest ~{max(lengths)}, counted with {sft.model}'s tokenizer)")
+    longest_fix = f"set sft.max_length: {-(-max(lengths) // 1024) * 1024}"
+    if sft.truncation == "error":
+        return [Problem("sft.max_length", f"{what}; with truncation error verl stops at the first of them, mid-run",
+                        f"{longest_fix} (and max_token_len_per_gpu x sequence_parallel at least that), or filter them out")]
+    return [Problem("sft.max_length", f"{what}; truncation {sft.truncation} cuts them, and a reasoning sample's "
+                    "cut end is its answer", f"{longest_fix} (and max_token_len_per_gpu x sequence_parallel at least "
+                    "that), or filter the long samples out in data prep", "warning")]
+
+
 def check_accounts(config: TeamConfig) -> list[Problem]:
     problems = []
     if config.wandb.mode == "online" and not wandb_logged_in():
@@ -317,5 +368,5 @@ def check(config: TeamConfig, local_paths: bool = True) -> list[Problem]:
                 + check_evaluation(config))
     if local_paths:
         problems += (check_local_paths(config) + check_sft_val_rows(config) + check_accounts(config)
-                     + check_model_shapes(config) + check_sft_chat_template(config))
+                     + check_model_shapes(config) + check_sft_chat_template(config) + check_sft_lengths(config))
     return problems
