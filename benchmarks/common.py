@@ -26,25 +26,30 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # llm_bridge: the recipe's own renderer and parquet writer
+from llm_bridge.login.model_shape import KNOWN_CONFIGS  # noqa: E402
 COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
               attention_dropout=0.0, use_sliding_window=False)
-ARCHS = {  # Qwen2.5 config.json values
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                 intermediate_size=8960, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-               intermediate_size=18944, tie_word_embeddings=False),
+_DIMENSIONS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+def _shape(hub_id: str, *extra: str) -> dict:
+    """The published config.json values the recipe's planner knows (llm_bridge/login/model_shape.py), so that a
+    benchmark's model and the plan it checks have one source."""
+    config = KNOWN_CONFIGS[hub_id]
+    return {key: config[key] for key in _DIMENSIONS + extra}
+
+
+ARCHS = {  # Qwen2.5 shapes
+    "0.5b": _shape("Qwen/Qwen2.5-0.5B-Instruct", "tie_word_embeddings"),
+    "1.5b": _shape("Qwen/Qwen2.5-1.5B-Instruct", "tie_word_embeddings"),
+    "7b": _shape("Qwen/Qwen2.5-7B-Instruct", "tie_word_embeddings"),
 }
 QWEN3 = dict(max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu", head_dim=128,
              attention_dropout=0.0, tie_word_embeddings=False)
-QWEN3_ARCHS = {  # Qwen3 config.json values; "moe" ones are Qwen3MoeForCausalLM
-    "qwen3-8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                     intermediate_size=12288),
-    "qwen3-32b": dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8,
-                      intermediate_size=25600),
-    "qwen3-30b-a3b": dict(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
-                          intermediate_size=6144, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+QWEN3_ARCHS = {  # Qwen3 shapes; "moe" ones are Qwen3MoeForCausalLM
+    "qwen3-8b": _shape("Qwen/Qwen3-8B"),
+    "qwen3-32b": _shape("Qwen/Qwen3-32B"),
+    "qwen3-30b-a3b": dict(_shape("Qwen/Qwen3-30B-A3B", "moe_intermediate_size", "num_experts", "num_experts_per_tok"),
                           norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], moe=True),
 }
 QWEN_VOCAB = 151936
