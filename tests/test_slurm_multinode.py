@@ -148,6 +148,35 @@ def test_multinode_sft_over_srun_torchrun(lab, work):
     assert leftovers(job) == []
 
 
+def test_multinode_lora_sft_of_qwen3(lab, work):
+    """LoRA SFT of a tiny Qwen3 on 2 nodes x 2 ranks: each rank saves its shard of the adapter alone, and the merge
+    folds it into the base as PEFT would (logits to 1e-4)."""
+    import build_tiny
+    import torch
+    from test_merge import _logits, bridge_merge
+
+    base = build_tiny.build_qwen3(work / "tiny" / "model", work / "tiny" / "qwen3")
+    team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
+    team["sft"].update(experiment_name="lora-qwen3", model=str(base),  # the multi-node script adds -2nodes
+                       lora={"rank": 4, "alpha": 8, "base_dtype": "fp32"})
+    rendered = render(work, team, "rendered-lora")
+    proc, job = lab.submit(rendered / "mutinode_sft" / "run_sft_multinode.sbatch", *SFT_CPU, "optim.lr=1e-2",
+                           "trainer.total_training_steps=2", env=pipeline.CPU_ENV)
+    assert proc.wait(timeout=600) == 0, job_log(work, job)[-5000:]
+    run = work / "checkpoints" / "sft" / "lora-qwen3-2nodes"
+    shards = sorted((run / "global_step_2").glob("model_world_size_4_rank_*.pt"))
+    assert len(shards) == 4 and all(all("lora_" in k for k in torch.load(s, weights_only=False)) for s in shards)
+    [metrics] = (work / "logs").glob("lora-qwen3-2nodes-*.metrics.jsonl")
+    losses = [json.loads(line)["data"]["train/loss"] for line in metrics.read_text().splitlines() if "train/loss" in line]
+    assert len(losses) == 2 and losses[1] < losses[0]
+
+    merged = work / "models" / "lora-qwen3-2nodes"
+    result = bridge_merge("--checkpoint", run, "--out", merged, "--base", base)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert torch.allclose(_logits(merged), _logits(base, merged / "lora_adapter"), atol=1e-4)
+    assert leftovers(job) == []
+
+
 def test_multinode_grpo_over_ray(lab, work):
     start = time.time()
     proc, job = lab.submit(work / "rendered" / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU, env=pipeline.CPU_ENV)
