@@ -25,9 +25,9 @@ case "$(basename "$0")" in
     done
     [[ $# -gt 0 ]] && exec "$@"
     ;;
-  scontrol) [[ "$1" == show ]] && echo node1 ;;
+  scontrol) [[ "$1" == show ]] && printf '%s\n' ${STUB_NODES} ;;
   squeue) [[ "$*" == *%T* ]] && echo RUNNING; [[ "$*" == *%e* ]] && echo 2099-01-01T00:00:00 ;;
-  python3|python) if [[ "${1:-}" == - ]]; then cat >/dev/null; echo "1 ${STUB_GPUS}"; echo node1; fi ;;
+  python3|python) if [[ "${1:-}" == - ]]; then cat >/dev/null; n=$(wc -w <<<"${STUB_NODES}"); echo "${n} $((n * STUB_GPUS))"; echo ${STUB_NODES}; fi ;;
   hostname) echo 10.0.0.1 ;;
   ip) echo "2: eth0    inet 10.0.0.1/24 brd 10.0.0.255 scope global eth0" ;;
 esac
@@ -67,14 +67,15 @@ class Stubs:
         (self.model / "config.json").write_text("{}")
 
     def args_for(self, script: Path) -> list[str]:
-        if script.name == "eval_model.sbatch":
+        if script.name in ("eval_model.sbatch", "eval_model_multinode.sbatch"):
             return [str(self.model), "name"]
         if script.name == "generate.sbatch":
             return [str(self.model), str(self.root / "data.parquet"), str(self.root / "out.jsonl")]
         return []
 
-    def run(self, script: Path, logs: Path, cwd: Path, repo: Path) -> subprocess.CompletedProcess:
-        """Run one rendered script under the stubs as a one-node batch job; the caller checks the exit code."""
+    def run(self, script: Path, logs: Path, cwd: Path, repo: Path, nodes: tuple[str, ...] = ("node1",)
+            ) -> subprocess.CompletedProcess:
+        """Run one rendered script under the stubs as a batch job on `nodes`; the caller checks the exit code."""
         logs.mkdir(parents=True, exist_ok=True)
         (logs / "ray-cluster-123.address").write_text(
             "CLUSTER_JOB_ID=123\nHEAD_NODE=node1\nRAY_ADDRESS=10.0.0.1:6379\nN_NODES=1\nGPUS_PER_NODE=8\n")
@@ -84,8 +85,9 @@ class Stubs:
             "STUB_LOG": str(self.log),
             "STUB_GPUS": str(self.gpus),
             "SLURM_JOB_ID": "123",
-            "SLURM_JOB_NODELIST": "node1",
-            "SLURM_NNODES": "1",
+            "SLURM_JOB_NODELIST": ",".join(nodes),
+            "SLURM_NNODES": str(len(nodes)),
+            "STUB_NODES": " ".join(nodes),
             "SLURM_CPUS_PER_TASK": "4",
             "SLURM_SUBMIT_DIR": str(repo),
             "SLURM_JOB_END_TIME": str(int(time.time()) + 3600),

@@ -40,7 +40,7 @@ def test_every_script_includes_the_one_environment_preamble(tmp_path):
     config, _ = load(EXAMPLE)
     scripts = render_all(config, EXAMPLE, "out")
     jobs = {name: text for name, text in scripts.items() if name.name != "compute_node.sh"}  # srun only
-    assert len(jobs) == 9
+    assert len(jobs) == 10
     for name, text in jobs.items():
         assert text.count("module load nccl/2.22.3 hpcx/2.18.1-gcc-cuda12/hpcx-mt miniconda/24.7.1-py311") == 1, name
         assert 'conda activate "${HOME}/conda_env"' in text, name
@@ -230,3 +230,28 @@ def test_use_liger_without_liger_kernel_stops_the_job_before_training(tmp_path, 
     assert run.returncode == 1
     assert f"{stage}.use_liger is true" in run.stderr and f"set {stage}.use_liger: false" in run.stderr
     assert "===" not in run.stdout  # stopped before the settings banner and the launch
+
+
+def test_the_multinode_evaluation_runs_one_pipeline_stage_per_node_after_ray_is_up(example, tmp_path):
+    """eval_model_multinode.sbatch, run to its end under the stubs on 3 nodes: Ray comes up on every node before vLLM
+    is asked for a stage per node (pipeline parallel) of all of a node's GPUs (tensor parallel), and both benchmarks
+    and the report follow, as in eval_model.sbatch."""
+    from script_stubs import Stubs, stub_config
+
+    team = stub_config(example, tmp_path)
+    (tmp_path / "team.yaml").write_text(yaml.safe_dump(team))
+    assert bridge("render", "--team", str(tmp_path / "team.yaml"), "--out", str(tmp_path / "out")).returncode == 0
+    stubs = Stubs(tmp_path, team["slurm"]["gpus_per_node"])
+    script = tmp_path / "out" / "generation" / "eval_model_multinode.sbatch"
+    done = stubs.run(script, tmp_path / "logs", tmp_path, REPO, nodes=("node1", "node2", "node3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Ray cluster ready: 3 nodes, 24 GPUs" in done.stdout
+    calls = stubs.calls()
+    first_eval = next(i for i, c in enumerate(calls) if c[0] == "llm-bridge")
+    assert any("--head" in c for c in calls[:first_eval]) and any("--nodes=2" in c for c in calls[:first_eval])
+    predicts = [c for c in calls if c[:2] == ["llm-bridge", "eval"] and c[3] == "predict"]
+    assert [c[2] for c in predicts] == ["hle", "dna"]
+    for call in predicts:
+        assert call[call.index("--tensor-parallel-size") + 1] == "8"
+        assert call[call.index("--pipeline-parallel-size") + 1] == "3"
+    assert ["llm-bridge", "eval", "report"] == next(c for c in calls if c[2:3] == ["report"])[:3]

@@ -78,7 +78,8 @@ def cmd_predict(args) -> int:
         from llm_bridge.evaluate.offline import generate
 
         generate(questions, bench.messages, _files(args.out)[0], str(args.vllm_model), sampling,
-                 tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+                 tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
+                 max_model_len=args.max_model_len)
         return 0
 
     from llm_bridge.evaluate.client import ChatClient, Endpoint
@@ -209,6 +210,9 @@ def add_parser(sub) -> None:
                 source.add_argument("--vllm-model", type=Path, help="offline: load this model directory in vLLM here")
                 p.add_argument("--model", help="with --url: the served model name")
                 p.add_argument("--tensor-parallel-size", type=int, default=1, help="with --vllm-model (default: 1)")
+                p.add_argument("--pipeline-parallel-size", type=int, default=1,
+                               help="with --vllm-model: pipeline stages, one per node, on the Ray cluster at RAY_ADDRESS "
+                               "(generation/eval_model_multinode.sbatch starts it; default: 1)")
                 p.add_argument("--max-model-len", type=int, help="with --vllm-model: vLLM's context limit")
                 p.add_argument("--api-key-env", default="VLLM_API_KEY", help="env var holding the server's key, if any")
                 p.add_argument("--max-tokens", type=length_arg("model", "auto"), default="model" if name == "hle" else "auto",

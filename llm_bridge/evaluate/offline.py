@@ -17,7 +17,10 @@ CHUNK = 512
 
 
 def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store: JsonlStore, model: str,
-             sampling: Sampling, tensor_parallel_size: int = 1, max_model_len: int | None = None) -> dict:
+             sampling: Sampling, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+             max_model_len: int | None = None) -> dict:
+    """pipeline_parallel_size > 1: a model larger than one node, split into that many stages of
+    tensor_parallel_size GPUs each, on the Ray cluster this job started (vLLM's Ray executor joins RAY_ADDRESS)."""
     done = set(store.finished())
     todo = [item for item in items if str(item["id"]) not in done]
     counts = {"skipped": len(done), "ok": 0, "truncated": 0, "unclosed thinking": 0}
@@ -26,8 +29,9 @@ def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store
         return counts
     from vllm import LLM
 
-    llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-              trust_remote_code=False)
+    across_nodes = {"distributed_executor_backend": "ray"} if pipeline_parallel_size > 1 else {}
+    llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
+              max_model_len=max_model_len, trust_remote_code=False, **across_nodes)
     params = sampling.vllm_params(llm)
     tokenizer = llm.get_tokenizer()
     print(f"sampling: {params}", file=sys.stderr)
