@@ -235,3 +235,24 @@ def test_grpo_with_lora_samples_from_the_adapter_training_produced(grpo_lora_run
         [folded] = sizes[step + 1]
         assert folded == pytest.approx(saved[step], rel=1e-4) and folded != pytest.approx(saved[other], rel=0.1), \
             (step, folded, saved)
+
+
+def test_a_model_too_large_to_load_is_checked_from_its_headers(lora_run, tmp_path):
+    """235B is 470 GB in bf16: merge checks such a result without loading it, from the config's parameter count on
+    the meta device against the values in the safetensors headers. A missing tensor is caught all the same."""
+    from safetensors.torch import load_file, save_file
+
+    from llm_bridge.model.merge import verify
+
+    model = tmp_path / "model"
+    shutil.copytree(lora_run / "tiny" / "model", model)
+    light = verify(model, available=0)
+    assert "checked from the safetensors headers" in light and "Qwen2ForCausalLM" in light and "chat template" in light
+    assert "parameters" in verify(model)  # the small model itself loads
+
+    [shard] = model.glob("*.safetensors")
+    tensors = load_file(shard)
+    tensors.pop(next(k for k in tensors if k.endswith("mlp.down_proj.weight")))
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match="weights are missing or extra"):
+        verify(model, available=0)

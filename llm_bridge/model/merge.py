@@ -52,19 +52,57 @@ def find_step(checkpoint: Path, step: int | None) -> Path:
     return step_dir
 
 
-def verify(model_dir: Path) -> str:
-    """Load the result with transformers: every weight present, tokenizer with a chat template."""
+def _available_bytes() -> int:
+    """The kernel's MemAvailable: host memory a new allocation can take without swapping."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def verify(model_dir: Path, available: int | None = None) -> str:
+    """Load the result with transformers (every weight present, tokenizer with a chat template) when it fits in half
+    of the host memory available; a larger model (235B is 470 GB in bf16) is checked without loading it: the
+    parameters of the architecture built from config.json on the meta device against the tensors the safetensors
+    headers list."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16, output_loading_info=True)
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        raise SystemExit(f"ERROR: the merged model does not load cleanly: {problems}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chat = "with a chat template" if tokenizer.chat_template else "WITHOUT a chat template"
-    params = sum(p.numel() for p in model.parameters())
-    return f"{type(model).__name__}, {params / 1e6:.1f}M parameters, tokenizer {chat}"
+    size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    if size <= (_available_bytes() if available is None else available) // 2:
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, output_loading_info=True)
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if problems:
+            raise SystemExit(f"ERROR: the merged model does not load cleanly: {problems}")
+        params = sum(p.numel() for p in model.parameters())
+        return f"{type(model).__name__}, {params / 1e6:.1f}M parameters, tokenizer {chat}"
+    return f"{_verify_headers(model_dir)}, tokenizer {chat}"
+
+
+def _verify_headers(model_dir: Path) -> str:
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    expected = sum(p.numel() for p in model.parameters())  # a tied output head is one parameter
+    stored, shards = 0, sorted(model_dir.glob("*.safetensors"))
+    for shard in shards:
+        with safe_open(shard, framework="pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                stored += int(torch.Size(shape).numel())
+    tied = model.get_output_embeddings() is not None and getattr(model.config, "tie_word_embeddings", False)
+    allowed = {expected} | ({expected + model.get_output_embeddings().weight.numel()} if tied else set())
+    if stored not in allowed:
+        raise SystemExit(f"ERROR: the merged model's {len(shards)} safetensors shards hold {stored:,} values, and "
+                         f"{type(model).__name__} built from its config.json has {expected:,} parameters: weights are "
+                         "missing or extra.\n       Fix: merge again from the checkpoint; do not upload this directory")
+    return (f"{type(model).__name__}, {expected / 1e9:.1f}B parameters in {len(shards)} shards (checked from the "
+            "safetensors headers: too large to load here)")
 
 
 def _guard_checkpoints(out: Path, checkpoint: Path, step_dir: Path) -> None:
