@@ -106,3 +106,22 @@ def test_check_prints_the_plan(example, write_team):
     assert "Memory plan, GiB per GPU" in done.stdout
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  sft ")]
     assert [r[1:5] for r in rows] == [["1", "node", "x", "8"], ["3", "nodes", "x", "8"]]
+
+
+def test_activation_offload_moves_the_saved_activations_to_the_host(example, write_team):
+    """activation_offload frees the GPU of what the forward pass keeps for the backward pass and puts it in host
+    memory, once per GPU of the node: without checkpointing that is every layer's tensors."""
+    example["slurm"]["host_memory_gib"] = 1000
+    example["sft"].update(model="Qwen/Qwen3-32B", max_token_len_per_gpu=16384, max_length=16384,
+                          lora={"rank": 32, "alpha": 64}, activation_offload=True)
+    config, _ = load(write_team(example))
+    [sft] = [row for row in plan(config).rows if row.stage == "sft" and row.layout.startswith("3 nodes")]
+    assert sft.parts["activations"] < 10  # two layers' worth on the GPU, not 188 GiB
+    problem = problems_of(write_team, example)["sft.model"]
+    assert "offloaded activations" in problem.message and "more than slurm.host_memory_gib 1000" in problem.message
+    assert problem.fix.startswith("set sft.gradient_checkpointing: true")
+
+    example["sft"]["gradient_checkpointing"] = True  # only each layer's input: 64 x 16384 x 5120 x 2 bytes per GPU
+    config, _ = load(write_team(example))
+    assert "sft.model" not in problems_of(write_team, example)
+    assert any("offloaded activations 80" in line for line in plan(config).host)

@@ -90,14 +90,21 @@ def training_parts(shape: Shape, stage: Stage, gpus: int, tokens: int) -> dict[s
     if gpus > 1 or stage.cpu_offload or stage.lora is None:
         gathered = 2 * (2 * shape.layer_params + shape.embedding_params)
     layer = ACTIVATION_FIT * tokens * shape.activation_elements() * 2
-    if stage.gradient_checkpointing:
-        saved = 0.0 if stage.activation_offload else shape.layers * tokens * shape.hidden * 2
-        activations = saved + layer
+    if stage.activation_offload:  # what backward needs comes back one layer ahead
+        activations = layer if stage.gradient_checkpointing else 2 * layer
     else:
-        activations = shape.layers * layer
+        activations = _saved_activation_bytes(shape, stage, tokens) + (layer if stage.gradient_checkpointing else 0.0)
     logits = tokens * shape.vocab * 2 + min(tokens, LOGPROB_CHUNK_ROWS) * shape.vocab * 4
     return {"weights+optimizer": states / GIB, "gathered": gathered / GIB, "activations": activations / GIB,
             "logits": logits / GIB}
+
+
+def _saved_activation_bytes(shape: Shape, stage: Stage, tokens: int) -> float:
+    """What the forward pass keeps for the backward pass on one GPU: each layer's input with checkpointing, every
+    layer's tensors without (activation_offload moves exactly this to host memory)."""
+    if stage.gradient_checkpointing:
+        return shape.layers * tokens * shape.hidden * 2
+    return shape.layers * ACTIVATION_FIT * tokens * shape.activation_elements() * 2
 
 
 def _tokens(stage: Stage) -> int:
@@ -223,34 +230,39 @@ def _fit_problems(config: TeamConfig, shape: Shape, stage: Stage, name: str, sta
     return problems
 
 
-def host_gib(config: TeamConfig, shape: Shape, stage: Stage) -> float:
-    """Host memory of the first node: rank 0's whole model, plus the node's share of offloaded states."""
+def host_parts(config: TeamConfig, shape: Shape, stage: Stage) -> dict[str, float]:
+    """GiB of host memory on the first node: rank 0 loads the whole model (verl's FSDP engine: the other ranks start
+    empty and receive their shards), cpu_offload keeps the node's share of weights and optimizer there, and
+    activation_offload the saved activations of each of the node's GPUs."""
     load = shape.params * (4 if stage.lora is None or stage.lora.base_dtype == "fp32" else 2)
-    offload = _state_bytes(shape, stage) / config.slurm.nodes if stage.cpu_offload else 0.0
-    return (load + offload) / GIB
+    states = _state_bytes(shape, stage) / config.slurm.nodes if stage.cpu_offload else 0.0
+    activations = (config.slurm.gpus_per_node * _saved_activation_bytes(shape, stage, _tokens(stage))
+                   if stage.activation_offload else 0.0)
+    return {"model load": load / GIB, "offloaded states": states / GIB, "offloaded activations": activations / GIB}
+
+
+def host_gib(config: TeamConfig, shape: Shape, stage: Stage) -> float:
+    return sum(host_parts(config, shape, stage).values())
 
 
 def _host(config: TeamConfig, shape: Shape, stage: Stage, name: str, host: list[str]) -> list[Problem]:
-    """Rank 0 of the first node loads the whole model in host memory (verl's FSDP engine: the other ranks start
-    empty and receive their shards); with cpu_offload every node also holds its share of the states."""
-    nodes = config.slurm.nodes
-    load_bytes = 4 if stage.lora is None or stage.lora.base_dtype == "fp32" else 2
-    load = shape.params * load_bytes / GIB
-    offload = _state_bytes(shape, stage) / nodes / GIB if stage.cpu_offload else 0.0
-    need = load + offload
-    limit = config.slurm.host_memory_gib
-    host.append(f"{name}: host memory of the first node ~{need:.0f} GiB (rank 0 loads {stage.model} in "
-                f"{'fp32' if load_bytes == 4 else 'bf16'}: {load:.0f}" + (f", offloaded states {offload:.0f}" if offload else "")
+    parts = host_parts(config, shape, stage)
+    need, limit = sum(parts.values()), config.slurm.host_memory_gib
+    dtype = "fp32" if stage.lora is None or stage.lora.base_dtype == "fp32" else "bf16"
+    detail = f"rank 0 loads {stage.model} in {dtype}: {parts['model load']:.0f}" + "".join(
+        f", {what} {gib:.0f}" for what, gib in parts.items() if what != "model load" and gib)
+    host.append(f"{name}: host memory of the first node ~{need:.0f} GiB ({detail}"
                 + (f"; of slurm.host_memory_gib {limit}" if limit else "; set slurm.host_memory_gib to check it") + ")")
-    if limit and need > limit:
-        return [Problem(f"{name}.model", f"the first node needs ~{need:.0f} GiB of host memory (rank 0 loads the whole "
-                        f"model in {'fp32' if load_bytes == 4 else 'bf16'}: {load:.0f} GiB"
-                        + (f", plus {offload:.0f} GiB of offloaded states" if offload else "")
-                        + f"), more than slurm.host_memory_gib {limit}",
-                        "use LoRA with a bf16 base (sft.lora / rl.lora) to halve the load, nodes with more memory, or "
-                        "a smaller model" if load_bytes == 4 else
-                        "nodes with more memory or a smaller model: verl's FSDP engine loads the whole model on rank 0")]
-    return []
+    if not limit or need <= limit:
+        return []
+    if parts["offloaded activations"] > parts["model load"]:
+        fix = f"set {name}.gradient_checkpointing: true (only each layer's input is offloaded), or lower the tokens per GPU"
+    elif dtype == "fp32":
+        fix = "use LoRA with a bf16 base (sft.lora / rl.lora) to halve the load, nodes with more memory, or a smaller model"
+    else:
+        fix = "nodes with more memory or a smaller model: verl's FSDP engine loads the whole model on rank 0"
+    return [Problem(f"{name}.model", f"the first node needs ~{need:.0f} GiB of host memory ({detail}), more than "
+                    f"slurm.host_memory_gib {limit}", fix)]
 
 
 def _rollout(config: TeamConfig, shape: Shape, rows: list[Row], gpu: float) -> list[Problem]:
