@@ -106,12 +106,22 @@ def test_lora_all_linear_on_a_mixture_of_experts_is_refused(example, write_team,
     example["sft"]["lora"] = {"rank": 32, "alpha": 64}
     problem = problems_of(write_team, example)["sft.lora.target_modules"]
     assert "router" in problem.message and "[q_proj, k_proj, v_proj, o_proj]" in problem.fix
-    example["sft"]["lora"]["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert "sft.lora.target_modules" not in problems_of(write_team, example)
+    assert "target_parameters: [mlp.experts.gate_up_proj, mlp.experts.down_proj]" in problem.fix
+    example["sft"]["lora"].update(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                  target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    assert not {"sft.lora.target_modules", "sft.lora.target_parameters"} & problems_of(write_team, example).keys()
+
+    # expert adapters are for SFT, and for a model that has experts
+    example["rl"].update(model=example["sft"]["model"], lora=dict(example["sft"]["lora"]))
+    assert "expert adapters are for SFT" in problems_of(write_team, example)["rl.lora.target_parameters"].message
+    example["sft"]["model"] = model_dir(tmp_path / "dense", num_attention_heads=32, num_key_value_heads=4)
+    assert "not a mixture-of-experts model" in problems_of(write_team, example)["sft.lora.target_parameters"].message
 
 
 def test_big_model_settings_reach_verl(example, write_team):
-    example["sft"].update(sequence_parallel=4, cpu_offload=True, strategy="fsdp2", activation_offload=True)
+    example["sft"].update(sequence_parallel=4, cpu_offload=True, strategy="fsdp2", activation_offload=True,
+                          lora={"rank": 8, "alpha": 16, "target_modules": ["q_proj"],
+                                "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]})
     example["rl"].update(sequence_parallel=2, cpu_offload=True, strategy="fsdp2", activation_offload=True,
                          algorithm="ppo")
     team = write_team(example)
@@ -121,6 +131,7 @@ def test_big_model_settings_reach_verl(example, write_team):
     sft = compose_verl("sft_trainer_engine", verl_argv(scripts[Path("sft/run_sft.sbatch")], "llm_bridge.job.verl_sft", "SFT_ARGS"))
     assert sft.engine.ulysses_sequence_parallel_size == 4 and sft.engine.offload_policy is True
     assert sft.engine.strategy == "fsdp2" and sft.model.enable_activation_offload is True
+    assert list(sft.model.target_parameters) == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
     ppo = compose_verl("ppo_trainer", verl_argv(scripts[Path("ppo/run_ppo.sbatch")], "llm_bridge.job.verl_ppo", "PPO_ARGS"))
     ref = ppo.actor_rollout_ref
     assert ref.actor.fsdp_config.ulysses_sequence_parallel_size == 2 == ref.ref.fsdp_config.ulysses_sequence_parallel_size
@@ -128,11 +139,12 @@ def test_big_model_settings_reach_verl(example, write_team):
     assert ppo.critic.ulysses_sequence_parallel_size == 2 and ppo.critic.fsdp.offload_policy is True
     # not set: verl's defaults, and nothing new on the command line
     for stage in ("sft", "rl"):
-        for key in ("sequence_parallel", "cpu_offload", "activation_offload"):
-            del example[stage][key]
+        for key in ("sequence_parallel", "cpu_offload", "activation_offload", "lora"):
+            example[stage].pop(key, None)
     plain = write_team(example, "plain.yaml")
     for text in render_all(load(plain)[0], plain, "out").values():
         assert "ulysses" not in text and "offload_policy" not in text and "activation_offload" not in text
+        assert "target_parameters" not in text
 
 
 @pytest.mark.parametrize("shape, billions", [

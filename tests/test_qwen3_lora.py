@@ -1,6 +1,7 @@
 """LoRA SFT of the architectures the teams fine-tune, through the rendered script on 2 ranks, then merged: a tiny
-Qwen3 (dense, all-linear) and a tiny Qwen3-MoE (attention: all-linear on MoE is refused by check). The merged model's
-logits equal PEFT's base + adapter to 1e-4.
+Qwen3 (dense, all-linear) and a tiny Qwen3-MoE (attention, and attention plus the experts through
+lora.target_parameters; all-linear on MoE is refused by check). The merged model's logits equal PEFT's base + adapter
+(verl's merger output with its config repaired) to 1e-4.
 
 Ulysses sequence parallelism is not run here: verl 0.9.1 splits the heads only inside its flash-attention forward
 (`_ulysses_flash_attention_forward`), and flash-attn has no CPU kernel; with sdpa each rank would attend within its
@@ -31,24 +32,36 @@ def prepared(tmp_path_factory):
     return work, stage
 
 
-@pytest.mark.parametrize("arch, targets, folded", [("qwen3", "all-linear", 14), ("qwen3_moe", ATTENTION, 8)])
-def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, folded):
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+@pytest.mark.parametrize("arch, targets, parameters, folded", [
+    ("qwen3", "all-linear", None, 14),
+    ("qwen3_moe", ATTENTION, None, 8),
+    # and the experts: 2 layers x 4 experts x (gate, up, down) from PEFT's packed-parameter pairs, + 8 attention
+    ("qwen3_moe", ATTENTION, EXPERTS, 32),
+])
+def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, parameters, folded):
     work, stage = prepared
-    base = build_tiny.build_qwen3(work / "tiny" / "model", work / "tiny" / arch, moe=arch.endswith("moe"))
+    base = work / "tiny" / arch
+    if not base.exists():
+        build_tiny.build_qwen3(work / "tiny" / "model", base, moe=arch.endswith("moe"))
+    name = arch + ("-experts" if parameters else "")
     team = pipeline.team_config(work)
-    team["sft"].update(experiment_name=f"lora-{arch}", model=str(base),
-                       lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "target_modules": targets})
-    (work / f"{arch}.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
-    out = work / f"rendered-{arch}"
-    stage.run(f"render-{arch}", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / f"{arch}.yaml"),
+    team["sft"].update(experiment_name=f"lora-{name}", model=str(base),
+                       lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "target_modules": targets,
+                             **({"target_parameters": parameters} if parameters else {})})
+    (work / f"{name}.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
+    out = work / f"rendered-{name}"
+    stage.run(f"render-{name}", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / f"{name}.yaml"),
                                  "--out", str(out)])
-    stage.run(f"sft-{arch}", ["bash", str(out / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
+    stage.run(f"sft-{name}", ["bash", str(out / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
                               "optim.lr=1e-2", "trainer.total_training_steps=2"], pipeline.CPU_ENV)
-    losses = [m["data"]["train/loss"] for m in pipeline.metrics(work / "logs", f"lora-{arch}") if "train/loss" in m["data"]]
+    losses = [m["data"]["train/loss"] for m in pipeline.metrics(work / "logs", f"lora-{name}") if "train/loss" in m["data"]]
     assert len(losses) == 2 and losses[1] < losses[0], losses
 
-    run = work / "checkpoints" / "sft" / f"lora-{arch}"
-    merged = work / "models" / f"lora-{arch}"
+    run = work / "checkpoints" / "sft" / f"lora-{name}"
+    merged = work / "models" / f"lora-{name}"
     result = bridge_merge("--checkpoint", run, "--out", merged, "--base", base)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Folded the adapter into {folded} weights" in result.stdout

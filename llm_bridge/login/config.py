@@ -242,6 +242,9 @@ class LoRA(Section):
     # PEFT names: all-linear, or module names such as q_proj
     target_modules: Annotated[str | list[str], BeforeValidator(_target_modules)] = "all-linear"
     exclude_modules: Annotated[list[str] | None, BeforeValidator(_excluded_modules)] = None
+    # 3-D parameters PEFT adapts directly, a mixture-of-experts layer's experts (SFT only), e.g. Qwen3-MoE's
+    # [mlp.experts.gate_up_proj, mlp.experts.down_proj]
+    target_parameters: Annotated[list[str] | None, BeforeValidator(_excluded_modules)] = None
     # The frozen base's dtype. bf16 halves its memory; the adapters then train in bf16 too (verl casts them).
     base_dtype: Literal["bf16", "fp32"] = "bf16"
     # adapter: checkpoints hold the adapter and its optimizer only (MBs instead of the whole model per save;

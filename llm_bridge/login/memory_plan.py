@@ -80,7 +80,8 @@ def _state_bytes(shape: Shape, stage: Stage) -> float:
     if stage.lora is None:
         return 16.0 * shape.params
     base, adapter = (2.0, 8.0) if stage.lora.base_dtype == "bf16" else (4.0, 16.0)
-    return base * shape.params + adapter * shape.lora_params(stage.lora.rank, stage.lora.target_modules)
+    lora = shape.lora_params(stage.lora.rank, stage.lora.target_modules, stage.lora.target_parameters)
+    return base * shape.params + adapter * lora
 
 
 def training_parts(shape: Shape, stage: Stage, gpus: int, tokens: int) -> dict[str, float]:

@@ -124,15 +124,18 @@ class Shape:
             return attention + self.top_k * (self.hidden + 3 * self.moe_intermediate) + 2 * self.experts
         return attention + 3 * self.intermediate
 
-    def lora_params(self, rank: int, targets: str | list[str]) -> int:
+    def lora_params(self, rank: int, targets: str | list[str], parameters: list[str] | None = None) -> int:
         """LoRA's trainable parameters: rank x (in + out) for each targeted projection of every layer (all-linear:
-        attention and dense MLP; experts are never targeted here, `check` refuses all-linear on MoE)."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        attention and dense MLP; `check` refuses all-linear on MoE), and rank x experts x (in + out) for each
+        targeted expert parameter (PEFT's ParamWrapper gives every expert its own rank-r pair)."""
+        h, q, kv, i, m = self.hidden, self.q_dim, self.kv_dim, self.intermediate, self.moe_intermediate
         sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h}
         if not self.moe:
             sizes.update(gate_proj=h + i, up_proj=h + i, down_proj=i + h)
         names = sizes if targets == "all-linear" else [t for t in targets if t in sizes]
-        return self.layers * rank * sum(sizes[n] for n in names)
+        experts = {"gate_up_proj": h + 2 * m, "down_proj": m + h}
+        per_expert = sum(experts.get(p.rsplit(".", 1)[-1], 0) for p in parameters or [])
+        return self.layers * rank * (sum(sizes[n] for n in names) + self.experts * per_expert)
 
 
 def shape_of(c: dict, source: str = "config.json") -> Shape | None:
@@ -248,10 +251,16 @@ def check_model_shapes(config: TeamConfig) -> list[Problem]:
                 "expert's weight gradient, frozen or not, and tunes itself for minutes on first use: LoRA SFT of "
                 "Qwen3-30B-A3B ran at 4,269 tokens/s with it (its expert kernel's tuning skipped) and 4,791 without "
                 "Liger (one H200, docs/benchmarks.md)", f"set {name}.use_liger: false", "warning"))
+        if stage.lora and stage.lora.target_parameters and not moe:
+            problems.append(Problem(
+                f"{name}.lora.target_parameters", f"{stage.model} is not a mixture-of-experts model: it has no expert "
+                "parameters to adapt", f"remove {name}.lora.target_parameters; target_modules covers a dense model's "
+                "linear layers"))
         if stage.lora and stage.lora.target_modules == "all-linear" and moe:
             problems.append(Problem(
-                f"{name}.lora.target_modules", f"all-linear on the mixture-of-experts {stage.model} puts adapters on "
-                "every expert and on the router (PEFT turns them into target_parameters), and `llm-bridge merge` "
-                "cannot fold expert-parameter adapters into the base",
-                "write the attention projections: target_modules: [q_proj, k_proj, v_proj, o_proj]"))
+                f"{name}.lora.target_modules", f"all-linear on the mixture-of-experts {stage.model} does not mean attention "
+                "and MLP as on a dense model: PEFT 0.21 adapts the router and every expert too, implicitly, in a form "
+                "`llm-bridge merge` does not fold",
+                "write the attention projections, target_modules: [q_proj, k_proj, v_proj, o_proj], and to adapt the "
+                "experts as well (SFT), target_parameters: [mlp.experts.gate_up_proj, mlp.experts.down_proj]"))
     return problems

@@ -137,6 +137,11 @@ def check_big_model_settings(config: TeamConfig) -> list[Problem]:
                 f"{name}.sequence_parallel", f"{stage.sequence_parallel} does not divide the {gpus} GPUs of a node; "
                 "a sequence-parallel group must lie within the GPUs of every layout",
                 f"use a divisor of {gpus}, e.g. {', '.join(str(d) for d in range(2, gpus + 1) if gpus % d == 0)}"))
+        if name == "rl" and stage.lora and stage.lora.target_parameters:
+            problems.append(Problem(
+                "rl.lora.target_parameters", "expert adapters are for SFT: verl hands the GRPO rollout's vLLM the "
+                "adapter as LoRA on modules, and an adapter on 3-D expert parameters has not been run that way",
+                "remove rl.lora.target_parameters (adapt attention in GRPO), or merge the SFT run first and train from it"))
         if stage.sequence_parallel > 1 and stage.attn_implementation != "flash_attention_2":
             problems.append(Problem(
                 f"{name}.sequence_parallel", f"verl 0.9.1 splits the attention heads over the sequence-parallel GPUs "

@@ -16,6 +16,14 @@ from pathlib import Path
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # PEFT's key for one adapter matrix of the module whose base weight is <module>.weight
 _ADAPTER_KEY = re.compile(r"(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.default)?\.weight")
+# ... and of a 3-D expert parameter (target_parameters): PEFT wraps the experts module once per parameter, the first
+# listed innermost, so each pair sits under as many .base_layer as parameters were listed after its own
+_EXPERT_ADAPTER_KEY = re.compile(r"(?:base_model\.model\.)?(?P<module>.+\.experts)(?P<nested>(?:\.base_layer)*)"
+                                 r"\.lora_(?P<which>[AB])(?:\.default)?\.weight")
+# A Qwen3-MoE checkpoint stores every expert's projections apart; transformers packs them as gate_up_proj
+# (experts, 2 x moe_intermediate, hidden: gate rows first) and down_proj (experts, hidden, moe_intermediate)
+_EXPERT_WEIGHT = re.compile(r"(?P<module>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
+EXPERT_PARAMETERS = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 _MODEL_FILE_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".py", ".tiktoken")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -39,8 +47,11 @@ def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict]]:
     from safetensors.torch import load_file
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    unsupported = {k: config.get(k) for k in ("use_dora", "rank_pattern", "alpha_pattern", "target_parameters",
-                                               "fan_in_fan_out", "lora_bias", "modules_to_save") if config.get(k)}
+    unsupported = {k: config.get(k) for k in ("use_dora", "rank_pattern", "alpha_pattern", "fan_in_fan_out",
+                                               "lora_bias", "modules_to_save") if config.get(k)}
+    parameters = [p.rsplit(".", 1)[-1] for p in config.get("target_parameters") or []]
+    if set(parameters) - set(EXPERT_PARAMETERS):
+        unsupported["target_parameters"] = config["target_parameters"]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
         raise SystemExit(f"ERROR: {adapter_dir} is not a plain LoRA adapter ({unsupported or config.get('peft_type')}); "
                          "folding it is not supported.\n"
@@ -49,6 +60,15 @@ def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict]]:
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, dict] = {}
     for key, tensor in load_file(adapter_dir / "adapter_model.safetensors").items():
+        expert = _EXPERT_ADAPTER_KEY.fullmatch(key) if parameters else None
+        if expert is not None:  # -> "<module>.gate_up_proj": A as (experts, r, in), B as (out, r, experts)
+            depth = expert["nested"].count(".base_layer")
+            if depth >= len(parameters):
+                raise SystemExit(f"ERROR: {adapter_dir}: {key!r} is nested deeper than its {len(parameters)} "
+                                 "target_parameters; the adapter_config does not describe these tensors.")
+            name = f"{expert['module']}.{parameters[len(parameters) - 1 - depth]}"
+            pairs.setdefault(name, {})[expert["which"]] = tensor
+            continue
         match = _ADAPTER_KEY.fullmatch(key)
         if match is None:
             raise SystemExit(f"ERROR: {adapter_dir}: {key!r} is not a LoRA matrix (…lora_A.weight / …lora_B.weight). "
@@ -57,7 +77,59 @@ def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict]]:
     halves = [name for name, pair in pairs.items() if set(pair) != {"A", "B"}]
     if halves:
         raise SystemExit(f"ERROR: {adapter_dir}: {halves[0]} has lora_A or lora_B but not both; the adapter is incomplete.")
+    for name, pair in pairs.items():
+        if name.rsplit(".", 1)[-1] in EXPERT_PARAMETERS:
+            experts = pair["A"].shape[0] // r
+            pair["A"] = pair["A"].reshape(experts, r, pair["A"].shape[-1])
+            pair["B"] = pair["B"].reshape(pair["B"].shape[0], r, experts)
     return scale, pairs
+
+
+def _expert_delta(pair: dict, expert: int, proj: str):
+    """One expert's share of a packed-parameter adapter, as PEFT's ParamWrapper computes it (einsum
+    "o r e, e r i -> e o i"), cut to the projection stored under that expert's own name."""
+    import torch
+
+    delta = pair["B"][:, :, expert].to(torch.float32) @ pair["A"][expert].to(torch.float32)
+    if proj == "down_proj":
+        return delta
+    half = delta.shape[0] // 2
+    return delta[:half] if proj == "gate_proj" else delta[half:]
+
+
+def repair_expert_adapter(adapter_dir: Path, model_config: dict) -> bool:
+    """verl's merger names an adapter's targets by the module in front of lora_A, which for 3-D expert parameters
+    is "experts" or "base_layer", and drops target_parameters: PEFT could not load the adapter. Which parameter each
+    nested pair adapts follows from its in and out sizes; the config is rewritten with them, innermost first.
+    Returns whether the adapter had expert pairs."""
+    from safetensors import safe_open
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    sizes: dict[int, dict[str, int]] = {}
+    with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as f:
+        for key in f.keys():
+            match = _EXPERT_ADAPTER_KEY.fullmatch(key)
+            if match is not None:
+                shape = f.get_slice(key).get_shape()
+                entry = sizes.setdefault(match["nested"].count(".base_layer"), {})
+                entry["in" if match["which"] == "A" else "out"] = shape[1] if match["which"] == "A" else shape[0]
+                prefix = ".".join(match["module"].split(".")[-2:])
+    if not sizes or config.get("target_parameters"):
+        return bool(sizes)
+    hidden, moe = model_config["hidden_size"], model_config["moe_intermediate_size"]
+    known = {"gate_up_proj": {"in": hidden, "out": 2 * moe}, "down_proj": {"in": moe, "out": hidden}}
+    names = []
+    for depth in sorted(sizes, reverse=True):
+        found = [name for name, io in known.items() if io == sizes[depth]]
+        if len(found) != 1:
+            raise SystemExit(f"ERROR: {adapter_dir}: an expert adapter of in/out sizes {sizes[depth]} matches "
+                             f"{found or 'no parameter'} of {list(known)}; it cannot be named.\n"
+                             "       Fix: merge with --adapter-only and write its target_parameters by hand.")
+        names.append(f"{prefix}.{found[0]}")
+    config["target_parameters"] = names
+    config["target_modules"] = sorted(set(config.get("target_modules") or []) - {"experts", "base_layer"})
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    return True
 
 
 def weight_shards(model_dir: Path) -> list[Path]:
@@ -81,6 +153,8 @@ def fold(base_dir: Path, adapter_dir: Path, out: Path, tokenizer_dir: Path | Non
     from safetensors.torch import save_file
 
     scale, pairs = read_adapter(adapter_dir)
+    expert_pairs = {name: pairs.pop(name) for name in list(pairs) if name.rsplit(".", 1)[-1] in EXPERT_PARAMETERS}
+    expert_folds = dict.fromkeys(expert_pairs, 0)
     out.mkdir(parents=True, exist_ok=True)
     shards, changed = weight_shards(base_dir), 0
     for shard in shards:
@@ -90,6 +164,18 @@ def fold(base_dir: Path, adapter_dir: Path, out: Path, tokenizer_dir: Path | Non
             for name in f.keys():
                 tensor = f.get_tensor(name)
                 pair = pairs.pop(name, None)
+                expert = _EXPERT_WEIGHT.fullmatch(name) if expert_pairs else None
+                packed = expert and next((f"{expert['module']}.{p}" for p, projs in EXPERT_PARAMETERS.items()
+                                          if expert["proj"] in projs and f"{expert['module']}.{p}" in expert_pairs), None)
+                if packed:
+                    delta = _expert_delta(expert_pairs[packed], int(expert["expert"]), expert["proj"])
+                    if delta.shape != tensor.shape:
+                        raise SystemExit(f"ERROR: the adapter's share of {name} is {tuple(delta.shape)}, the base's is "
+                                         f"{tuple(tensor.shape)}: this adapter was not trained on {base_dir}.\n"
+                                         "       Fix: pass the base model the run trained from (--base).")
+                    tensor = (tensor.to(torch.float32) + scale * delta).to(tensor.dtype)
+                    expert_folds[packed] += 1
+                    changed += 1
                 if pair is not None:
                     delta = pair["B"].to(torch.float32) @ pair["A"].to(torch.float32)
                     if delta.shape != tensor.shape:
@@ -103,6 +189,10 @@ def fold(base_dir: Path, adapter_dir: Path, out: Path, tokenizer_dir: Path | Non
         save_file(tensors, partial, metadata=metadata)
         os.replace(partial, out / shard.name)
         del tensors
+    for name, folded in expert_folds.items():
+        experts, projs = expert_pairs[name]["A"].shape[0], len(EXPERT_PARAMETERS[name.rsplit(".", 1)[-1]])
+        if folded != experts * projs:
+            pairs[name] = expert_pairs[name]  # reported below: the base has another number of experts
     if pairs:
         raise SystemExit(f"ERROR: {len(pairs)} adapter weights have no base weight in {base_dir}, e.g. {next(iter(pairs))}: "
                          "this adapter was not trained on that model.\n"

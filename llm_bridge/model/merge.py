@@ -20,7 +20,8 @@ from pathlib import Path
 from llm_bridge import __version__
 from llm_bridge.data import current_umask
 from llm_bridge.evaluate.store import write_json
-from llm_bridge.model.lora import ADAPTER_FILES, fold, holds_only_adapter, read_adapter, resolve_base
+from llm_bridge.model.lora import (ADAPTER_FILES, fold, holds_only_adapter, read_adapter, repair_expert_adapter,
+                                   resolve_base)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MARK = ".bridge-merge.json"  # in every merge output: where it came from, and what --force may replace
@@ -160,6 +161,8 @@ def merge(checkpoint: Path, out: Path, step: int | None = None, check: bool = Tr
             raise SystemExit(f"ERROR: verl's merger failed (exit code {result.returncode}) on {step_dir}; its output is "
                              f"above. Nothing was written to {out}.")
         adapter = raw / "lora_adapter"
+        if adapter.is_dir() and repair_expert_adapter(adapter, json.loads((raw / "config.json").read_text())):
+            print("The adapter holds expert-parameter pairs (target_parameters); its config names them for PEFT")
         if adapter_only:
             model.mkdir()
             for item in raw.iterdir():  # the run's config and tokenizer, for the adapter's users

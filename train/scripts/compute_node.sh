@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 555b4c946e32).
+# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 a27b8887280e).
 # Do not edit: change the team config or templates/, then run `llm-bridge render` again.
 #
 # An interactive shell on one compute node of partition P01, with the same resources
