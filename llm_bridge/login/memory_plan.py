@@ -184,7 +184,7 @@ def plan(config: TeamConfig) -> Plan:
             notes.append(f"{name}: {stage.model} is not planned (no config.json here or in paths.hf_home, and not a "
                          "model this recipe knows); download its config.json to plan it")
             continue
-        if shape.source != "config.json":
+        if shape.published:
             notes.append(f"{name}: {stage.model} planned from its published config.json values (not downloaded here)")
         stage_rows = []
         for label, gpus, largest in _layouts(config):

@@ -87,7 +87,6 @@ KNOWN_CONFIGS = {
                                        num_key_value_heads=2, intermediate_size=8960, **_QWEN25),
 }
 _KNOWN = {name.lower(): config for name, config in KNOWN_CONFIGS.items()}
-_KNOWN.update({name.lower() + "-instruct": c for name, c in KNOWN_CONFIGS.items() if name.startswith("Qwen/Qwen2.5")})
 _KNOWN.update({name.lower().removesuffix("-instruct"): c for name, c in KNOWN_CONFIGS.items()})
 
 
@@ -101,14 +100,13 @@ class Shape:
     q_dim: int             # attention query width (heads x head_dim)
     kv_dim: int            # one of key or value's width
     vocab: int
-    attention_params: int  # one layer's attention projections
     layer_params: int      # the largest decoder layer (an MoE layer holds every expert): FSDP gathers one at a time
     params: int            # the whole model
     embedding_params: int  # input embeddings and output head (one matrix when tied): FSDP's root unit
     experts: int = 0
     top_k: int = 0
     moe_intermediate: int = 0
-    source: str = "config.json"
+    published: bool = False  # from KNOWN_CONFIGS, not from a config.json here
 
     @property
     def moe(self) -> bool:
@@ -138,7 +136,7 @@ class Shape:
         return self.layers * rank * (sum(sizes[n] for n in names) + self.experts * per_expert)
 
 
-def shape_of(c: dict, source: str = "config.json") -> Shape | None:
+def shape_of(c: dict, published: bool = False) -> Shape | None:
     """A Shape from config.json values (dense, Qwen3-MoE, DeepSeek-V3's latent attention and dense first layers)."""
     try:
         layers, hidden, vocab = int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["vocab_size"])
@@ -170,9 +168,9 @@ def shape_of(c: dict, source: str = "config.json") -> Shape | None:
             mlp_total = layers * dense_mlp
         embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
         return Shape(layers=layers, hidden=hidden, intermediate=intermediate, q_dim=q_dim, kv_dim=kv_dim, vocab=vocab,
-                     attention_params=attention, layer_params=attention + max(moe_mlp, dense_mlp),
-                     params=layers * attention + mlp_total + embeddings, embedding_params=embeddings, experts=experts, top_k=top_k,
-                     moe_intermediate=moe_i, source=source)
+                     layer_params=attention + max(moe_mlp, dense_mlp), params=layers * attention + mlp_total + embeddings,
+                     embedding_params=embeddings, experts=experts, top_k=top_k, moe_intermediate=moe_i,
+                     published=published)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
 
@@ -184,7 +182,7 @@ def find_shape(model: str, hf_home: str | None = None) -> Shape | None:
     if config is not None:
         return shape_of(config)
     known = _KNOWN.get(model.lower())
-    return shape_of(known, f"published config of {model}") if known else None
+    return shape_of(known, published=True) if known else None
 
 
 def model_billions(model: str, hf_home: str | None = None) -> float | None:

@@ -42,8 +42,10 @@ def holds_only_adapter(step_dir: Path) -> bool:
     return bool(keys) and all("lora_" in k for k in keys)
 
 
-def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict]]:
-    """The adapter's scale and its matrices by base weight name: {"model.layers.0.q_proj.weight": {"A": .., "B": ..}}."""
+def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict], dict[str, dict]]:
+    """The adapter's scale, its matrices by base weight name ({"model.layers.0.q_proj.weight": {"A": .., "B": ..}})
+    and its expert-parameter pairs by packed parameter ({"model.layers.0.mlp.experts.gate_up_proj": ...}, A as
+    (experts, r, in) and B as (out, r, experts))."""
     from safetensors.torch import load_file
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -59,30 +61,30 @@ def read_adapter(adapter_dir: Path) -> tuple[float, dict[str, dict]]:
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, dict] = {}
+    experts: dict[str, dict] = {}
     for key, tensor in load_file(adapter_dir / "adapter_model.safetensors").items():
         expert = _EXPERT_ADAPTER_KEY.fullmatch(key) if parameters else None
-        if expert is not None:  # -> "<module>.gate_up_proj": A as (experts, r, in), B as (out, r, experts)
+        if expert is not None:
             depth = expert["nested"].count(".base_layer")
             if depth >= len(parameters):
                 raise SystemExit(f"ERROR: {adapter_dir}: {key!r} is nested deeper than its {len(parameters)} "
                                  "target_parameters; the adapter_config does not describe these tensors.")
             name = f"{expert['module']}.{parameters[len(parameters) - 1 - depth]}"
-            pairs.setdefault(name, {})[expert["which"]] = tensor
+            experts.setdefault(name, {})[expert["which"]] = tensor
             continue
         match = _ADAPTER_KEY.fullmatch(key)
         if match is None:
             raise SystemExit(f"ERROR: {adapter_dir}: {key!r} is not a LoRA matrix (…lora_A.weight / …lora_B.weight). "
                              "Fix: merge with --adapter-only and load the adapter with PEFT.")
         pairs.setdefault(match["module"] + ".weight", {})[match["which"]] = tensor
-    halves = [name for name, pair in pairs.items() if set(pair) != {"A", "B"}]
+    halves = [name for name, pair in {**pairs, **experts}.items() if set(pair) != {"A", "B"}]
     if halves:
         raise SystemExit(f"ERROR: {adapter_dir}: {halves[0]} has lora_A or lora_B but not both; the adapter is incomplete.")
-    for name, pair in pairs.items():
-        if name.rsplit(".", 1)[-1] in EXPERT_PARAMETERS:
-            experts = pair["A"].shape[0] // r
-            pair["A"] = pair["A"].reshape(experts, r, pair["A"].shape[-1])
-            pair["B"] = pair["B"].reshape(pair["B"].shape[0], r, experts)
-    return scale, pairs
+    for pair in experts.values():
+        count = pair["A"].shape[0] // r
+        pair["A"] = pair["A"].reshape(count, r, pair["A"].shape[-1])
+        pair["B"] = pair["B"].reshape(pair["B"].shape[0], r, count)
+    return scale, pairs, experts
 
 
 def _expert_delta(pair: dict, expert: int, proj: str):
@@ -152,8 +154,7 @@ def fold(base_dir: Path, adapter_dir: Path, out: Path, tokenizer_dir: Path | Non
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    scale, pairs = read_adapter(adapter_dir)
-    expert_pairs = {name: pairs.pop(name) for name in list(pairs) if name.rsplit(".", 1)[-1] in EXPERT_PARAMETERS}
+    scale, pairs, expert_pairs = read_adapter(adapter_dir)
     expert_folds = dict.fromkeys(expert_pairs, 0)
     out.mkdir(parents=True, exist_ok=True)
     shards, changed = weight_shards(base_dir), 0
