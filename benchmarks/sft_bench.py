@@ -29,7 +29,7 @@ def build_data(gsm8k: Path, work: Path, target_tokens: int, n: int) -> tuple[Pat
     """A tokenizer trained on GSM8K, and n conversations of about target_tokens tokens each."""
     from transformers import AutoTokenizer
 
-    out = work / "sft.parquet"
+    out = work / f"sft-{target_tokens}x{n}.parquet"  # the size in the name: a cached file of other lengths is not reused
     pairs = load_gsm8k(gsm8k)
     tok_dir = build_tokenizer(pairs, work / "tokenizer")
     if out.is_file():

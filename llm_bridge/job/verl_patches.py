@@ -44,6 +44,12 @@ for each sequence length, and a packed micro-batch has a new length nearly every
 which compiles once, 0.43-0.44 (docs/benchmarks.md). Liger reads LIGER_KERNEL_IMPL_ROPE at every
 call, so a value set before the job wins.
 
+6. MoE experts without transformers' per-element overhead. transformers 5's grouped_mm experts forward
+(Qwen3-MoE, DeepSeek-V3) spends more GPU time masking, multiplying and scatter-adding every routed row
+than in its grouped GEMMs, and its gather's backward waits on the CPU. llm_bridge.job.moe_experts has the
+measurements and a forward with the same GEMMs and gathers both ways; this patch installs it under
+transformers' name for its default, "grouped_mm", so the trainer's model runs it (vLLM has its own kernels).
+
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
 (torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the
 flash-attention call left eager. A 0.5B SFT step is bound by the CPU launching ~2,000 kernels per
@@ -263,12 +269,22 @@ def liger_rope_on_triton(liger_module) -> None:
     os.environ.setdefault("LIGER_KERNEL_IMPL_ROPE", "nvidia-triton")
 
 
+TRANSFORMERS_MOE = "transformers.integrations.moe"
+
+
+def grouped_experts(moe_module) -> None:
+    from llm_bridge.job import moe_experts
+
+    moe_experts.install()
+
+
 PATCHES = {  # name: (the module it patches, the patch)
     "chunked_label_logprobs": (TORCH_FUNCTIONAL, chunked_label_logprobs),
     "final_only_outputs": (ROLLOUT_SERVER, final_only_outputs),
     "packed_sequence_boundaries": (FSDP_ENGINE, packed_sequence_boundaries),
     "frequent_replay_polls": (REPLAY_BUFFER, frequent_replay_polls),
     "liger_rope_on_triton": (LIGER, liger_rope_on_triton),
+    "grouped_experts": (TRANSFORMERS_MOE, grouped_experts),
 }
 
 
