@@ -192,3 +192,15 @@ def test_samples_longer_than_max_length_are_counted_with_the_models_tokenizer(ex
     assert "cuts them" in warning.message and "answer" in warning.message
     example["sft"].update(max_length=longest, max_token_len_per_gpu=longest)
     assert "sft.max_length" not in problems_of(write_team, example, "warning")
+
+
+def test_grpo_lora_of_a_70b_model_needs_fsdp2(example, write_team):
+    """verl's layer-by-layer adapter sync (rendered for 70B+) finds nothing under FSDP1, whose LoRA matrices are units
+    of their own, and then gathers the whole model on every rank (tests/test_verl_patches.py has the FSDP1 side)."""
+    example["rl"].update(model="Qwen/Qwen2.5-72B-Instruct", lora={"rank": 32, "alpha": 64}, strategy="fsdp")
+    problem = problems_of(write_team, example)["rl.strategy"]
+    assert "70B or more" in problem.message and problem.fix == "set rl.strategy: fsdp2"
+    example["rl"]["strategy"] = "fsdp2"
+    assert "rl.strategy" not in problems_of(write_team, example)
+    example["rl"].update(model="Qwen/Qwen3-32B", strategy="fsdp")  # below 70B: one gather of the adapter, FSDP1 is fine
+    assert "rl.strategy" not in problems_of(write_team, example)

@@ -50,6 +50,16 @@ than in its grouped GEMMs, and its gather's backward waits on the CPU. llm_bridg
 measurements and a forward with the same GEMMs and gathers both ways; this patch installs it under
 transformers' name for its default, "grouped_mm", so the trainer's model runs it (vLLM has its own kernels).
 
+7. LoRA weights found under FSDP1. PEFT 0.21 picks an adapter's entries of a state dict by module path
+(`_get_tuner_state_dict_key_prefixes`) and strips only a leading `_fsdp_wrapped_module.`. verl's FSDP1
+engine wraps every decoder layer (and LoRA module) in its own unit, so the paths keep inner
+`_fsdp_wrapped_module.` segments that the state dict's keys do not, and verl's layered summon passes a
+unit's keys relative to the unit. Either way `get_peft_model_state_dict` returns nothing: the GRPO actor
+(`strategy: fsdp`, the recipe's default) sent vLLM an empty adapter and vLLM stopped at the first weight
+sync (StopIteration in `_create_merged_loras_inplace`, H200). The patch keeps PEFT's answer when it has
+one and otherwise selects the adapter's `lora_*` entries by name, as PEFT did before 0.21 and as verl
+expects. FSDP2 (no wrapper modules) never needed it.
+
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
 (torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the
 flash-attention call left eager. A 0.5B SFT step is bound by the CPU launching ~2,000 kernels per
@@ -63,6 +73,7 @@ import functools
 import importlib.abc
 import importlib.util
 import os
+import re
 import sys
 
 import torch
@@ -278,6 +289,44 @@ def grouped_experts(moe_module) -> None:
     moe_experts.install()
 
 
+PEFT_STATE_DICT = "verl.utils.fsdp_utils"
+LORA_ENTRY = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.|$)")
+
+
+def lora_entries_by_name(state_dict: dict, adapter_name: str) -> dict:
+    """An adapter's LoRA entries with the adapter's name taken out of each key, as PEFT writes them."""
+    picked = {}
+    for key, value in state_dict.items():
+        if not LORA_ENTRY.search(key):
+            continue
+        if key.endswith(f".{adapter_name}"):
+            picked[key.removesuffix(f".{adapter_name}")] = value
+        elif f".{adapter_name}." in key:
+            picked[key.replace(f".{adapter_name}.", ".", 1)] = value
+    return picked
+
+
+def adapter_state_dict_under_fsdp1(fsdp_utils) -> None:
+    import peft.utils.save_and_load as save_and_load
+
+    if getattr(save_and_load.get_peft_model_state_dict, "bridge_fsdp1", False):
+        fsdp_utils.get_peft_model_state_dict = save_and_load.get_peft_model_state_dict
+        return
+    original = save_and_load.get_peft_model_state_dict
+
+    @functools.wraps(original)
+    def get_peft_model_state_dict(model, state_dict=None, adapter_name="default", *args, **kwargs):
+        found = original(model, state_dict, adapter_name, *args, **kwargs)
+        config = model.peft_config[adapter_name]
+        if found or getattr(config.peft_type, "value", config.peft_type) != "LORA":
+            return found
+        return lora_entries_by_name(model.state_dict() if state_dict is None else state_dict, adapter_name)
+
+    get_peft_model_state_dict.bridge_fsdp1 = True
+    save_and_load.get_peft_model_state_dict = get_peft_model_state_dict  # collect_lora_params imports it when called
+    fsdp_utils.get_peft_model_state_dict = get_peft_model_state_dict  # layered_summon_lora_params' module-level name
+
+
 PATCHES = {  # name: (the module it patches, the patch)
     "chunked_label_logprobs": (TORCH_FUNCTIONAL, chunked_label_logprobs),
     "final_only_outputs": (ROLLOUT_SERVER, final_only_outputs),
@@ -285,6 +334,7 @@ PATCHES = {  # name: (the module it patches, the patch)
     "frequent_replay_polls": (REPLAY_BUFFER, frequent_replay_polls),
     "liger_rope_on_triton": (LIGER, liger_rope_on_triton),
     "grouped_experts": (TRANSFORMERS_MOE, grouped_experts),
+    "adapter_state_dict_under_fsdp1": (PEFT_STATE_DICT, adapter_state_dict_under_fsdp1),
 }
 
 

@@ -195,6 +195,14 @@ def model_billions(model: str, hf_home: str | None = None) -> float | None:
     return float(match.group(1)) if match else None
 
 
+LAYERED_SUMMON_BILLIONS = 70  # verl's advice for LoRA rollouts of 70B+
+
+
+def layered_summon(config) -> bool:
+    """GRPO with LoRA on a 70B+ model: verl gathers one FSDP unit at a time when it syncs the adapter to vLLM."""
+    return bool(config.rl.lora) and (model_billions(config.rl.model, config.paths.hf_home) or 0) >= LAYERED_SUMMON_BILLIONS
+
+
 def check_sft_chat_template(config: TeamConfig) -> list[Problem]:
     """Qwen3's template writes an assistant turn's <think> only after the conversation's last user message.
     verl 0.9.1's SFT dataset renders each message on its own and compares with the whole conversation: with

@@ -20,7 +20,7 @@ from llm_bridge.data import current_umask
 from llm_bridge.job.doctor import FLASH_ATTN_PIN, SCRIPTS_ALLOCATOR, VERL_PIN
 from llm_bridge.login.loader import EXAMPLE, dotted, walk
 from llm_bridge.login.shell import Checked, UnsafeValue, plain_name, quoted_word, script_value, script_words
-from llm_bridge.login.model_shape import model_billions
+from llm_bridge.login.model_shape import layered_summon
 
 TEMPLATES_DIR = EXAMPLE.parent
 COMMITTED_RENDERS = TEMPLATES_DIR.parent / "train" / "scripts"
@@ -92,8 +92,7 @@ def render_all(
         "verl_pin": VERL_PIN,
         "flash_attn_pin": FLASH_ATTN_PIN,
         "scripts_allocator": SCRIPTS_ALLOCATOR,
-        # verl's advice for LoRA rollouts of 70B+: gather one FSDP unit at a time when syncing weights to vLLM
-        "layered_summon": bool(config.rl.lora) and (model_billions(config.rl.model, config.paths.hf_home) or 0) >= 70,
+        "layered_summon": layered_summon(config),
     }
     scripts = {}
     for template in script_templates(templates_dir):

@@ -19,7 +19,8 @@ from llm_bridge.login import hostlist
 from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.job.doctor import wandb_logged_in
 from llm_bridge.login.memory_plan import plan
-from llm_bridge.login.model_shape import check_model_shapes, check_sft_chat_template, find_file
+from llm_bridge.login.model_shape import (LAYERED_SUMMON_BILLIONS, check_model_shapes, check_sft_chat_template, find_file,
+                                          layered_summon)
 from llm_bridge.problems import Problem
 
 
@@ -149,6 +150,13 @@ def check_big_model_settings(config: TeamConfig) -> list[Problem]:
                 "GPU would attend within its own slice of the sequence and train on wrong attention, silently",
                 f"set {name}.attn_implementation: flash_attention_2 (flash-attn is installed by install_env.sbatch), "
                 f"or {name}.sequence_parallel: 1"))
+        if name == "rl" and stage.strategy == "fsdp" and layered_summon(config):
+            problems.append(Problem(
+                "rl.strategy", f"fsdp with rl.lora on a model of {LAYERED_SUMMON_BILLIONS}B or more: verl's FSDP1 keeps "
+                "each LoRA matrix in an FSDP unit of its own, so its layer-by-layer adapter sync finds no adapter and "
+                "falls back to gathering the whole model into every rank's host memory at every step (checked on CPU); "
+                "FSDP2 syncs only the adapter",
+                "set rl.strategy: fsdp2"))
         if stage.cpu_offload and stage.strategy != "fsdp2":
             problems.append(Problem(
                 f"{name}.cpu_offload", "verl 0.9.1 applies its CPU offload policy to FSDP2 only; with strategy fsdp "
