@@ -72,3 +72,14 @@ def test_the_script_writes_verl_rows_that_gsm8k_reward_grades(tmp_path):
                                      truth) == 0.0
     first = json.loads((tmp_path / "raw" / "train.jsonl").read_text().splitlines()[0])
     assert sft["messages"][0][1]["role"] == "assistant" and sft["messages"][0][1]["content"] == first["answer"]
+
+
+def test_step_counts_are_a_choice_and_a_task_too_small_for_the_count_asked_stops(arithmetic, tmp_path):
+    """0 steps asks for the starting count back (20 names x 10 things x 39 numbers = 7,800 problems at most)."""
+    rows = arithmetic.generate("train", 50, seed=0, steps=(0,))
+    assert all(row["answer"] == "#### " + re.findall(r"\d+", row["question"])[0] for row in rows)
+    with pytest.raises(SystemExit, match="only 7800 distinct train problems"):
+        arithmetic.generate("train", 8000, seed=0, steps=(0,))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--train-steps", "1,x"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "give step counts of 0 or more" in done.stderr and not (tmp_path / "raw").exists()

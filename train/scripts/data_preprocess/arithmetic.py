@@ -7,7 +7,8 @@ team can check its whole pipeline on it, and a benchmark can start from random i
 is a short story about one person's things that changes by steps (buys, gives away, doubles); the answer
 works each step out on its own line and ends with "#### N", as GSM8K's do.
 
-- train: 1 or 2 steps. test (held out): 3 steps, so it is harder than anything in training.
+- train: 1 or 2 steps. test (held out): 3 steps, so it is harder than anything in training. (--train-steps and
+  --test-steps change that; 0 steps asks for the starting count back, a task a CPU-sized model learns in minutes.)
 - Numbers 2-40 to start and per step; counts never go below 0 or above 999.
 - The same --seed writes the same files.
 
@@ -62,16 +63,31 @@ def problem(rng: random.Random, steps: int) -> dict:
     return {"question": " ".join(story), "answer": "\n".join([*work, f"#### {count}"])}
 
 
-def generate(split: str, n: int, seed: int) -> list[dict]:
-    """n distinct problems of the split's difficulty; the same (split, n, seed) gives the same list."""
+def generate(split: str, n: int, seed: int, steps: tuple[int, ...] | None = None) -> list[dict]:
+    """n distinct problems of the split's difficulty (steps: how many changes, one drawn per problem); the same
+    arguments give the same list."""
     rng = random.Random(f"{seed}-{split}")
-    rows, seen = [], set()
+    rows, seen, tries = [], set(), 0
     while len(rows) < n:
-        row = problem(rng, rng.choice(STEPS[split]))
+        tries += 1
+        if tries > 100 * n:
+            raise SystemExit(f"ERROR: only {len(rows)} distinct {split} problems of {steps or STEPS[split]} steps turned up. "
+                             f"Fix: ask for fewer (--{split}), or allow more steps")
+        row = problem(rng, rng.choice(steps or STEPS[split]))
         if row["question"] not in seen:
             seen.add(row["question"])
             rows.append(row)
     return rows
+
+
+def step_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give step counts of 0 or more, comma-separated, e.g. 1,2")
+    return counts
 
 
 def gsm8k_converter():
@@ -87,15 +103,17 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=20000, help="training problems (default: %(default)s)")
     parser.add_argument("--test", type=int, default=500, help="held-out problems (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-steps", type=step_counts, default=STEPS["train"], help="e.g. 1,2 (the default)")
+    parser.add_argument("--test-steps", type=step_counts, default=STEPS["test"], help="e.g. 3 (the default)")
     args = parser.parse_args()
     out = args.out.expanduser()
     gsm8k = gsm8k_converter()
 
-    for split, n in (("train", args.train), ("test", args.test)):
+    for split, n, steps in (("train", args.train, args.train_steps), ("test", args.test, args.test_steps)):
         raw = out / "raw" / f"{split}.jsonl"
         raw.parent.mkdir(parents=True, exist_ok=True)
         partial = raw.with_suffix(".jsonl.partial")
-        partial.write_text("".join(json.dumps(row) + "\n" for row in generate(split, n, args.seed)))
+        partial.write_text("".join(json.dumps(row) + "\n" for row in generate(split, n, args.seed, steps)))
         partial.replace(raw)
         result = convert(load_split("arithmetic", None, split, raw.parent), gsm8k.to_rl_row(split))
         result.report(f"arithmetic {split}")
