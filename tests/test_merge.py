@@ -237,6 +237,18 @@ def test_grpo_with_lora_samples_from_the_adapter_training_produced(grpo_lora_run
             (step, folded, saved)
 
 
+def test_the_rollouts_log_probs_are_the_actors_own(grpo_lora_run):
+    """Issue 38's alignment check for old_log_probs: rollout (verl's bypass mode): PPO's ratio has the rollout's
+    log-probs in its denominator, so before the first update of each step the actor must compute the same values for
+    the same tokens. Each step here has one mini-batch, so each logged step is such a first update: its PPO KL is about
+    0 and no token is clipped. A shift by one token, another policy or another prompt would give log-ratios of order 1
+    (clipped at 0.2). The run is fp32 on both sides (measured KL 6e-5 and 2e-5); bf16 on a GPU differs more."""
+    steps = [m["data"] for m in pipeline.metrics(grpo_lora_run / "logs", "grpo-lora") if "actor/ppo_kl" in m["data"]]
+    assert len(steps) == 2
+    for step in steps:
+        assert abs(step["actor/ppo_kl"]) < 1e-3 and step["actor/pg_clipfrac"] == 0, step
+
+
 def test_a_model_too_large_to_load_is_checked_from_its_headers(lora_run, tmp_path):
     """235B is 470 GB in bf16: merge checks such a result without loading it, from the config's parameter count on
     the meta device against the values in the safetensors headers. A missing tensor is caught all the same."""
