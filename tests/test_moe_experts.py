@@ -90,7 +90,8 @@ print(model.config._experts_implementation, forward is moe_experts.grouped_exper
 
 @pytest.mark.parametrize("off, printed", [(None, "grouped_mm True 2"), ("grouped_experts", "grouped_mm False 2")])
 def test_the_entrypoints_patches_put_it_under_transformers_default(off, printed):
-    """A model built after verl_patches.apply() runs it in each MoE layer; BRIDGE_VERL_PATCHES_OFF leaves transformers' own."""
+    """A model built after verl_patches.apply() runs it in each MoE layer; BRIDGE_VERL_PATCHES_OFF leaves
+    transformers' own."""
     done = run_fresh(RUN_TINY_MOE, BRIDGE_VERL_PATCHES_OFF=off, BRIDGE_VERL_PATCHES=None)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == printed

@@ -256,7 +256,8 @@ def check_model_shapes(config: TeamConfig) -> list[Problem]:
                 f"{name}.use_liger", f"Liger replaces {stage.model}'s experts with a fused kernel that computes every "
                 "expert's weight gradient, frozen or not, and tunes itself for minutes on first use: LoRA SFT of "
                 "Qwen3-30B-A3B ran at 4,269 tokens/s with it (its expert kernel's tuning skipped) and 4,791 without "
-                "Liger on the same H200; without Liger the recipe's own experts forward runs (5,979, docs/benchmarks.md)", f"set {name}.use_liger: false", "warning"))
+                "Liger on the same H200; without Liger the recipe's own experts forward runs (5,979, docs/benchmarks.md)",
+                f"set {name}.use_liger: false", "warning"))
         if stage.lora and stage.lora.target_parameters and not moe:
             problems.append(Problem(
                 f"{name}.lora.target_parameters", f"{stage.model} is not a mixture-of-experts model: it has no expert "

@@ -18,12 +18,11 @@ grades them with verl's gsm8k reward, and <out>/sft/{train,test}.parquet (messag
 """
 
 import argparse
-import importlib.util
 import json
 import random
 from pathlib import Path
 
-from llm_bridge.data import convert, load_split, run_script, write_parquet
+from llm_bridge.data import atomic_write, convert, run_script, write_parquet
 
 NAMES = ["Aiko", "Ben", "Chen", "Dana", "Emi", "Farid", "Goro", "Hana", "Ivan", "Jun", "Kenta", "Lena", "Mei", "Noah",
          "Omar", "Rin", "Sara", "Taro", "Yuki", "Zoe"]
@@ -71,8 +70,8 @@ def generate(split: str, n: int, seed: int, steps: tuple[int, ...] | None = None
     while len(rows) < n:
         tries += 1
         if tries > 100 * n:
-            raise SystemExit(f"ERROR: only {len(rows)} distinct {split} problems of {steps or STEPS[split]} steps turned up. "
-                             f"Fix: ask for fewer (--{split}), or allow more steps")
+            raise SystemExit(f"ERROR: only {len(rows)} distinct {split} problems of {steps or STEPS[split]} steps "
+                             f"turned up. Fix: ask for fewer (--{split}), or allow more steps")
         row = problem(rng, rng.choice(steps or STEPS[split]))
         if row["question"] not in seen:
             seen.add(row["question"])
@@ -90,13 +89,6 @@ def step_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
-def gsm8k_converter():
-    spec = importlib.util.spec_from_file_location("gsm8k_prep", Path(__file__).with_name("gsm8k.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("~/data/arithmetic"), help="output folder (default: %(default)s)")
@@ -107,18 +99,16 @@ def main() -> None:
     parser.add_argument("--test-steps", type=step_counts, default=STEPS["test"], help="e.g. 3 (the default)")
     args = parser.parse_args()
     out = args.out.expanduser()
-    gsm8k = gsm8k_converter()
+    from gsm8k import to_rl_row, to_sft_row  # the sibling script: Python puts this script's folder on sys.path
 
     for split, n, steps in (("train", args.train, args.train_steps), ("test", args.test, args.test_steps)):
+        rows = generate(split, n, args.seed, steps)
         raw = out / "raw" / f"{split}.jsonl"
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        partial = raw.with_suffix(".jsonl.partial")
-        partial.write_text("".join(json.dumps(row) + "\n" for row in generate(split, n, args.seed, steps)))
-        partial.replace(raw)
-        result = convert(load_split("arithmetic", None, split, raw.parent), gsm8k.to_rl_row(split))
+        atomic_write(raw, lambda tmp: Path(tmp).write_text("".join(json.dumps(row) + "\n" for row in rows)))
+        result = convert(rows, to_rl_row(split))
         result.report(f"arithmetic {split}")
         write_parquet(result.rows, out / "rl" / f"{split}.parquet")
-        write_parquet([gsm8k.to_sft_row(r) for r in result.rows], out / "sft" / f"{split}.parquet")
+        write_parquet([to_sft_row(r) for r in result.rows], out / "sft" / f"{split}.parquet")
         print(f"  wrote {raw}, {out / 'rl' / f'{split}.parquet'} and {out / 'sft' / f'{split}.parquet'}")
 
 
