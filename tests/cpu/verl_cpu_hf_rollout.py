@@ -13,6 +13,7 @@ time per replica: fine for a tiny model, useless for a real one.
 import asyncio
 import logging
 import os
+import zlib
 
 import ray
 import torch
@@ -43,6 +44,8 @@ class HFServer:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
         self.model.eval()
+        # as vLLM, rollout.seed fixes the sampling; here per request, so the order requests arrive in changes nothing
+        self.seed, self.draws = int(getattr(config, "seed", 42)) + max(replica_rank, 0), {}
         self.global_steps = None
         self.lock = asyncio.Lock()
         self.base = {}  # the base weights under a LoRA adapter, kept at the first fold
@@ -65,6 +68,8 @@ class HFServer:
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=float(sampling_params.get("top_p", 1.0)),
                           top_k=top_k if top_k > 0 else None)
+        draw = self.draws[tuple(prompt_ids)] = self.draws.get(tuple(prompt_ids), -1) + 1  # the k-th sample of this prompt
+        torch.manual_seed(zlib.crc32(repr((self.seed, prompt_ids, draw)).encode()))
         with torch.no_grad():
             out = self.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs)
         tokens = out.sequences[0, len(prompt_ids):].tolist()
@@ -73,6 +78,8 @@ class HFServer:
         log_probs = None
         if sampling_params.get("logprobs"):
             logits = torch.stack(out.logits[: len(tokens)], dim=0)[:, 0, :].float()
+            if temperature > 0:  # verl asks vLLM for processed_logprobs: those of the distribution it samples from
+                logits = logits / temperature
             log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
         return TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason="completed",
                            extra_fields={"global_steps": self.global_steps})
