@@ -1,0 +1,143 @@
+"""Issue 38, points 3 and 4: the recipe's GRPO makes a model better at its task, and its departures from verl's
+defaults change no mathematics, on a CPU in CI.
+
+A tiny Qwen2 learns the arithmetic task's easiest level (train/scripts/data_preprocess/arithmetic.py with 0 steps:
+"Mei has 17 shells. How many shells does Mei have now?" -> "#### 17") by SFT through the rendered run_sft.sbatch,
+is merged, and then trains with GRPO through the rendered run_ppo.sbatch, graded by verl's own gsm8k reward
+(data_source openai/gsm8k). The GRPO run is the recipe's: old_log_probs rollout (bypass mode), no KL loss,
+its patches on. Three settings make 15 steps on a 2-core machine enough to see learning, all stated:
+
+- The same 16 prompts every step (8 responses each): the curve measures the policy, not which prompts a step drew.
+- Sampling at temperature 1.5: the SFT model's greedy answers are right more often than its sampled ones, so
+  sharpening (GRPO's first gain on any model) has room to show. The actor computes its log-probs at the same
+  temperature (verl's rollout.temperature), as the test rollout does (verl asks vLLM for processed log-probs).
+- Two passes over each step's batch (ppo_epochs 2) at learning rate 1e-3: one pass rose by 0.12-0.24, two by
+  0.20-0.28 (rollout seeds 6 and 8); larger learning rates made this tiny model collapse (reward 0 within 3 steps).
+
+The rise is the mean reward of the last 3 steps minus that of the first 3. The same run with learning rate 0 (only
+sampling noise) rose by RISES_AT_LR_0 below (11 runs, largest 0.039); the margin, 0.10, is over twice that and under
+half the rises measured with learning. The test runs the learning-rate-0 run too, so a change that lifts the reward
+without learning fails here as well.
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent / "cpu"))
+import build_tiny  # noqa: E402
+import pipeline  # noqa: E402
+
+GRPO_STEPS, WINDOW, PROMPTS = 15, 3, 16
+RISES_AT_LR_0 = [0.039, -0.013, -0.003, -0.018, 0.003,  # one replica, rollout seeds 1-5 (2 cores, 2026-12-04)
+                 -0.013, 0.020, 0.029, -0.016, -0.010, 0.000]  # two replicas, unseeded order
+MARGIN = 0.10
+# one rollout replica over the 2 ranks: it seeds each request by its prompt and draw, so a seed gives the same samples
+ONE_REPLICA = ("actor_rollout_ref.rollout.tensor_model_parallel_size=2",)
+
+
+def rise(scores: list[float]) -> float:
+    return sum(scores[-WINDOW:]) / WINDOW - sum(scores[:WINDOW]) / WINDOW
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory) -> Path:
+    """The SFT model of the copy task, merged, and the team.yaml its GRPO runs render from."""
+    work = tmp_path_factory.mktemp("learns")
+    stage = pipeline.Stage(work)
+    python = sys.executable
+    stage.run("data", [python, "train/scripts/data_preprocess/arithmetic.py", "--out", str(work / "data"),
+                       "--train", "3000", "--test", "200", "--train-steps", "0", "--test-steps", "0"])
+    # the tokenizer learns the words the model will see: the SFT conversations, the system prompt, the roles
+    sft = pd.read_parquet(work / "data" / "sft" / "train.parquet")
+    corpus = [message["content"] for messages in sft["messages"] for message in messages]
+    corpus += ["You are a helpful assistant.", "system user assistant"]
+    build_tiny.build_model(build_tiny.build_tokenizer(corpus, vocab_size=512), work / "tiny" / "model")
+    pd.read_parquet(work / "data" / "rl" / "train.parquet").head(PROMPTS).to_parquet(work / "data" / "rl" / "fixed.parquet")
+
+    team = pipeline.team_config(work)
+    team["sft"].update(experiment_name="sft-copy", train_files=str(work / "data" / "sft" / "train.parquet"),
+                       val_files=str(work / "data" / "sft" / "test.parquet"), max_length=128, train_batch_size=32,
+                       lr=3e-3, total_epochs=10, total_training_steps=200, save_freq=200)
+    team["rl"].update(model=str(work / "models" / "sft"), train_files=str(work / "data" / "rl" / "fixed.parquet"),
+                      val_files=str(work / "data" / "rl" / "test.parquet"), reward_function=None,
+                      train_batch_size=PROMPTS, ppo_mini_batch_size=PROMPTS, rollout_n=8, max_response_length=16,
+                      lr=1e-3, total_epochs=GRPO_STEPS, total_training_steps=GRPO_STEPS, save_freq=GRPO_STEPS)
+    (work / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
+    stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(work / "team.yaml"),
+                         "--out", str(work / "rendered")])
+    stage.run("sft", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES],
+              pipeline.CPU_ENV)
+    stage.run("merge", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint",
+                        str(work / "checkpoints" / "sft" / "sft-copy"), "--out", str(work / "models" / "sft")])
+    return work
+
+
+def grpo_run(work: Path, name: str, *overrides: str, rl: dict | None = None, env: dict | None = None) -> list[dict]:
+    """Each step's metrics of one GRPO run of the script rendered with rl.experiment_name `name` (and `rl` edits)."""
+    team = yaml.safe_load((work / "team.yaml").read_text())
+    team["rl"].update(experiment_name=name, **(rl or {}))
+    (work / f"team-{name}.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
+    stage = pipeline.Stage(work)
+    stage.run(f"render-{name}", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / f"team-{name}.yaml"),
+                                 "--out", str(work / f"rendered-{name}")])
+    stage.run(name, ["bash", str(work / f"rendered-{name}" / "ppo" / "run_ppo.sbatch"), *pipeline.PPO_CPU_OVERRIDES,
+                     *pipeline.LOCAL_RAY_OVERRIDES, "actor_rollout_ref.rollout.temperature=1.5", *overrides],
+              {**pipeline.CPU_ENV, **(env or {})})
+    return [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+
+
+def test_grpo_raises_the_reward_beyond_what_sampling_noise_reaches(taught):
+    seed = "actor_rollout_ref.rollout.seed=6"
+    learning = [m["critic/score/mean"] for m in grpo_run(taught, "grpo-learns", *ONE_REPLICA, seed,
+                                                         "actor_rollout_ref.actor.ppo_epochs=2")]
+    frozen = [m["critic/score/mean"] for m in grpo_run(taught, "grpo-lr0", *ONE_REPLICA, seed,
+                                                       "actor_rollout_ref.actor.optim.lr=0.0")]
+    assert MARGIN > 2 * max(RISES_AT_LR_0)
+    print(f"rewards, lr 1e-3: {learning}\nrewards, lr 0:    {frozen}")
+    assert len(learning) == len(frozen) == GRPO_STEPS
+    assert rise(frozen) < MARGIN, f"with learning rate 0 the reward rose by {rise(frozen):.3f}: {frozen}"
+    assert rise(learning) >= MARGIN, \
+        f"GRPO raised the reward by only {rise(learning):.3f} in {GRPO_STEPS} steps: {learning}"
+
+
+# Point 4: each departure from verl's defaults leaves the mathematics alone. Two steps, two passes over the batch a
+# step (the second is off-policy by one update, so the old log-probs matter; two mini-batches would not do: verl's
+# split of a step's samples into mini-batches differs from run to run). Every run draws the same samples: one rollout
+# replica (tensor parallel 2 over the 2 ranks), which seeds each request by its prompt and draw. The actor computes
+# in fp32, as the test rollout does: in FSDP's default bf16 the actor's log-probs differ from the rollout's and from
+# each other by bf16 rounding (PPO KL ~3e-4 a step here), which would hide what is compared.
+# Tolerances (policy loss, absolute; gradient norm, relative): fp32 rounding (measured 4e-8 and 3e-6), except for
+# verl's example, whose KL loss (coefficient 0.001) adds its own small gradient once the policy has moved (8e-6, 0.2%).
+# verl's example here is its algorithm: KL loss, recomputed old log-probs, verl as released (the speed knobs change
+# no mathematics and are compared in docs/benchmarks.md).
+DEPARTURES = {
+    "grpo-patches-off": (dict(env={"BRIDGE_VERL_PATCHES": "0"}), (1e-6, 1e-4)),
+    "grpo-recompute": (dict(rl={"old_log_probs": "recompute"}), (1e-6, 1e-4)),
+    "grpo-verl-example": (dict(rl={"old_log_probs": "recompute", "use_kl_loss": True, "kl_loss_coef": 0.001},
+                               env={"BRIDGE_VERL_PATCHES": "0"}), (1e-4, 1e-2)),
+}
+AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
+                   "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
+                   "actor_rollout_ref.actor.ppo_epochs=2", "trainer.total_training_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def recipe_steps(taught) -> list[dict]:
+    return grpo_run(taught, "grpo-recipe", *AGREEMENT_STEPS)
+
+
+@pytest.mark.parametrize("name", DEPARTURES)
+def test_a_departure_from_verls_defaults_gives_the_same_first_steps(taught, recipe_steps, name):
+    settings, (loss_tolerance, grad_norm_tolerance) = DEPARTURES[name]
+    steps = grpo_run(taught, name, *AGREEMENT_STEPS, **settings)
+    assert len(steps) == len(recipe_steps) == 2
+    for step, (ours, theirs) in enumerate(zip(recipe_steps, steps), start=1):
+        keys = ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "actor/ppo_kl")
+        print(name, step, {k: (ours[k], theirs[k]) for k in keys})
+        assert theirs["critic/score/mean"] == ours["critic/score/mean"], f"step {step}: the samples differ"
+        assert abs(theirs["actor/pg_loss"] - ours["actor/pg_loss"]) < loss_tolerance, f"step {step}"
+        assert theirs["actor/grad_norm"] == pytest.approx(ours["actor/grad_norm"], rel=grad_norm_tolerance), f"step {step}"
