@@ -51,10 +51,9 @@ def taught(tmp_path_factory) -> Path:
     python = sys.executable
     stage.run("data", [python, "train/scripts/data_preprocess/arithmetic.py", "--out", str(work / "data"),
                        "--train", "3000", "--test", "200", "--train-steps", "0", "--test-steps", "0"])
-    # the tokenizer learns the words the model will see: the SFT conversations, the system prompt, the roles
+    # the tokenizer learns the words the model will see: the SFT conversations and what the chat template adds
     sft = pd.read_parquet(work / "data" / "sft" / "train.parquet")
-    corpus = [message["content"] for messages in sft["messages"] for message in messages]
-    corpus += ["You are a helpful assistant.", "system user assistant"]
+    corpus = [message["content"] for messages in sft["messages"] for message in messages] + build_tiny.CHAT_WORDS
     build_tiny.build_model(build_tiny.build_tokenizer(corpus, vocab_size=512), work / "tiny" / "model")
     pd.read_parquet(work / "data" / "rl" / "train.parquet").head(PROMPTS).to_parquet(work / "data" / "rl" / "fixed.parquet")
 
@@ -66,11 +65,7 @@ def taught(tmp_path_factory) -> Path:
                       val_files=str(work / "data" / "rl" / "test.parquet"), reward_function=None,
                       train_batch_size=PROMPTS, ppo_mini_batch_size=PROMPTS, rollout_n=8, max_response_length=16,
                       lr=1e-3, total_epochs=GRPO_STEPS, total_training_steps=GRPO_STEPS, save_freq=GRPO_STEPS)
-    (work / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
-    stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(work / "team.yaml"),
-                         "--out", str(work / "rendered")])
-    stage.run("sft", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES],
-              pipeline.CPU_ENV)
+    stage.run("sft", pipeline.sft_command(pipeline.render(work, team)), pipeline.CPU_ENV)
     stage.run("merge", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint",
                         str(work / "checkpoints" / "sft" / "sft-copy"), "--out", str(work / "models" / "sft")])
     return work
@@ -78,15 +73,11 @@ def taught(tmp_path_factory) -> Path:
 
 def grpo_run(work: Path, name: str, *overrides: str, rl: dict | None = None, env: dict | None = None) -> list[dict]:
     """Each step's metrics of one GRPO run of the script rendered with rl.experiment_name `name` (and `rl` edits)."""
-    team = yaml.safe_load((work / "team.yaml").read_text())
+    team = yaml.safe_load((work / "team-rendered.yaml").read_text())
     team["rl"].update(experiment_name=name, **(rl or {}))
-    (work / f"team-{name}.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
-    stage = pipeline.Stage(work)
-    stage.run(f"render-{name}", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / f"team-{name}.yaml"),
-                                 "--out", str(work / f"rendered-{name}")])
-    stage.run(name, ["bash", str(work / f"rendered-{name}" / "ppo" / "run_ppo.sbatch"), *pipeline.PPO_CPU_OVERRIDES,
-                     *pipeline.LOCAL_RAY_OVERRIDES, "actor_rollout_ref.rollout.temperature=1.5", *overrides],
-              {**pipeline.CPU_ENV, **(env or {})})
+    rendered = pipeline.render(work, team, f"rendered-{name}")
+    pipeline.Stage(work).run(name, pipeline.grpo_command(rendered, "actor_rollout_ref.rollout.temperature=1.5", *overrides),
+                             {**pipeline.CPU_ENV, **(env or {})})
     return [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
 
 

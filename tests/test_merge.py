@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import REPO
 
@@ -32,11 +31,8 @@ def lora_run(tmp_path_factory) -> Path:
     team["sft"]["experiment_name"] = "sft-lora"
     # LoRA from team.yaml, as a team writes it (fp32 base: the CPU run keeps its dtype)
     team["sft"]["lora"] = {"rank": 4, "alpha": 8, "base_dtype": "fp32"}
-    (work / "team.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
-    stage.run("render", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / "team.yaml"),
-                         "--out", str(work / "rendered")])
-    stage.run("sft_lora", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
-                           "optim.lr=1e-2", "trainer.total_training_steps=2"],
+    rendered = pipeline.render(work, team)
+    stage.run("sft_lora", pipeline.sft_command(rendered, "optim.lr=1e-2", "trainer.total_training_steps=2"),
               pipeline.CPU_ENV)
     return work
 
@@ -186,11 +182,8 @@ def grpo_lora_run(lora_run) -> Path:
     team = pipeline.team_config(work)
     team["rl"].update(experiment_name="grpo-lora", model=str(work / "tiny" / "model"), lr=1e-2, save_freq=1,
                       lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "checkpoints": "full"})
-    (work / "team-grpo.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
-    stage.run("render_grpo", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / "team-grpo.yaml"),
-                              "--out", str(work / "rendered-grpo")])
-    stage.run("grpo_lora", ["bash", str(work / "rendered-grpo" / "ppo" / "run_ppo.sbatch"), *pipeline.PPO_CPU_OVERRIDES,
-                            *pipeline.LOCAL_RAY_OVERRIDES, "trainer.total_training_steps=2"], pipeline.CPU_ENV)
+    rendered = pipeline.render(work, team, "rendered-grpo")
+    stage.run("grpo_lora", pipeline.grpo_command(rendered, "trainer.total_training_steps=2"), pipeline.CPU_ENV)
     return work
 
 

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from conftest import REPO
 
@@ -51,12 +50,9 @@ def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, parameters
     team["sft"].update(experiment_name=f"lora-{name}", model=str(base),
                        lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "target_modules": targets,
                              **({"target_parameters": parameters} if parameters else {})})
-    (work / f"{name}.yaml").write_text(yaml.safe_dump(team, sort_keys=False))
-    out = work / f"rendered-{name}"
-    stage.run(f"render-{name}", [sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(work / f"{name}.yaml"),
-                                 "--out", str(out)])
-    stage.run(f"sft-{name}", ["bash", str(out / "sft" / "run_sft.sbatch"), *pipeline.SFT_CPU_OVERRIDES,
-                              "optim.lr=1e-2", "trainer.total_training_steps=2"], pipeline.CPU_ENV)
+    rendered = pipeline.render(work, team, f"rendered-{name}")
+    stage.run(f"sft-{name}", pipeline.sft_command(rendered, "optim.lr=1e-2", "trainer.total_training_steps=2"),
+              pipeline.CPU_ENV)
     losses = [m["data"]["train/loss"] for m in pipeline.metrics(work / "logs", f"lora-{name}") if "train/loss" in m["data"]]
     assert len(losses) == 2 and losses[1] < losses[0], losses
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REPO
 
@@ -81,17 +80,8 @@ def work():
     work.mkdir(parents=True)
     stage = pipeline.Stage(work)
     pipeline.prepare(work, stage)
-    render(work, pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model"))
+    pipeline.render(work, pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model"))
     return work
-
-
-def render(work: Path, team: dict, out: str = "rendered") -> Path:
-    path = work / f"team-{out}.yaml"
-    path.write_text(yaml.safe_dump(team, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(path), "--out", str(work / out)],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stdout
-    return work / out
 
 
 def job_log(work: Path, job: str) -> str:
@@ -159,7 +149,7 @@ def test_multinode_lora_sft_of_qwen3(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
     team["sft"].update(experiment_name="lora-qwen3", model=str(base),  # the multi-node script adds -2nodes
                        lora={"rank": 4, "alpha": 8, "base_dtype": "fp32"})
-    rendered = render(work, team, "rendered-lora")
+    rendered = pipeline.render(work, team, "rendered-lora")
     proc, job = lab.submit(rendered / "mutinode_sft" / "run_sft_multinode.sbatch", *SFT_CPU, "optim.lr=1e-2",
                            "trainer.total_training_steps=2", env=pipeline.CPU_ENV)
     assert proc.wait(timeout=600) == 0, job_log(work, job)[-5000:]
@@ -210,7 +200,7 @@ def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
 def test_worker_that_never_joins_gives_a_clear_error(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
     team["ray"] = {"join_timeout_s": 45}
-    rendered = render(work, team, out="rendered-short-join")
+    rendered = pipeline.render(work, team, out="rendered-short-join")
     # node2 cannot reach the head's GCS port: its Ray worker never registers
     block = ["ip", "-n", "labnode2", "rule", "add", "ipproto", "tcp", "dport", "6379", "blackhole"]
     subprocess.run(block, check=True)
@@ -255,7 +245,7 @@ def test_sft_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it(
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
     team["slurm"].update(time_limit="3", signal_before_limit_s=60)
     team["sft"].update(experiment_name="sft-requeue", total_epochs=500, total_training_steps=4000, save_freq=1000)
-    rendered = render(work, team, out="rendered-requeue")
+    rendered = pipeline.render(work, team, out="rendered-requeue")
     proc, job = lab.submit(rendered / "sft" / "run_sft.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
     try:
         wait_for(lambda: len(runs(job_log(work, job))) > 1 and first_step(runs(job_log(work, job))[1]), 720,
@@ -276,7 +266,7 @@ def test_grpo_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it
     # a GRPO start-up on the lab takes 2-3 min: a 5 min limit leaves room for steps before the deadline
     team["slurm"].update(time_limit="5", signal_before_limit_s=60)
     team["rl"].update(experiment_name="grpo-requeue", save_freq=1000)
-    rendered = render(work, team, out="rendered-requeue-grpo")
+    rendered = pipeline.render(work, team, out="rendered-requeue-grpo")
     proc, job = lab.submit(rendered / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU,
                            "trainer.total_epochs=100", "trainer.total_training_steps=1000", env=pipeline.CPU_ENV)
     try:

@@ -17,6 +17,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_WORDS = ["You are a helpful assistant.", "system user assistant"]  # what the chat template adds to every text
 NAMES = ["Tom", "Aiko", "Ken", "Mia", "Sora", "Lena", "Yuto", "Emma"]
 ITEMS = ["apples", "books", "pencils", "stickers", "coins", "cards"]
 
@@ -102,7 +103,7 @@ def main(out: Path) -> None:
     data = write_sample_data(out / "sample_gsm8k")
     corpus = [line for split in ("train", "test") for row in map(json.loads, (data / f"{split}.jsonl").read_text().splitlines())
               for line in (row["question"], row["answer"])]
-    corpus += ["You are a helpful assistant.", "system user assistant", "Let's think step by step and output the final answer after \"####\"."]
+    corpus += [*CHAT_WORDS, "Let's think step by step and output the final answer after \"####\"."]
     build_model(build_tokenizer(corpus), out / "model")
     print(f"tiny model and sample data in {out}")
 

@@ -91,6 +91,27 @@ def team_config(work: Path, nodes: int = 1, rl_model: Path | None = None) -> dic
     return team
 
 
+def render(work: Path, team: dict, out: str = "rendered") -> Path:
+    """Write `team` as work/team-<out>.yaml and render it with `llm-bridge render` into work/<out>."""
+    path = work / f"team-{out}.yaml"
+    path.write_text(yaml.safe_dump(team, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "render", "--team", str(path), "--out", str(work / out)],
+                            capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"llm-bridge render {path} failed:\n{result.stdout}{result.stderr}")
+    return work / out
+
+
+def sft_command(rendered: Path, *overrides: str) -> list[str]:
+    """The rendered single-node SFT script, run with bash on this machine."""
+    return ["bash", str(rendered / "sft" / "run_sft.sbatch"), *SFT_CPU_OVERRIDES, *overrides]
+
+
+def grpo_command(rendered: Path, *overrides: str) -> list[str]:
+    """The rendered single-node GRPO script, run with bash on this machine (main_ppo starts Ray itself)."""
+    return ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES, *LOCAL_RAY_OVERRIDES, *overrides]
+
+
 class Stage:
     def __init__(self, work: Path):
         self.work, self.times = work, {}
@@ -164,13 +185,11 @@ def main() -> None:
                                     "--out", str(work / "models" / name)])
 
     prepare(work, stage)
-    team = work / "team.cpu.yaml"
-    team.write_text(yaml.safe_dump(team_config(work), sort_keys=False))
-    stage.run("render", [python, "-m", "llm_bridge.cli", "render", "--team", str(team), "--out", str(work / "rendered")])
+    rendered = render(work, team_config(work))
 
-    stage.run("sft", ["bash", str(work / "rendered" / "sft" / "run_sft.sbatch"), *SFT_CPU_OVERRIDES], CPU_ENV)
+    stage.run("sft", sft_command(rendered), CPU_ENV)
     merge("sft", work / "checkpoints" / "sft" / "sft-tiny")
-    stage.run("grpo", ["bash", str(work / "rendered" / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES, *LOCAL_RAY_OVERRIDES], CPU_ENV)
+    stage.run("grpo", grpo_command(rendered), CPU_ENV)
     merge("grpo", work / "checkpoints" / "grpo" / "grpo-tiny")
 
     sft_metrics = metrics(work / "logs", "sft-tiny")
