@@ -235,11 +235,16 @@ def test_the_rollouts_log_probs_are_the_actors_own(grpo_lora_run):
     log-probs in its denominator, so before the first update of each step the actor must compute the same values for
     the same tokens. Each step here has one mini-batch, so each logged step is such a first update: its PPO KL is about
     0 and no token is clipped. A shift by one token, another policy or another prompt would give log-ratios of order 1
-    (clipped at 0.2). The run is fp32 on both sides (measured KL 6e-5 and 2e-5); bf16 on a GPU differs more."""
+    (clipped at 0.2). The run is fp32 on both sides (measured KL 6e-5 and 2e-5); bf16 on a GPU differs more.
+
+    The same first mini-batch gives every run its actor/rollout_drift/ metrics (verl_patches 8): with one mini-batch and
+    old log-probs that are the rollout's, their KL is the PPO KL itself."""
     steps = [m["data"] for m in pipeline.metrics(grpo_lora_run / "logs", "grpo-lora") if "actor/ppo_kl" in m["data"]]
     assert len(steps) == 2
     for step in steps:
         assert abs(step["actor/ppo_kl"]) < 1e-3 and step["actor/pg_clipfrac"] == 0, step
+        assert step["actor/rollout_drift/kl"] == pytest.approx(step["actor/ppo_kl"], rel=1e-4, abs=1e-9), step
+        assert 0 <= step["actor/rollout_drift/k3_kl"] < 1e-3 and abs(step["actor/rollout_drift/chi2_token"]) < 1e-2, step
 
 
 def test_a_model_too_large_to_load_is_checked_from_its_headers(lora_run, tmp_path):

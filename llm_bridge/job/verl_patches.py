@@ -60,6 +60,16 @@ sync (StopIteration in `_create_merged_loras_inplace`, H200). The patch keeps PE
 one and otherwise selects the adapter's `lora_*` entries by name, as PEFT did before 0.21 and as verl
 expects. FSDP2 (no wrapper modules) never needed it.
 
+8. The rollout's drift in every run's metrics. PPO's ratio divides by the old policy's probability. With
+`old_log_probs: rollout` (verl's bypass mode) that is vLLM's bf16 log-prob, and verl 0.9.1's V1 trainer then
+logs nothing that shows how far it is from the actor's own (its `rollout_corr/` metrics come only from the
+recomputed old log-probs, and the actor-side function meant for bypass mode,
+`compute_rollout_corr_metrics_from_logprobs`, is never called). The actor's first mini-batch of a step runs
+at the weights vLLM sampled with, so its log-probs against the rollout's are exactly that drift. The patch
+logs verl's own off-policy metrics of them (`compute_offpolicy_metrics`: KL, K3 KL, chi-squared, the
+perplexities) as `actor/rollout_drift/*` in every mode, at the cost of a few host syncs per step. The
+gradient is untouched.
+
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
 (torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the
 flash-attention call left eager. A 0.5B SFT step is bound by the CPU launching ~2,000 kernels per
@@ -327,6 +337,60 @@ def adapter_state_dict_under_fsdp1(fsdp_utils) -> None:
     fsdp_utils.get_peft_model_state_dict = get_peft_model_state_dict  # layered_summon_lora_params' module-level name
 
 
+ENGINE_WORKERS = "verl.workers.engine_workers"
+
+
+def rollout_drift(model_output: dict, data) -> dict:
+    """verl's off-policy metrics of a micro-batch's actor log-probs against its rollout's, averaged like the policy
+    loss's (the trainer adds `actor/` to each name); nothing where the rollout recorded no log-probs."""
+    if "log_probs" not in model_output or "rollout_log_probs" not in data.keys():
+        return {}
+    from verl.trainer.ppo.rollout_corr_helper import compute_offpolicy_metrics
+    from verl.utils.metric import AggregationType, Metric
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    actor = no_padding_2_padding(model_output["log_probs"], data).detach().float()
+    padded = data.select("response_mask", "rollout_log_probs").to_padded_tensor()
+    mask = padded["response_mask"].float()
+    if not mask.any():
+        return {}
+    metrics = compute_offpolicy_metrics(actor, padded["rollout_log_probs"].float(), mask)
+    return {f"rollout_drift/{key}": Metric(AggregationType.MEAN, value) for key, value in metrics.items()}
+
+
+def rollout_drift_metrics(engine_workers) -> None:
+    worker = engine_workers.TrainingWorker
+    if getattr(worker.train_batch, "bridge_drift", False):
+        return
+    train_mini_batch, train_batch = worker.train_mini_batch, worker.train_batch
+
+    @functools.wraps(train_mini_batch)
+    def measured_train_mini_batch(self, data):
+        self.bridge_drift_due = True  # the next train_batch is the step's first mini-batch
+        return train_mini_batch(self, data)
+
+    @functools.wraps(train_batch)
+    def measured_train_batch(self, data):
+        loss_fn = self.loss_fn
+        is_policy_loss = getattr(loss_fn, "func", None) is engine_workers.ppo_loss  # not the critic's, nor distillation
+        if not (getattr(self, "bridge_drift_due", False) and is_policy_loss):
+            return train_batch(self, data)
+        self.bridge_drift_due = False
+
+        def loss_and_drift(model_output, data, **kwargs):
+            loss, metrics = loss_fn(model_output=model_output, data=data, **kwargs)
+            return loss, {**metrics, **rollout_drift(model_output, data)}
+
+        self.loss_fn = loss_and_drift
+        try:
+            return train_batch(self, data)
+        finally:
+            self.loss_fn = loss_fn
+
+    measured_train_batch.bridge_drift = True
+    worker.train_mini_batch, worker.train_batch = measured_train_mini_batch, measured_train_batch
+
+
 PATCHES = {  # name: (the module it patches, the patch)
     "chunked_label_logprobs": (TORCH_FUNCTIONAL, chunked_label_logprobs),
     "final_only_outputs": (ROLLOUT_SERVER, final_only_outputs),
@@ -335,6 +399,7 @@ PATCHES = {  # name: (the module it patches, the patch)
     "liger_rope_on_triton": (LIGER, liger_rope_on_triton),
     "grouped_experts": (TRANSFORMERS_MOE, grouped_experts),
     "adapter_state_dict_under_fsdp1": (PEFT_STATE_DICT, adapter_state_dict_under_fsdp1),
+    "rollout_drift_metrics": (ENGINE_WORKERS, rollout_drift_metrics),
 }
 
 
