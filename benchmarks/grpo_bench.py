@@ -145,6 +145,10 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
                   response_length=mean("response_length/mean"),
                   rollout_tokens_per_s=round(statistics.mean(s["response_length/mean"] * responses / s["timing_s/gen"] for s in timed)),
                   throughput_per_gpu=mean("perf/throughput"),
+                  # vLLM's log-probs against the actor's at the same weights (verl_patches 8), over response lengths
+                  rollout_drift={k.rsplit("/", 1)[1]: mean(k) for k in ("actor/rollout_drift/kl", "actor/rollout_drift/k3_kl",
+                                                                       "actor/rollout_drift/chi2_token",
+                                                                       "actor/rollout_drift/chi2_seq")},
                   timing={k: mean(k) for k in sorted(timed[-1]) if k.startswith("timing_s/")}, steps_timed=len(timed))
     return result
 
