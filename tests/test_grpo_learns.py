@@ -148,3 +148,26 @@ def test_the_drift_metric_sees_the_actors_bf16_rounding(learning, recipe_steps):
     fp32 = [m["actor/rollout_drift/k3_kl"] for m in recipe_steps]
     print(f"drift (K3 KL), bf16 actor: {bf16}\nfp32 actor: {fp32}")
     assert max(map(abs, fp32)) < 1e-7 and min(bf16) > 1e-5, (fp32, bf16)
+
+
+# rl.rollout_correction reaches verl's code in both modes. The actor computes in its default bf16 against the fp32 test
+# rollout, so there is a drift to correct (K3 KL 2e-5 to 1e-4 above). Whether a correction learns better is the GPU's
+# question (issue 38 point 5); here each must act: rejection drops some tokens, importance weights move off 1.
+# (verl's preset bound for seq_mean_k1, ratios within 0.1%, drops most sequences of a bf16 actor against an fp32
+# rollout; vLLM in bf16 against a bf16 actor is measured on the GPU.)
+CORRECTIONS = {
+    "grpo-bypass-rejection": dict(rollout_correction={"rollout_rs": "seq_mean_k1", "rollout_rs_threshold": 1.001}),
+    "grpo-recompute-is": dict(old_log_probs="recompute", rollout_correction={"rollout_is": "token"}),
+}
+
+
+@pytest.mark.parametrize("name", CORRECTIONS)
+def test_a_rollout_correction_acts_in_either_mode(taught, name):
+    steps = grpo_run(taught, name, *ONE_REPLICA, "actor_rollout_ref.rollout.seed=7", "trainer.total_training_steps=2",
+                     rl=CORRECTIONS[name])
+    assert len(steps) == 2
+    for step in steps:
+        if name == "grpo-bypass-rejection":  # verl's bypass-mode loss, in the actor (measured: 77% and 81% of tokens)
+            assert 0 < step["actor/rollout_corr/rollout_rs_masked_fraction"] < 1, step
+        else:  # the trainer's weights (measured: standard deviation 0.008 and 0.023, all within the threshold 2)
+            assert step["rollout_corr/rollout_is_std"] > 1e-3 and step["rollout_corr/rollout_is_max"] <= 2.0, step

@@ -252,6 +252,23 @@ class LoRA(Section):
     checkpoints: Literal["adapter", "full"] = "adapter"
 
 
+class RolloutCorrection(Section):
+    """verl's rollout correction (algorithm.rollout_correction) for the gap between vLLM's log-probs and the actor's.
+
+    rollout_is: importance weights pi_actor / pi_rollout, per token or per sequence, truncated at
+    rollout_is_threshold (TIS); with old_log_probs: recompute only (in bypass mode PPO's ratio already is that weight).
+    rollout_rs: rejection, one of verl's modes: <token|seq_sum|seq_mean|seq_max>_<k1|k2|k3> (seq_max only k2, k3).
+    Tokens or sequences past rollout_rs_threshold leave the loss. k1 compares the ratio itself: a bound t keeps
+    ratios within [1/t, t] (verl's preset: 1.001 for seq_mean_k1). k2 and k3 are divergences: t is their upper
+    bound (verl's preset: 0.01 for k3)."""
+
+    rollout_is: Literal["token", "sequence"] | None = None
+    rollout_is_threshold: Annotated[float, Field(gt=1)] = 2.0
+    rollout_rs: Literal["token_k1", "token_k2", "token_k3", "seq_sum_k1", "seq_sum_k2", "seq_sum_k3", "seq_mean_k1",
+                        "seq_mean_k2", "seq_mean_k3", "seq_max_k2", "seq_max_k3"] | None = None
+    rollout_rs_threshold: Annotated[float, Field(gt=0)] | None = None
+
+
 class Stage(Section):
     """What SFT and RL share: naming, data, schedule, checkpoints."""
 
@@ -311,6 +328,7 @@ class RL(Stage):
     # rollout: vLLM's log-probs of the sampled tokens are PPO's old policy (verl's bypass mode);
     # recompute: the actor recomputes them in one more forward pass (verl's default)
     old_log_probs: Literal["rollout", "recompute"] = "recompute"
+    rollout_correction: RolloutCorrection | None = None  # absent: none (the drift is logged either way)
     kl_loss_coef: Annotated[float, Field(ge=0)] = 0.001
     entropy_coeff: Annotated[float, Field(ge=0)] = 0.0
     rollout_tp: PositiveInt

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from llm_bridge.login import hostlist
-from llm_bridge.login.config import TeamConfig, local_path
+from llm_bridge.login.config import RL, TeamConfig, local_path
 from llm_bridge.job.doctor import wandb_logged_in
 from llm_bridge.login.memory_plan import plan
 from llm_bridge.login.model_shape import (LAYERED_SUMMON_BILLIONS, check_model_shapes, check_sft_chat_template, find_file,
@@ -230,6 +230,7 @@ def check_rl(config: TeamConfig) -> list[Problem]:
                         f"{rl.log_prob_micro_batch_size_per_gpu} does not divide the per-GPU batch {per_rank} on {layout}",
                         f"use a divisor of {per_rank}, or rl.use_dynamic_bsz: true",
                     ))
+    problems += _check_rollout_correction(rl)
     longest = rl.max_prompt_length + rl.max_response_length
     if rl.use_dynamic_bsz and rl.ppo_max_token_len_per_gpu * rl.sequence_parallel < longest:
         sp = f" x rl.sequence_parallel {rl.sequence_parallel}" if rl.sequence_parallel > 1 else ""
@@ -240,6 +241,36 @@ def check_rl(config: TeamConfig) -> list[Problem]:
             "verl asserts on the first full-length response",
             f"set it to at least {least} (verl's docs suggest 2x: {2 * least})",
         ))
+    return problems
+
+
+def _check_rollout_correction(rl: RL) -> list[Problem]:
+    correction = rl.rollout_correction
+    if correction is None:
+        return []
+    field = "rl.rollout_correction"
+    if correction.rollout_is is None and correction.rollout_rs is None:
+        return [Problem(field, "sets neither rollout_is nor rollout_rs, so it corrects nothing",
+                        "set one of them, or remove the section (the drift is logged either way)", "warning")]
+    problems = []
+    if correction.rollout_is and rl.old_log_probs == "rollout":
+        problems.append(Problem(
+            f"{field}.rollout_is",
+            "with rl.old_log_probs: rollout PPO's ratio already is pi_actor / pi_rollout; verl's bypass-mode loss "
+            "(PPO-clip) applies no importance weights, so this would change nothing",
+            "remove rollout_is (rollout_rs works in this mode), or set rl.old_log_probs: recompute"))
+    if correction.rollout_rs and correction.rollout_rs_threshold is None:
+        example = "1.001 (ratios within [0.999, 1.001])" if correction.rollout_rs.endswith("k1") else "0.01"
+        problems.append(Problem(
+            f"{field}.rollout_rs_threshold",
+            f"rollout_rs {correction.rollout_rs} needs a threshold; verl stops at the first update without one",
+            f"set rollout_rs_threshold, e.g. {example} as in verl's presets"))
+    elif correction.rollout_rs and correction.rollout_rs.endswith("k1") and correction.rollout_rs_threshold <= 1:
+        problems.append(Problem(
+            f"{field}.rollout_rs_threshold",
+            f"{correction.rollout_rs} keeps ratios within [1/t, t]; t = {correction.rollout_rs_threshold} is not above 1, "
+            "so that range is empty and verl refuses it",
+            "use a bound above 1, e.g. 1.001 (verl's preset)"))
     return problems
 
 
