@@ -1,0 +1,276 @@
+"""Does the recipe teach? SFT from random weights, then GRPO, graded on held-out problems (issue 38).
+
+    python benchmarks/learn_bench.py --work DIR [--arms recipe,verl-example] [--grpo-steps 30]
+    python benchmarks/learn_bench.py --work DIR --cpu --size tiny --train-steps 0 --test-steps 0 ...   # smoke test
+
+One GPU (H200/H100). No pretrained weights and no network: the task is generated, the model starts random.
+
+1. data: the arithmetic task (train/scripts/data_preprocess/arithmetic.py): 1-2-step problems to train on,
+   3-step problems held out, so the test is harder than anything seen in training.
+2. model: a BPE tokenizer trained on the problems and a randomly initialised Qwen2 of --size.
+3. SFT: the rendered run_sft.sbatch (templates/team.example.yaml with this machine's values), `llm-bridge merge`.
+4. GRPO from the SFT model, one run per --arms entry, each the rendered run_ppo.sbatch with its team.yaml
+   edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed).
+5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
+   the function GRPO trained on.
+
+Writes <work>/results.md (the table and the commands), results.json, and curves.png (per GRPO step: mean reward,
+response length, the rollout's drift). A rerun skips every stage whose output is there.
+
+--cpu runs the same stages on a CPU (tests/cpu's verl platform and rollout; transformers generates instead of
+vLLM): a smoke test of this script, not a figure.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "cpu"))
+sys.path.insert(0, str(REPO))
+import pipeline  # noqa: E402  the CPU platform's settings, and render/Stage/metrics shared with the tests
+
+SIZES = {  # Qwen2 shapes a random start can learn the task in: ~25M parameters, and the tests' tiny one
+    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                  intermediate_size=1536, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, tie_word_embeddings=True),
+}
+# GRPO arms: team.yaml rl edits and environment. recipe = team.example.yaml's algorithm (vLLM's log-probs as the
+# old policy, no KL loss, the recipe's patches); verl-example = verl's GRPO example's (KL loss 0.001, old
+# log-probs recomputed, verl as released); the last two are issue 38 point 5's corrections of the rollout's drift.
+ARMS = {
+    "recipe": ({}, {}),
+    "verl-example": ({"old_log_probs": "recompute", "use_kl_loss": True, "kl_loss_coef": 0.001},
+                     {"BRIDGE_VERL_PATCHES": "0"}),
+    "recompute-is": ({"old_log_probs": "recompute", "rollout_correction": {"rollout_is": "token"}}, {}),
+    "bypass-rs": ({"rollout_correction": {"rollout_rs": "seq_mean_k1", "rollout_rs_threshold": 1.001}}, {}),
+}
+# per GRPO step; the drift is the recipe's metric (verl_patches 8), or verl's own where the patches are off (recompute)
+CURVES = (("critic/score/mean",), ("response_length/mean",), ("actor/rollout_drift/k3_kl", "rollout_corr/k3_kl"))
+
+
+def venv_shim(work: Path) -> Path:
+    """The rendered scripts `source <venv>/bin/activate`. Where this Python is no venv (the GPU machine's
+    interpreter with a --target site on PYTHONPATH), a folder whose activate puts this interpreter first."""
+    if (Path(sys.prefix) / "bin" / "activate").is_file():
+        return Path(sys.prefix)
+    shim = work / "venv"
+    (shim / "bin").mkdir(parents=True, exist_ok=True)
+    (shim / "bin" / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    return shim
+
+
+def team_config(args, work: Path) -> dict:
+    team = yaml.safe_load((REPO / "templates" / "team.example.yaml").read_text())
+    team["slurm"].update(nodes=1, gpus_per_node=args.gpus, cpus_per_task=os.cpu_count() or 2, partition="local",
+                         time_limit="04:00:00")
+    team["slurm"].pop("nodelist")
+    team["environment"] = {"venv": str(venv_shim(work))}
+    team["paths"] = {name: str(work / name) for name in ("checkpoints", "logs", "hf_home")}
+    team["network"] = {}
+    team["wandb"] = {"project": "learn-bench", "mode": "disabled"}
+    team["huggingface"] = {"org": "local", "offline": True}
+    data = work / "data"
+    team["sft"].update(experiment_name="sft", model=str(work / "model"), train_files=str(data / "sft" / "train.parquet"),
+                       val_files=str(data / "sft" / "test.parquet"), max_length=args.max_length,
+                       train_batch_size=args.sft_batch, lr=args.sft_lr, lr_scheduler="cosine", warmup_ratio=0.05,
+                       total_epochs=1000, total_training_steps=args.sft_steps, save_freq=args.sft_steps, test_freq=-1)
+    team["rl"].update(experiment_name="grpo", model=str(work / "models" / "sft"),
+                      train_files=str(data / "rl" / "train.parquet"), val_files=str(data / "rl" / "test.parquet"),
+                      reward_function=None, train_batch_size=args.prompts, ppo_mini_batch_size=args.prompts // 2,
+                      rollout_n=args.n, max_prompt_length=args.max_length // 2, max_response_length=args.max_length // 2,
+                      lr=args.grpo_lr, total_epochs=1000, total_training_steps=args.grpo_steps,
+                      save_freq=args.grpo_steps, test_freq=-1, gpu_memory_utilization=0.3)
+    if args.cpu:  # as tests/cpu/pipeline.py: verl's FSDP1 wants GPU parameters; Liger and flash-attn are GPU only
+        cpu = dict(attn_implementation="sdpa", gradient_checkpointing=False, strategy="fsdp2", use_liger=False)
+        team["sft"].update(cpu)
+        team["rl"].update(cpu)
+    return team
+
+
+def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
+    if not (work / "data" / "rl" / "test.parquet").is_file():
+        stage.run("data", [sys.executable, "train/scripts/data_preprocess/arithmetic.py", "--out", str(work / "data"),
+                           "--train", str(args.train), "--test", str(args.test),
+                           "--train-steps", args.train_steps, "--test-steps", args.test_steps])
+    if (work / "model" / "config.json").is_file():
+        return
+    import build_tiny
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+
+    import pandas as pd
+
+    sft = pd.read_parquet(work / "data" / "sft" / "train.parquet")  # the words SFT and GRPO will show the model
+    corpus = [message["content"] for messages in sft["messages"] for message in messages] + build_tiny.CHAT_WORDS
+    tokenizer = build_tiny.build_tokenizer(corpus, vocab_size=args.vocab)
+    config = Qwen2Config(**SIZES[args.size], vocab_size=len(tokenizer), max_position_embeddings=4096,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    partial = work / "model.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(work / "model")
+    print(f"[model] {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+          f"vocabulary {len(tokenizer)}", flush=True)
+
+
+def generate(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, name: str) -> None:
+    """Greedy answers to the held-out prompts: the recipe's own `llm-bridge generate` (vLLM), or on a CPU
+    transformers' generate with the same chat template."""
+    if out.is_file():
+        return
+    if not args.cpu:
+        stage.run(name, [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(test),
+                         "--out", str(out), "--greedy", "--max-tokens", str(args.max_length // 2)])
+        return
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    rows = pd.read_parquet(test).to_dict("records")
+    lines = []
+    for lo in range(0, len(rows), 64):
+        chunk = rows[lo:lo + 64]
+        batch = tokenizer.apply_chat_template([list(r["prompt"]) for r in chunk], add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True, padding=True)
+        with torch.no_grad():
+            tokens = lm.generate(**batch, max_new_tokens=args.max_length // 2, do_sample=False)
+        for row, answer in zip(chunk, tokens[:, batch["input_ids"].shape[1]:]):
+            lines.append(json.dumps({"id": str(row["extra_info"]["index"]),
+                                     "response": tokenizer.decode(answer, skip_special_tokens=True)}))
+    out.write_text("\n".join(lines) + "\n")
+
+
+def accuracy(test: Path, predictions: Path) -> float:
+    """Held-out accuracy under verl's gsm8k reward (data_source openai/gsm8k), the score GRPO trains on."""
+    import pandas as pd
+    from verl.utils.reward_score import default_compute_score
+
+    answers = {r["id"]: r.get("response") or "" for r in map(json.loads, predictions.read_text().splitlines())}
+    rows = pd.read_parquet(test).to_dict("records")
+    scores = [default_compute_score(r["data_source"], answers.get(str(r["extra_info"]["index"]), ""),
+                                    r["reward_model"]["ground_truth"]) for r in rows]
+    return sum(float(s) for s in scores) / len(scores)
+
+
+def curves(work: Path, arms: dict[str, list[dict]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
+    for ax, keys in zip(axes, CURVES):
+        for arm, steps in arms.items():
+            key = next((k for k in keys if any(k in s for s in steps)), None)
+            points = [(s["training/global_step"], s[key]) for s in steps if key in s]
+            if points:
+                ax.plot(*zip(*points), label=f"{arm} ({key})" if key != keys[0] else arm)
+        ax.set_title(keys[0])
+        ax.set_xlabel("GRPO step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(work / "curves.png", dpi=120)
+    return work / "curves.png"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--arms", default="recipe,verl-example", help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--size", choices=SIZES, default="small")
+    parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary trained on the problems")
+    parser.add_argument("--train", type=int, default=20000, help="training problems")
+    parser.add_argument("--test", type=int, default=500, help="held-out problems")
+    parser.add_argument("--train-steps", default="1,2", help="arithmetic.py --train-steps")
+    parser.add_argument("--test-steps", default="3", help="arithmetic.py --test-steps")
+    parser.add_argument("--max-length", type=int, default=512, help="SFT max_length; GRPO prompt and response get half")
+    parser.add_argument("--sft-steps", type=int, default=600)
+    parser.add_argument("--sft-batch", type=int, default=64)
+    parser.add_argument("--sft-lr", type=float, default=1e-3)
+    parser.add_argument("--grpo-steps", type=int, default=30)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per GRPO step")
+    parser.add_argument("--n", type=int, default=8, help="responses per prompt")
+    parser.add_argument("--grpo-lr", type=float, default=1e-5)
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")
+    args, overrides = parser.parse_known_args()  # anything else goes to every GRPO run, e.g. trainer.* for a smoke test
+    arms = args.arms.split(",")
+    if unknown := set(arms) - ARMS.keys():
+        raise SystemExit(f"--arms: no arm {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    if args.cpu:
+        args.gpus = 2
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    stage = pipeline.Stage(work)
+    env = pipeline.CPU_ENV if args.cpu else {}
+    python = sys.executable
+
+    def merge(name: str, checkpoint: Path) -> Path:
+        out = work / "models" / name
+        if not (out / "config.json").is_file():
+            stage.run(f"merge-{name}", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint),
+                                        "--out", str(out)])
+        return out
+
+    build_data_and_model(args, work, stage)
+    team = team_config(args, work)
+    test = work / "data" / "rl" / "test.parquet"
+    rows = []
+    if not (work / "models" / "sft" / "config.json").is_file():
+        rendered = pipeline.render(work, team, "rendered-sft")
+        command = pipeline.sft_command(rendered) if args.cpu else ["bash", str(rendered / "sft" / "run_sft.sbatch")]
+        stage.run("sft", command, env)
+    generate(args, merge("sft", work / "checkpoints" / "sft" / "sft"), test, work / "predictions-sft.jsonl", stage,
+             "generate-sft")
+    rows.append({"model": "SFT", "steps": args.sft_steps, "accuracy": accuracy(test, work / "predictions-sft.jsonl")})
+    steps_by_arm = {}
+    for arm in arms:
+        edits, arm_env = ARMS[arm]
+        name = f"grpo-{arm}"
+        if not (work / "models" / name / "config.json").is_file():
+            arm_team = yaml.safe_load(yaml.safe_dump(team))
+            arm_team["rl"].update(experiment_name=name, **edits)
+            rendered = pipeline.render(work, arm_team, f"rendered-{name}")
+            same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
+            command = (pipeline.grpo_command(rendered, same_prompts, *overrides) if args.cpu
+                       else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), same_prompts, *overrides])
+            stage.run(name, command, {**env, **arm_env})
+        generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
+                 stage, f"generate-{name}")
+        steps_by_arm[arm] = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+        rewards = [s["critic/score/mean"] for s in steps_by_arm[arm]]
+        rows.append({"model": f"GRPO ({arm})", "steps": len(rewards), "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
+                     "train_reward_first": rewards[0], "train_reward_last": rewards[-1]})
+    png = curves(work, steps_by_arm)
+    argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
+    table = ["| model | steps | held-out accuracy | train reward, first step -> last |", "|---|---|---|---|"]
+    for row in rows:
+        reward = f"{row['train_reward_first']:.3f} -> {row['train_reward_last']:.3f}" if "train_reward_last" in row else ""
+        table.append(f"| {row['model']} | {row['steps']} | {100 * row['accuracy']:.1f}% | {reward} |")
+    machine = "CPU (smoke test)" if args.cpu else subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    (work / "results.md").write_text("\n".join([f"`{argv}` on {machine}", "", *table, "", f"![curves]({png.name})", ""]))
+    (work / "results.json").write_text(json.dumps({"argv": argv, "machine": machine, "rows": rows,
+                                                   "steps": steps_by_arm, "times_s": stage.times}, indent=1))
+    print("\n".join(table))
+    print(f"-> {work / 'results.md'}, {png}")
+
+
+if __name__ == "__main__":
+    main()
