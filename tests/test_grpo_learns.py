@@ -11,13 +11,16 @@ its patches on. Three settings make 15 steps on a 2-core machine enough to see l
 - Sampling at temperature 1.5: the SFT model's greedy answers are right more often than its sampled ones, so
   sharpening (GRPO's first gain on any model) has room to show. The actor computes its log-probs at the same
   temperature (verl's rollout.temperature), as the test rollout does (verl asks vLLM for processed log-probs).
-- Two passes over each step's batch (ppo_epochs 2) at learning rate 1e-3: one pass rose by 0.12-0.24, two by
-  0.20-0.28 (rollout seeds 6 and 8); larger learning rates made this tiny model collapse (reward 0 within 3 steps).
+- Two passes over each step's batch (ppo_epochs 2) at learning rate 1e-3; larger learning rates made this tiny model
+  collapse (reward 0 within 3 steps).
 
-The rise is the mean reward of the last 3 steps minus that of the first 3. The same run with learning rate 0 (only
-sampling noise) rose by RISES_AT_LR_0 below (11 runs, largest 0.039); the margin, 0.10, is over twice that and under
-half the rises measured with learning. The test runs the learning-rate-0 run too, so a change that lifts the reward
-without learning fails here as well.
+The rise is the mean reward of the second half of the run (steps 8-15) minus that of the first 3 steps. Sampling is
+seeded, so a run at learning rate 0 gives the same rewards every time; a learning run does only for its first few
+steps, after which the order of float reductions between the 2 ranks sends it its own way: two runs of the test's
+seed rose by 0.164 and 0.217 (one peaked at 0.57 in step 9 and ended at 0.36; its last 3 steps alone rose by only
+0.07). The same run with learning rate 0 (only sampling noise) rose by RISES_AT_LR_0 below (rollout seeds 1-6,
+largest 0.033); the margin, 0.10, is three times that and under both rises measured with learning. The test runs
+the learning-rate-0 run too, so a change that lifts the reward without learning fails here as well.
 """
 
 import sys
@@ -31,16 +34,16 @@ sys.path.insert(0, str(Path(__file__).parent / "cpu"))
 import build_tiny  # noqa: E402
 import pipeline  # noqa: E402
 
-GRPO_STEPS, WINDOW, PROMPTS = 15, 3, 16
-RISES_AT_LR_0 = [0.039, -0.013, -0.003, -0.018, 0.003,  # one replica, rollout seeds 1-5 (2 cores, 2026-12-04)
-                 -0.013, 0.020, 0.029, -0.016, -0.010, 0.000]  # two replicas, unseeded order
+GRPO_STEPS, FIRST, PROMPTS = 15, 3, 16
+RISES_AT_LR_0 = [0.019, 0.017, -0.026, -0.004, 0.012, 0.033]  # rollout seeds 1-6, one replica (2 cores, 2026-12-04)
 MARGIN = 0.10
 # one rollout replica over the 2 ranks: it seeds each request by its prompt and draw, so a seed gives the same samples
 ONE_REPLICA = ("actor_rollout_ref.rollout.tensor_model_parallel_size=2",)
 
 
 def rise(scores: list[float]) -> float:
-    return sum(scores[-WINDOW:]) / WINDOW - sum(scores[:WINDOW]) / WINDOW
+    second_half = scores[len(scores) // 2:]
+    return sum(second_half) / len(second_half) - sum(scores[:FIRST]) / FIRST
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def test_grpo_raises_the_reward_beyond_what_sampling_noise_reaches(taught, learn
     rewards = [m["critic/score/mean"] for m in learning]
     frozen = [m["critic/score/mean"] for m in grpo_run(taught, "grpo-lr0", *ONE_REPLICA, "actor_rollout_ref.rollout.seed=6",
                                                        "actor_rollout_ref.actor.optim.lr=0.0")]
-    assert MARGIN > 2 * max(RISES_AT_LR_0)
+    assert MARGIN >= 3 * max(RISES_AT_LR_0)
     print(f"rewards, lr 1e-3: {rewards}\nrewards, lr 0:    {frozen}")
     assert len(rewards) == len(frozen) == GRPO_STEPS
     assert rise(frozen) < MARGIN, f"with learning rate 0 the reward rose by {rise(frozen):.3f}: {frozen}"
