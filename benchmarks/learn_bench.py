@@ -34,13 +34,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "cpu"))
 sys.path.insert(0, str(REPO))
+import build_tiny  # noqa: E402  the tests' tokenizer trainer and tiny shape
 import pipeline  # noqa: E402  the CPU platform's settings, and render/Stage/metrics shared with the tests
 
 SIZES = {  # Qwen2 shapes a random start can learn the task in: ~25M parameters, and the tests' tiny one
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
                   intermediate_size=1536, tie_word_embeddings=True),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, tie_word_embeddings=True),
+    "tiny": build_tiny.TINY_SHAPE,
 }
 # GRPO arms: team.yaml rl edits and environment. recipe = team.example.yaml's algorithm (vLLM's log-probs as the
 # old policy, no KL loss, the recipe's patches); verl-example = verl's GRPO example's (KL loss 0.001, old
@@ -88,10 +88,9 @@ def team_config(args, work: Path) -> dict:
                       rollout_n=args.n, max_prompt_length=args.max_length // 2, max_response_length=args.max_length // 2,
                       lr=args.grpo_lr, total_epochs=1000, total_training_steps=args.grpo_steps,
                       save_freq=args.grpo_steps, test_freq=-1, gpu_memory_utilization=0.3)
-    if args.cpu:  # as tests/cpu/pipeline.py: verl's FSDP1 wants GPU parameters; Liger and flash-attn are GPU only
-        cpu = dict(attn_implementation="sdpa", gradient_checkpointing=False, strategy="fsdp2", use_liger=False)
-        team["sft"].update(cpu)
-        team["rl"].update(cpu)
+    if args.cpu:
+        team["sft"].update(pipeline.CPU_STAGE)
+        team["rl"].update(pipeline.CPU_STAGE)
     return team
 
 
@@ -102,18 +101,15 @@ def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
                            "--train-steps", args.train_steps, "--test-steps", args.test_steps])
     if (work / "model" / "config.json").is_file():
         return
-    import build_tiny
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
-
     import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
 
     sft = pd.read_parquet(work / "data" / "sft" / "train.parquet")  # the words SFT and GRPO will show the model
     corpus = [message["content"] for messages in sft["messages"] for message in messages] + build_tiny.CHAT_WORDS
     tokenizer = build_tiny.build_tokenizer(corpus, vocab_size=args.vocab)
     config = Qwen2Config(**SIZES[args.size], vocab_size=len(tokenizer), max_position_embeddings=4096,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    import torch
-
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -219,13 +215,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     stage = pipeline.Stage(work)
     env = pipeline.CPU_ENV if args.cpu else {}
-    python = sys.executable
 
     def merge(name: str, checkpoint: Path) -> Path:
         out = work / "models" / name
         if not (out / "config.json").is_file():
-            stage.run(f"merge-{name}", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint),
-                                        "--out", str(out)])
+            stage.run(f"merge-{name}", pipeline.merge_command(checkpoint, out))
         return out
 
     build_data_and_model(args, work, stage)

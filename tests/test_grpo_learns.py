@@ -69,8 +69,7 @@ def taught(tmp_path_factory) -> Path:
                       train_batch_size=PROMPTS, ppo_mini_batch_size=PROMPTS, rollout_n=8, max_response_length=16,
                       lr=1e-3, total_epochs=GRPO_STEPS, total_training_steps=GRPO_STEPS, save_freq=GRPO_STEPS)
     stage.run("sft", pipeline.sft_command(pipeline.render(work, team)), pipeline.CPU_ENV)
-    stage.run("merge", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint",
-                        str(work / "checkpoints" / "sft" / "sft-copy"), "--out", str(work / "models" / "sft")])
+    stage.run("merge", pipeline.merge_command(work / "checkpoints" / "sft" / "sft-copy", work / "models" / "sft"))
     return work
 
 

@@ -18,6 +18,8 @@ CHAT_TEMPLATE = (
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_WORDS = ["You are a helpful assistant.", "system user assistant"]  # what the chat template adds to every text
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  tie_word_embeddings=True)
 NAMES = ["Tom", "Aiko", "Ken", "Mia", "Sora", "Lena", "Yuto", "Emma"]
 ITEMS = ["apples", "books", "pencils", "stickers", "coins", "cards"]
 
@@ -66,8 +68,7 @@ def build_model(tokenizer, out: Path) -> Path:
 
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        **TINY_SHAPE, vocab_size=len(tokenizer), max_position_embeddings=1024,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     model = Qwen2ForCausalLM(config)

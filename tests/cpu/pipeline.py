@@ -58,6 +58,10 @@ LOCAL_RAY_OVERRIDES = [
     "+ray_kwargs.ray_init.include_dashboard=False",
 ]
 
+# The sft and rl settings a CPU needs: verl's FSDP1 wrapper insists on GPU parameters (sync_module_states=True), so
+# CPU runs take FSDP2; Liger's kernels are Triton and flash-attn is CUDA, GPU only.
+CPU_STAGE = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "strategy": "fsdp2", "use_liger": False}
+
 
 def team_config(work: Path, nodes: int = 1, rl_model: Path | None = None) -> dict:
     """templates/team.example.yaml with this machine's values; `nodes` > 1 for the SLURM lab cluster."""
@@ -72,10 +76,7 @@ def team_config(work: Path, nodes: int = 1, rl_model: Path | None = None) -> dic
     team["network"] = {"socket_ifname": "eth0", "rendezvous_timeout_s": 120} if nodes > 1 else {}
     team["wandb"] = {"project": "llm-bridge-cpu", "mode": "disabled"}
     team["huggingface"] = {"org": "local", "offline": True}
-    # verl's FSDP1 wrapper insists on GPU parameters (sync_module_states=True): CPU runs take FSDP2.
-    # Liger's kernels are Triton, GPU only.
-    cpu = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "strategy": "fsdp2", "use_liger": False,
-           "test_freq": -1, "total_epochs": 1}
+    cpu = {**CPU_STAGE, "test_freq": -1, "total_epochs": 1}
     team["sft"].update(cpu, experiment_name="sft-tiny", model=str(work / "tiny" / "model"),
                        train_files=str(work / "data" / "gsm8k_sft" / "train.parquet"),
                        val_files=str(work / "data" / "gsm8k_sft" / "test.parquet"),
@@ -110,6 +111,11 @@ def sft_command(rendered: Path, *overrides: str) -> list[str]:
 def grpo_command(rendered: Path, *overrides: str) -> list[str]:
     """The rendered single-node GRPO script, run with bash on this machine (main_ppo starts Ray itself)."""
     return ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *PPO_CPU_OVERRIDES, *LOCAL_RAY_OVERRIDES, *overrides]
+
+
+def merge_command(checkpoint: Path, out: Path) -> list[str]:
+    """llm-bridge merge (verl's own merger): the run's newest checkpoint -> a Hugging Face model in `out`."""
+    return [sys.executable, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint), "--out", str(out)]
 
 
 class Stage:
@@ -177,12 +183,9 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     stage = Stage(work)
-    python = sys.executable
 
     def merge(name: str, checkpoint: Path) -> None:
-        """llm-bridge merge (verl's own merger): the newest checkpoint -> HF model in work/models/<name>."""
-        stage.run(f"merge_{name}", [python, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint),
-                                    "--out", str(work / "models" / name)])
+        stage.run(f"merge_{name}", merge_command(checkpoint, work / "models" / name))
 
     prepare(work, stage)
     rendered = render(work, team_config(work))
