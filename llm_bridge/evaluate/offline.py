@@ -17,7 +17,7 @@ CHUNK = 512
 
 
 def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store: JsonlStore, model: str,
-             sampling: Sampling, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+             sampling: Sampling, *, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
              max_model_len: int | None = None) -> dict:
     """pipeline_parallel_size > 1: a model larger than one node, split into that many stages of
     tensor_parallel_size GPUs each, on the Ray cluster this job started (vLLM's Ray executor joins RAY_ADDRESS)."""

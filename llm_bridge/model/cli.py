@@ -65,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     unique_ids(items, args.data)
     sampling = Sampling(max_tokens(args.max_tokens), not args.greedy, args.temperature, args.top_p)
     generate(items, lambda item: item["messages"], JsonlStore(args.out), str(args.model), sampling,
-             args.tensor_parallel_size, args.max_model_len)
+             tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
     return 0
 
 

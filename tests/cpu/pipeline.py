@@ -36,6 +36,8 @@ CPU_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
 }
+# `llm-bridge generate` and `eval` on a CPU: vLLM's offline API answered by transformers (vllm_offline/vllm)
+VLLM_CPU_ENV = {"PYTHONPATH": str(HERE / "vllm_offline")}
 SFT_CPU_OVERRIDES = ["trainer.device=cpu", "engine.use_torch_compile=False", "data.num_workers=0"]
 PPO_CPU_OVERRIDES = [
     "trainer.device=cpu",
@@ -116,6 +118,12 @@ def grpo_command(rendered: Path, *overrides: str) -> list[str]:
 def merge_command(checkpoint: Path, out: Path) -> list[str]:
     """llm-bridge merge (verl's own merger): the run's newest checkpoint -> a Hugging Face model in `out`."""
     return [sys.executable, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint), "--out", str(out)]
+
+
+def generate_command(model: Path, data: Path, out: Path, *flags: str) -> list[str]:
+    """llm-bridge generate: greedy answers to `data`'s prompts (run it with VLLM_CPU_ENV on a CPU)."""
+    return [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(data),
+            "--out", str(out), "--greedy", *flags]
 
 
 class Stage:
