@@ -17,8 +17,8 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
 Writes <work>/results.md (the table and the commands), results.json, and curves.png (per GRPO step: mean reward,
 response length, the rollout's drift). A rerun skips every stage whose output is there.
 
---cpu runs the same stages on a CPU (tests/cpu's verl platform and rollout; transformers generates instead of
-vLLM): a smoke test of this script, not a figure.
+--cpu runs the same stages on a CPU (tests/cpu's verl platform and rollout, and its transformers stand-in for
+vLLM's offline API): a smoke test of this script, not a figure.
 """
 
 import argparse
@@ -123,32 +123,10 @@ def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
 
 
 def generate(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, name: str) -> None:
-    """Greedy answers to the held-out prompts: the recipe's own `llm-bridge generate` (vLLM), or on a CPU
-    transformers' generate with the same chat template."""
-    if out.is_file():
-        return
-    if not args.cpu:
-        stage.run(name, [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(test),
-                         "--out", str(out), "--greedy", "--max-tokens", str(args.max_length // 2)])
-        return
-    import pandas as pd
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    rows = pd.read_parquet(test).to_dict("records")
-    lines = []
-    for lo in range(0, len(rows), 64):
-        chunk = rows[lo:lo + 64]
-        batch = tokenizer.apply_chat_template([list(r["prompt"]) for r in chunk], add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True, padding=True)
-        with torch.no_grad():
-            tokens = lm.generate(**batch, max_new_tokens=args.max_length // 2, do_sample=False)
-        for row, answer in zip(chunk, tokens[:, batch["input_ids"].shape[1]:]):
-            lines.append(json.dumps({"id": str(row["extra_info"]["index"]),
-                                     "response": tokenizer.decode(answer, skip_special_tokens=True)}))
-    out.write_text("\n".join(lines) + "\n")
+    """Greedy answers to the held-out prompts through the recipe's own `llm-bridge generate`: vLLM, or on a
+    CPU tests/cpu's stand-in for vLLM's offline API (transformers). Resumable: a rerun answers only what is missing."""
+    stage.run(name, pipeline.generate_command(model, test, out, "--max-tokens", str(args.max_length // 2)),
+              pipeline.VLLM_CPU_ENV if args.cpu else None)
 
 
 def accuracy(test: Path, predictions: Path) -> float:
