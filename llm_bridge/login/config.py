@@ -130,7 +130,7 @@ Freq = Annotated[int, Field(ge=-1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)  # defaults such as ~/eval normalised too
 
 
 class Slurm(Section):
