@@ -220,8 +220,10 @@ def main() -> None:
             arm_team["rl"].update(experiment_name=name, **edits)
             rendered = pipeline.render(work, arm_team, f"rendered-{name}")
             same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
-            command = (pipeline.grpo_command(rendered, same_prompts, *overrides) if args.cpu
-                       else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), same_prompts, *overrides])
+            # the held-out accuracy is measured after the run; verl's validation before it only costs time
+            settings = [same_prompts, "trainer.val_before_train=False", *overrides]
+            command = (pipeline.grpo_command(rendered, *settings) if args.cpu
+                       else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
             stage.run(name, command, {**env, **arm_env})
         generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
                  stage, f"generate-{name}")
