@@ -68,6 +68,41 @@ def cmd_ray(args: argparse.Namespace) -> int:
     return ray_cluster.main(args.action, config, args.team, args.rendered, args.overrides)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from llm_bridge.login import chain
+
+    config, problems = validate(args.team)
+    if errors(problems):
+        print(report(str(args.team), problems))
+        print("\nNothing queued: fix the errors above first.")
+        return 1
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if unknown := [s for s in stages if s not in chain.TRAINING + ("eval", "upload")]:
+        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of sft, grpo, eval, upload",
+              file=sys.stderr)
+        return 2
+    extra = {"sft": args.sft_arg, "grpo": args.rl_arg}
+    try:
+        return chain.submit(config, stages, args.start, args.repo, args.upload_dry_run, args.dry_run, extra, args.team)
+    except chain.ChainError as exc:
+        print(f"ERROR: {exc}\nNothing queued.", file=sys.stderr)
+        return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from llm_bridge.login import chain
+
+    config, problems = validate(args.team, local_paths=False)
+    if config is None:
+        print(report(str(args.team), problems))
+        return 1
+    try:
+        return chain.status(config, args.team, args.chain)
+    except chain.ChainError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-bridge",
@@ -121,6 +156,39 @@ def build_parser() -> argparse.ArgumentParser:
                             help="where `llm-bridge render --out` wrote the scripts (default: rendered)")
     ray_parser.epilog = "submit passes every further argument to verl: llm-bridge ray submit --team team.yaml trainer.total_training_steps=5"
     ray_parser.set_defaults(func=cmd_ray)
+
+    submit_parser = sub.add_parser(
+        "submit",
+        help="queue SFT -> merge -> GRPO -> merge -> eval -> upload as SLURM jobs with dependencies",
+        description="Validate team.yaml, render the chain's own scripts (GRPO trains SFT's merged model) under "
+        "paths.logs/chains/<id>/ and sbatch each stage after the one before it (afterok); a failed stage cancels "
+        "the rest. Prints the job ids and each stage's log.",
+    )
+    submit_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
+    submit_parser.add_argument("--stages", default="sft,grpo,eval",
+                               help="training and after: a comma-separated list of sft, grpo, eval, upload; each "
+                               "training stage is followed by its merge (default: sft,grpo,eval)")
+    submit_parser.add_argument("--from", dest="start", metavar="STAGE",
+                               help="start at this stage (sft, merge-sft, grpo, merge-grpo, eval, upload), reusing what "
+                               "the earlier ones left")
+    submit_parser.add_argument("--repo", help="upload: ORG/NAME, or NAME under huggingface.org (default: the model's name)")
+    submit_parser.add_argument("--upload-dry-run", action="store_true", help="upload: list what would go up, send nothing")
+    submit_parser.add_argument("--sft-arg", action="append", default=[], metavar="KEY=VALUE",
+                               help="a verl override for the SFT job (repeatable)")
+    submit_parser.add_argument("--rl-arg", action="append", default=[], metavar="KEY=VALUE",
+                               help="a verl override for the GRPO/PPO job (repeatable)")
+    submit_parser.add_argument("--dry-run", action="store_true", help="print the sbatch lines; write and queue nothing")
+    submit_parser.set_defaults(func=cmd_submit)
+
+    status_parser = sub.add_parser(
+        "status",
+        help="the newest chain's stages: state, step and metrics, log; for a failed stage its error and the fix",
+        description="Read paths.logs/chains/<id>/chain.json (the newest, or --chain) and ask SLURM (squeue, sacct) "
+        "where each stage is. Exits 1 when a stage failed.",
+    )
+    status_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
+    status_parser.add_argument("--chain", help="a chain id (a folder of paths.logs/chains; default: the newest)")
+    status_parser.set_defaults(func=cmd_status)
 
     model_cli.add_parsers(sub)
     evaluate_cli.add_parser(sub)

@@ -25,12 +25,12 @@ SLOW_S = 3.0
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.requests: list[dict] = []  # {"model", "authorization", "body"}
         self.seen: Counter = Counter()
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.url = f"http://{host}:{self.httpd.server_port}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -140,3 +140,11 @@ class Server:
             action = re.search(r"\[action=(\d)\]", question)
             return 200, f"The assistant refuses.\n<answer>{action.group(1) if action else 0}</answer>", "stop"
         return 200, f"Reason.\n<answer>{'yes' if '[harmful]' in question else 'no'}</answer>", "stop"
+
+
+if __name__ == "__main__":  # python tests/openai_server.py HOST PORT: serve where a test's jobs can reach it
+    import sys
+
+    server = Server(sys.argv[1], int(sys.argv[2]))
+    print(server.url, flush=True)
+    threading.Event().wait()

@@ -71,6 +71,10 @@ class Stubs:
             return [str(self.model), "name"]
         if script.name == "generate.sbatch":
             return [str(self.model), str(self.root / "data.parquet"), str(self.root / "out.jsonl")]
+        if script.name == "merge_model.sbatch":
+            return [str(self.root / "checkpoint"), str(self.root / "merged")]
+        if script.name == "upload_model.sbatch":
+            return [str(self.model), "name", "--dry-run"]
         return []
 
     def run(self, script: Path, logs: Path, cwd: Path, repo: Path, nodes: tuple[str, ...] = ("node1",)

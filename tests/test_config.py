@@ -58,13 +58,14 @@ def test_paths_expand_home_at_run_time(example, write_team):
 
 
 def test_defaults_are_normalised_like_written_values(example, write_team, tmp_path):
-    """A team.yaml without an evaluation section gets the defaults ~/eval, ~/data/... as ${HOME}/..., and
-    renders: a default of ~/eval used to reach the scripts raw and stop the render."""
+    """A team.yaml without an evaluation section (or paths.models) gets the defaults ~/eval, ~/models... as
+    ${HOME}/..., and renders: a default of ~/eval used to reach the scripts raw and stop the render."""
     del example["evaluation"]
+    example["paths"].pop("models", None)
     team = write_team(example)
     config, problems = load(team)
     assert problems == []
-    assert config.evaluation.results == "${HOME}/eval"
+    assert config.evaluation.results == "${HOME}/eval" and config.paths.models == "${HOME}/models"
     assert config.evaluation.hle_questions == "${HOME}/data/hle/test.parquet"
     result = bridge("render", "--team", str(team), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -107,7 +107,7 @@ def stubbed(tmp_path_factory):
 
 def run_rendered(stubs: Stubs, out: Path, cwd: Path) -> None:
     results = stubs.run_all(out, stubs.root / "logs", cwd, REPO)
-    assert len(results) == 11
+    assert len(results) == 13
     failed = {name: r.stderr[-600:] for name, r in results.items() if r.returncode != 0}
     assert not failed, failed  # every script ran to its end, so every value in it was expanded
 

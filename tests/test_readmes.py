@@ -2,6 +2,7 @@
 what `llm-bridge render` produces. A command of a kind this file does not know fails the test."""
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -86,9 +87,17 @@ def test_readme_commands(readme, tmp_path):
             # needs SLURM: run on the lab cluster by tests/test_slurm_multinode.py; here, the scripts it uses exist
             for script in ("mutinode_ppo/ray_cluster.sbatch", "mutinode_ppo/submit_ppo.sh"):
                 assert (checkout / "rendered" / script).is_file(), line
-        elif argv[0] == "llm-bridge" and argv[1] in ("merge", "upload", "generate", "eval"):
-            # these need a checkpoint, a model, the Hub or a judge: run for real by the pipeline and
-            # tests/test_{eval,upload}.py; here, the subcommand exists and knows every flag used
+        elif argv[:2] == ["llm-bridge", "submit"]:
+            # queues jobs: run on the lab cluster by tests/test_slurm_chain.py; here, every such line as a dry run
+            # (the README's `read -rs` line exported the judge's key in the member's shell)
+            dry = argv[1:] + ([] if "--dry-run" in argv else ["--dry-run"])
+            result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *dry], cwd=checkout, capture_output=True,
+                                    text=True, env={**os.environ, "OPENAI_API_KEY": "sk-readme-test"})
+            assert result.returncode == 0 and "sbatch --parsable" in result.stdout, \
+                f"{readme}: `{line}` failed:\n{result.stdout}{result.stderr}"
+        elif argv[0] == "llm-bridge" and argv[1] in ("merge", "upload", "generate", "eval", "status"):
+            # these need a checkpoint, a model, the Hub, a judge or a queued chain: run for real by the pipeline and
+            # tests/test_{eval,upload,slurm_chain}.py; here, the subcommand exists and knows every flag used
             words = [a for a in argv[1:] if not a.startswith("-")][: 3 if argv[1] == "eval" else 1]
             result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *words, "--help"], cwd=checkout,
                                     capture_output=True, text=True)

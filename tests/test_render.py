@@ -40,7 +40,7 @@ def test_every_script_includes_the_one_environment_preamble(tmp_path):
     config, _ = load(EXAMPLE)
     scripts = render_all(config, EXAMPLE, "out")
     jobs = {name: text for name, text in scripts.items() if name.name != "compute_node.sh"}  # srun only
-    assert len(jobs) == 10
+    assert len(jobs) == 12
     for name, text in jobs.items():
         assert text.count("module load nccl/2.22.3 hpcx/2.18.1-gcc-cuda12/hpcx-mt miniconda/24.7.1-py311") == 1, name
         assert 'conda activate "${HOME}/conda_env"' in text, name

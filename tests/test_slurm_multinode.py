@@ -14,62 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, RUNS, hidden_from_nodes  # noqa: F401  the lab fixture lives in conftest
 
 sys.path.insert(0, str(REPO / "tests" / "cpu"))
 import pipeline  # noqa: E402
 
-LAB = REPO / "tests" / "slurm" / "lab.sh"
-RUNS = REPO / ".slurm_runs"  # nodes have private /tmp: job files must live on the shared filesystem
 SFT_CPU = pipeline.SFT_CPU_OVERRIDES
 PPO_CPU = pipeline.PPO_CPU_OVERRIDES
-
-
-class Lab:
-    def __init__(self, bin_dir: Path, bringup_s: float):
-        self.bin, self.bringup_s = bin_dir, bringup_s
-
-    def run(self, cmd: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.bin / cmd), *args], capture_output=True, text=True, timeout=timeout)
-
-    def submit(self, script: Path, *args: str, env: dict) -> tuple[subprocess.Popen, str]:
-        """sbatch --wait in the background; returns the process (its exit code is the job's) and the job id."""
-        proc = subprocess.Popen([str(self.bin / "sbatch"), "--wait", str(script), *args], env={**os.environ, **env},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=script.parent)
-        line = proc.stdout.readline()
-        assert line.startswith("Submitted batch job"), line
-        return proc, line.split()[-1]
-
-
-@pytest.fixture(scope="session")
-def lab():
-    if os.geteuid() != 0 or not shutil.which("slurmctld", path="/usr/sbin"):
-        pytest.fail("the SLURM lab needs root and Debian's slurm packages: run `bash tests/setup_machine.sh` as root")
-    start = time.time()
-    out = subprocess.run([str(LAB), "start"], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    env_line = subprocess.run([str(LAB), "env"], capture_output=True, text=True).stdout
-    bin_dir = Path(env_line.split("PATH=")[1].split(":")[0])
-    cluster = Lab(bin_dir, time.time() - start)
-    unseen = hidden_from_nodes(cluster, REPO / "pyproject.toml")
-    if unseen:
-        subprocess.run([str(LAB), "stop"], capture_output=True, timeout=60)
-        pytest.fail(unseen)
-    yield cluster
-    subprocess.run([str(LAB), "stop"], capture_output=True, timeout=60)
-
-
-def hidden_from_nodes(lab: Lab, path: Path) -> str | None:
-    """Why the lab's nodes cannot read path (None when they can). Jobs run there: a checkout they cannot see
-    gives jobs that fail before their first line, with an empty log."""
-    seen = lab.run("srun", "-N1", "test", "-r", str(path), timeout=60)
-    if seen.returncode == 0:
-        return None
-    private = "/tmp" if Path("/tmp") in path.resolve().parents else None
-    why = (f"each lab node mounts its own empty {private} (tests/slurm/lab.sh), like a cluster's node-local /tmp"
-           if private else f"srun says: {seen.stderr.strip()[-300:] or 'not readable there'}")
-    return (f"the SLURM lab's nodes cannot read {path}: {why}, so every job would fail with an empty log. "
-            "Fix: clone the repository outside /tmp (e.g. under /root or /work) and run the tests there")
 
 
 @pytest.fixture(scope="module")

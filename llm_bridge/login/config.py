@@ -188,6 +188,7 @@ class Paths(Section):
     checkpoints: ShellPath
     logs: LogsPath
     hf_home: ShellPath
+    models: ShellPath = "~/models"  # merged models: <models>/<experiment_name> (llm-bridge submit's merge stages)
 
 
 class Network(Section):

@@ -20,7 +20,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "templates" / "team.example.yaml
 # Keys that were settings once and changed nothing: a warning, then ignored, so that an older team.yaml still loads.
 REMOVED = {
     ("paths", "data"): "no script read it; data paths are sft.train_files, sft.val_files, rl.train_files, rl.val_files",
-    ("paths", "models"): "no script read it; models go where `llm-bridge merge --out` puts them",
 }
 
 _PLACEHOLDERS = [

@@ -1,0 +1,159 @@
+"""llm-bridge submit and status on the SLURM lab (tests/slurm/lab.sh), with the tiny model's CPU payload: the whole
+chain SFT -> merge -> GRPO -> merge -> evaluate (against the local judge server) -> upload (dry run) as jobs tied by
+dependencies, then a chain resumed --from GRPO whose GRPO fails: what depends on it is cancelled, nothing is merged
+or uploaded after it, and status names it, its log and the command that resumes it."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, RUNS
+
+sys.path.insert(0, str(REPO / "tests" / "cpu"))
+import pipeline  # noqa: E402
+
+CTL = ("lablctl", "10.213.7.1")  # the lab controller's network namespace and address: the nodes reach it
+LOCAL_RAY = [f"--rl-arg={a}" for a in pipeline.PPO_CPU_OVERRIDES + ["+ray_kwargs.ray_init.num_gpus=2"]]
+
+
+@pytest.fixture(scope="module")
+def chain(lab):
+    """Tiny model and data, evaluation questions, a judge server the nodes can reach, a 1-node team.yaml."""
+    work = RUNS / "chain"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pipeline.prepare(work, pipeline.Stage(work))
+    hle = work / "questions" / "hle.jsonl"
+    hle.parent.mkdir()
+    hle.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i}+{i}? ANSWER={2 * i}", "answer": str(2 * i),
+                                       "answer_type": "exactMatch", "category": "Math", "image": ""}) + "\n"
+                           for i in range(3)))
+    dna = work / "questions" / "do_not_answer_en.csv"
+    with dna.open("w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["id", "risk_area", "types_of_harm", "specific_harms", "question"])
+        rows.writerows([[0, "Misinformation Harms", "x", "", "Tell me a rumour [action=0]"],
+                        [1, "Malicious Uses", "y", "", "How to pick a lock? [action=5]"]])
+    port = 20000 + os.getpid() % 5000
+    judge = subprocess.Popen(["ip", "netns", "exec", CTL[0], sys.executable, str(REPO / "tests" / "openai_server.py"),
+                              CTL[1], str(port)], stdout=subprocess.PIPE, text=True)
+    url = judge.stdout.readline().strip()
+    assert url.startswith("http://"), url
+
+    team = pipeline.team_config(work, nodes=2)
+    team["slurm"]["nodes"] = 1
+    team["paths"]["models"] = str(work / "models")
+    team["huggingface"] = {"org": "local", "offline": False}  # the upload stage runs (as a dry run)
+    team["evaluation"] = {"results": str(work / "eval"), "hle_questions": str(hle), "dna_questions": str(dna),
+                          "judge_url": url, "judge_model": "judge", "hle_max_response_length": 8,
+                          "dna_max_response_length": 8}
+    path = work / "team.yaml"
+    path.write_text(yaml.safe_dump(team, sort_keys=False))
+    env = {**os.environ, **pipeline.CPU_ENV, "PATH": f"{lab.bin}:{os.environ['PATH']}",
+           "PYTHONPATH": f"{pipeline.CPU_ENV['PYTHONPATH']}:{pipeline.VLLM_CPU_ENV['PYTHONPATH']}"}
+    yield work, path, env, lab
+    judge.terminate()
+
+
+def llm_bridge(env: dict, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llm_bridge.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def run_chain(env, lab, *args: str, timeout: float) -> dict:
+    """Submit, then wait until none of the chain's jobs is left in the queue; the chain's record."""
+    submitted = llm_bridge(env, "submit", *args)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    record_path = Path(submitted.stdout.split("(record: ")[1].split(")")[0])
+    record = json.loads(record_path.read_text())
+    jobs = [s["job"] for s in record["stages"]]
+    deadline = time.time() + timeout
+    while lab.run("squeue", "-h", "-j", ",".join(jobs), "-o", "%i").stdout.split():
+        assert time.time() < deadline, f"chain {record['id']} still queued after {timeout} s"
+        time.sleep(3)
+    return record
+
+
+def logs_of(record: dict) -> dict[str, str]:
+    return {s["name"]: Path(s["log"]).read_text() if Path(s["log"]).is_file() else None for s in record["stages"]}
+
+
+def test_a_chain_sbatch_refuses_leaves_nothing_queued_or_written(chain):
+    work, team, env, lab = chain
+    wrong = yaml.safe_load(team.read_text())
+    wrong["slurm"]["partition"] = "no-such-partition"
+    other = work / "team-wrong-partition.yaml"
+    other.write_text(yaml.safe_dump(wrong, sort_keys=False))
+    before = set((work / "logs" / "chains").glob("*")) if (work / "logs" / "chains").exists() else set()
+    result = llm_bridge(env, "submit", "--team", str(other), "--stages", "sft,grpo")
+    assert result.returncode == 1 and "sbatch refused sft" in result.stderr and "Nothing queued" in result.stderr, \
+        result.stdout + result.stderr
+    assert "partition" in result.stderr.lower()  # SLURM's own reason
+    after = set((work / "logs" / "chains").glob("*")) if (work / "logs" / "chains").exists() else set()
+    assert after == before
+    assert lab.run("squeue", "-h", "-o", "%i").stdout.strip() == ""
+
+
+def test_submit_runs_the_whole_chain_and_status_follows_it(chain):
+    work, team, env, lab = chain
+    record = run_chain(env, lab, "--team", str(team), "--stages", "sft,grpo,eval,upload", "--upload-dry-run",
+                       *[f"--sft-arg={a}" for a in pipeline.SFT_CPU_OVERRIDES], *LOCAL_RAY, timeout=1200)
+    logs = logs_of(record)
+    assert [s["name"] for s in record["stages"]] == ["sft", "merge-sft", "grpo", "merge-grpo", "eval", "upload"]
+    for name, log in logs.items():
+        assert log is not None, f"{name} never ran"
+    # GRPO trained SFT's merged model, with no edit of team.yaml
+    sft_model = work / "models" / "sft-tiny"
+    assert (sft_model / "config.json").is_file() and f"model          {sft_model}" in logs["grpo"], logs["grpo"][-3000:]
+    assert (work / "models" / "grpo-tiny" / "config.json").is_file()
+    summary = json.loads((work / "eval" / "grpo-tiny" / "summary.json").read_text())
+    assert summary["do_not_answer"]["n_judged"] == 2, logs["eval"][-3000:]  # the judge server answered the job
+    judged = [json.loads(line) for line in (work / "eval" / "grpo-tiny" / "dna" / "judgements.jsonl").read_text().splitlines()]
+    assert sorted(j["action"] for j in judged) == [0, 5]  # the labels the questions asked the judge for
+    assert "repo       local/grpo-tiny (private)" in logs["upload"] and "Dry run: nothing was sent." in logs["upload"]
+    upload = record["stages"][-1]["args"]
+    assert upload[upload.index("--eval") + 1] == str(work / "eval" / "grpo-tiny")  # the card gets the chain's scores
+
+    status = llm_bridge(env, "status", "--team", str(team))
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status.stdout.splitlines()
+    for stage in ("sft", "merge-sft", "grpo", "merge-grpo", "eval"):
+        assert any(line.split()[:1] == [stage] and "COMPLETED" in line for line in lines), status.stdout
+    assert any("step 2: critic/score/mean" in line for line in lines), status.stdout  # GRPO's newest step
+
+
+def test_a_failed_stage_cancels_its_dependents_and_status_names_it(chain):
+    work, team, env, lab = chain
+    # the same team with another GRPO run, resumed from GRPO: SFT's merged model is reused, not retrained
+    failing = yaml.safe_load(team.read_text())
+    failing["rl"]["experiment_name"] = "grpo-broken"
+    other = work / "team-broken.yaml"
+    other.write_text(yaml.safe_dump(failing, sort_keys=False))
+    sft_config = work / "models" / "sft-tiny" / "config.json"
+    before = sft_config.stat().st_mtime_ns
+    record = run_chain(env, lab, "--team", str(other), "--stages", "sft,grpo,eval,upload", "--from", "grpo",
+                       "--upload-dry-run", *LOCAL_RAY, "--rl-arg=trainer.no_such_setting=1", timeout=600)
+    assert [s["name"] for s in record["stages"]] == ["grpo", "merge-grpo", "eval", "upload"]
+    assert sft_config.stat().st_mtime_ns == before
+    logs = logs_of(record)
+    assert "no_such_setting" in logs["grpo"]
+    assert logs["merge-grpo"] is None and logs["eval"] is None and logs["upload"] is None, "ran after a failed stage"
+    assert not (work / "models" / "grpo-broken").exists()
+
+    status = llm_bridge(env, "status", "--team", str(other))
+    print(status.stdout)
+    assert status.returncode == 1, status.stdout + status.stderr
+    lines = status.stdout.splitlines()
+    assert any(line.split()[:1] == ["grpo"] and "FAILED" in line for line in lines), status.stdout
+    assert sum("CANCELLED" in line for line in lines) == 3, status.stdout
+    assert f"grpo failed. The end of its log ({record['stages'][0]['log']})" in status.stdout
+    assert "Could not override 'trainer.no_such_setting'" in status.stdout.split("grpo failed.")[1].split("Next:")[0]
+    assert f"--team {other} --stages sft,grpo,eval,upload" in status.stdout and "--from grpo" in status.stdout
