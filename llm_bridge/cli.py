@@ -89,6 +89,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from llm_bridge.login import init
+
+    try:
+        return init.init(args.out, args.partition, args.wandb_entity, args.hf_org, args.share, not args.no_probe)
+    except init.InitError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from llm_bridge.login import chain
 
@@ -156,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
                             help="where `llm-bridge render --out` wrote the scripts (default: rendered)")
     ray_parser.epilog = "submit passes every further argument to verl: llm-bridge ray submit --team team.yaml trainer.total_training_steps=5"
     ray_parser.set_defaults(func=cmd_ray)
+
+    init_parser = sub.add_parser(
+        "init",
+        help="write a new team's team.yaml from the cluster (sinfo, one compute node) and your W&B and HF names",
+        description="Read the partition, nodes, GPUs, CPUs, memory and time limit from sinfo, and the network and GPU "
+        "memory from a short job on one compute node; take the rest from templates/team.example.yaml. The file "
+        "passes `llm-bridge check` or is not written; an existing file is never replaced. A member joining a team "
+        "that has a team.yaml copies that one instead.",
+    )
+    init_parser.add_argument("--out", type=Path, default=DEFAULT_TEAM, help=f"where to write it (default: {DEFAULT_TEAM})")
+    init_parser.add_argument("--partition", help="the team's partition (default: the only one this account sees)")
+    init_parser.add_argument("--wandb-entity", required=True, help="your W&B team (or user) name")
+    init_parser.add_argument("--hf-org", required=True, help="the Hugging Face org (or user) models go to")
+    init_parser.add_argument("--share", type=Path, default=Path.home() / "llm_bridge",
+                             help="a shared folder for logs/ and hf_cache/ (default: ~/llm_bridge)")
+    init_parser.add_argument("--no-probe", action="store_true",
+                             help="no job on a compute node: network: is left to NCCL's own choice, to fill in by hand")
+    init_parser.set_defaults(func=cmd_init)
 
     submit_parser = sub.add_parser(
         "submit",

@@ -95,9 +95,9 @@ def test_readme_commands(readme, tmp_path):
                                     text=True, env={**os.environ, "OPENAI_API_KEY": "sk-readme-test"})
             assert result.returncode == 0 and "sbatch --parsable" in result.stdout, \
                 f"{readme}: `{line}` failed:\n{result.stdout}{result.stderr}"
-        elif argv[0] == "llm-bridge" and argv[1] in ("merge", "upload", "generate", "eval", "status"):
-            # these need a checkpoint, a model, the Hub, a judge or a queued chain: run for real by the pipeline and
-            # tests/test_{eval,upload,slurm_chain}.py; here, the subcommand exists and knows every flag used
+        elif argv[0] == "llm-bridge" and argv[1] in ("merge", "upload", "generate", "eval", "status", "init"):
+            # these need a checkpoint, a model, the Hub, a judge, SLURM or a queued chain: run for real by the pipeline
+            # and tests/test_{eval,upload,slurm_chain}.py; here, the subcommand exists and knows every flag used
             words = [a for a in argv[1:] if not a.startswith("-")][: 3 if argv[1] == "eval" else 1]
             result = subprocess.run([sys.executable, "-m", "llm_bridge.cli", *words, "--help"], cwd=checkout,
                                     capture_output=True, text=True)

@@ -6,6 +6,7 @@ or uploaded after it, and status names it, its log and the command that resumes 
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,3 +158,28 @@ def test_a_failed_stage_cancels_its_dependents_and_status_names_it(chain):
     assert f"grpo failed. The end of its log ({record['stages'][0]['log']})" in status.stdout
     assert "Could not override 'trainer.no_such_setting'" in status.stdout.split("grpo failed.")[1].split("Next:")[0]
     assert f"--team {other} --stages sft,grpo,eval,upload" in status.stdout and "--from grpo" in status.stdout
+
+
+def test_init_writes_a_team_yaml_from_the_lab_that_passes_check(lab):
+    work = RUNS / "init"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{lab.bin}:{os.environ['PATH']}"}
+    out = work / "team.yaml"
+    args = ["init", "--out", str(out), "--wandb-entity", "lab-team", "--hf-org", "lab-org", "--share", str(work / "share")]
+    result = llm_bridge(env, *args, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    team = yaml.safe_load(out.read_text())
+    # what the lab is (tests/slurm/lab.sh): partition lab, 3 nodes of 8 H100s, 64 CPUs, 512,000 MB; eth0 on each node
+    assert team["slurm"].items() >= {"partition": "lab", "nodes": 3, "gpus_per_node": 8, "cpus_per_task": 64,
+                                     "host_memory_gib": 500, "gpu_memory_gib": 79.65}.items()
+    assert team["network"]["socket_ifname"] == "eth0" and team["network"]["ib_hca"] == []
+    assert not re.search(r"P01|p01-team|osk-gpu", out.read_text())  # nothing of the example's team left (check: no placeholders)
+    check = llm_bridge(env, "check", "--team", str(out))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    again = llm_bridge(env, *args)
+    assert again.returncode == 1 and "init never replaces" in again.stderr
+    wrong = llm_bridge(env, *args[:2], str(work / "other.yaml"), *args[3:], "--partition", "gpu")
+    assert wrong.returncode == 1 and "no such partition here (it has lab)" in wrong.stderr
+    assert not (work / "other.yaml").exists()
