@@ -123,6 +123,9 @@ def test_readme_commands(readme, tmp_path):
             pass  # a shell variable for the next line
         elif argv[0] == "conda":
             assert argv[1:] == ["activate", example["environment"]["conda_env"]], line
+        elif argv[0] == "cp" and re.fullmatch(r"<[^<>]+>/team\.yaml", argv[1]):
+            # the team's own file, from its shared folder: a member's edited copy of the example stands in
+            (checkout / argv[2]).write_text(as_our_team(EXAMPLE.read_text()))
         elif argv[0] == "cp":
             subprocess.run(argv, cwd=checkout, check=True)
             if argv[-1] == "team.yaml":  # the README's next step: the member writes their team's values
@@ -130,8 +133,9 @@ def test_readme_commands(readme, tmp_path):
                 team.write_text(as_our_team(team.read_text()))
         elif argv[:2] == ["git", "clone"]:
             assert re.fullmatch(r"<[^<>]+>", argv[2]) and argv[3].startswith("~/"), line
-            subprocess.run(["git", "clone", "-q", str(REPO), str(tmp_path / "clone")], check=True)
-            assert (tmp_path / "clone" / "pyproject.toml").is_file()
+            clone = tmp_path / f"clone{ran}"  # a README may clone in two places (the quick path and step 1)
+            subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+            assert (clone / "pyproject.toml").is_file()
             cloned = argv[3]
         elif argv[0] == "cd":
             assert cloned is not None and argv[1] == cloned, f"{readme}: `{line}` is not the folder cloned above"
