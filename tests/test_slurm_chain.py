@@ -183,3 +183,35 @@ def test_init_writes_a_team_yaml_from_the_lab_that_passes_check(lab):
     wrong = llm_bridge(env, *args[:2], str(work / "other.yaml"), *args[3:], "--partition", "gpu")
     assert wrong.returncode == 1 and "no such partition here (it has lab)" in wrong.stderr
     assert not (work / "other.yaml").exists()
+
+
+def test_a_stage_that_requeues_itself_keeps_its_dependents_waiting(chain):
+    """SFT with a 3 min limit saves a final checkpoint 60 s before it and requeues itself (as in
+    test_slurm_multinode.py); its merge must still be waiting on it when the second run trains, not started or
+    cancelled."""
+    work, team, env, lab = chain
+    long = yaml.safe_load(team.read_text())
+    long["slurm"].update(time_limit="3", signal_before_limit_s=60)
+    long["sft"].update(experiment_name="sft-requeued", total_epochs=500, total_training_steps=4000, save_freq=1000)
+    other = work / "team-requeue.yaml"
+    other.write_text(yaml.safe_dump(long, sort_keys=False))
+    submitted = llm_bridge(env, "submit", "--team", str(other), "--stages", "sft",
+                           *[f"--sft-arg={a}" for a in pipeline.SFT_CPU_OVERRIDES])
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    record = json.loads(Path(submitted.stdout.split("(record: ")[1].split(")")[0]).read_text())
+    sft, merge = record["stages"]
+    log = Path(sft["log"])
+    try:
+        deadline = time.time() + 720
+        while not (log.is_file() and len(re.findall(r"restart +\d+\n", log.read_text())) > 1
+                   and re.search(r"step:\d+ - ", re.split(r"restart +\d+\n", log.read_text())[-1])):
+            assert time.time() < deadline, "no second run of the requeued SFT"
+            time.sleep(3)
+        assert f"Requeueing job {sft['job']}" in log.read_text()
+        state = lab.run("squeue", "-h", "-j", merge["job"], "-o", "%T|%r").stdout.strip()
+        assert state == "PENDING|Dependency", state
+        status = llm_bridge(env, "status", "--team", str(other))
+        assert "RUNNING" in status.stdout.splitlines()[1] and "PENDING (Dependency)" in status.stdout, status.stdout
+        assert not Path(merge["log"]).exists()
+    finally:
+        lab.run("scancel", sft["job"], merge["job"])

@@ -40,16 +40,10 @@ class Stage:
     needs: list[str] = field(default_factory=list)  # inputs made by earlier stages (checked when the chain starts here)
     job: str | None = None
 
-    def log_glob(self, logs: Path) -> str:
-        return str(logs / f"{job_name(self.script)}-{self.job or '<job>'}.out")
-
-
-def job_name(script: str) -> str:
-    """The #SBATCH --job-name of a rendered script (the logs are <paths.logs>/<job name>-<job id>.out)."""
-    return {"sft/run_sft.sbatch": "sft", "mutinode_sft/run_sft_multinode.sbatch": "sft-multinode",
-            "ppo/run_ppo.sbatch": "ppo", "mutinode_ppo/run_ppo_multinode.sbatch": "ppo-multinode",
-            "generation/merge_model.sbatch": "merge", "generation/eval_model.sbatch": "eval",
-            "generation/upload_model.sbatch": "upload"}[script]
+    def log_path(self, logs: Path, scripts: Path) -> str:
+        """<paths.logs>/<job name>-<job id>.out, the job name read from the rendered script's #SBATCH line."""
+        name = re.search(r"^#SBATCH --job-name=(\S+)$", (scripts / self.script).read_text(), re.M).group(1)
+        return str(logs / f"{name}-{self.job}.out")
 
 
 def merged_model(config: TeamConfig, experiment: str) -> str:
@@ -80,8 +74,7 @@ def plan_stages(config: TeamConfig, stages: list[str], repo: str | None, upload_
     model = None
     if "sft" in stages:
         run = f"{config.paths.checkpoints}/sft/{sft.experiment_name}"
-        out.append(Stage("sft", "mutinode_sft/run_sft_multinode.sbatch" if multinode else "sft/run_sft.sbatch", [], run,
-                         needs=[]))
+        out.append(Stage("sft", "mutinode_sft/run_sft_multinode.sbatch" if multinode else "sft/run_sft.sbatch", [], run))
         model = merge("sft", run, sft.experiment_name, sft.model, sft.lora)
     if "grpo" in stages:
         run = f"{config.paths.checkpoints}/{rl.algorithm}/{rl.experiment_name}"
@@ -116,7 +109,7 @@ def _arg_path(value: str) -> str:
 
 def _exists(output: str, stage: str) -> bool:
     path = local_path(output)
-    if stage.startswith("merge") or stage == "model":
+    if stage.startswith("merge"):  # a merged model; else a training run with its checkpoints
         return (path / "config.json").is_file()
     return path.is_dir() and any(path.glob("global_step_*"))
 
@@ -220,12 +213,12 @@ def submit(config: TeamConfig, stages: list[str], start: str | None, repo: str |
     again += [f"--sft-arg={a}" for a in extra.get("sft", [])] + [f"--rl-arg={a}" for a in extra.get("grpo", [])]
     again += (["--repo", repo] if repo else []) + (["--upload-dry-run"] if upload_dry_run else [])
     record = {"id": chain_id, "team": str(chain_dir / "team.yaml"), "scripts": str(scripts), "resubmit": again,
-              "stages": [{**asdict(s), "log": s.log_glob(logs)} for s in run]}
+              "stages": [{**asdict(s), "log": s.log_path(logs, scripts)} for s in run]}
     (chain_dir / "chain.json").write_text(json.dumps(record, indent=1))
     width = max(len(s.name) for s in run)
     for stage in run:
         print(f"  {stage.name:<{width}}  job {stage.job:<8} -> {local_path(stage.output) if '/' in stage.output and stage.name != 'upload' else stage.output}")
-        print(f"  {'':<{width}}  log {stage.log_glob(logs)}")
+        print(f"  {'':<{width}}  log {stage.log_path(logs, scripts)}")
     print(f"\nQueued. Follow it with: llm-bridge status --team <team.yaml>   (record: {chain_dir / 'chain.json'})")
     return 0
 
