@@ -213,5 +213,11 @@ def test_a_stage_that_requeues_itself_keeps_its_dependents_waiting(chain):
         status = llm_bridge(env, "status", "--team", str(other))
         assert "RUNNING" in status.stdout.splitlines()[1] and "PENDING (Dependency)" in status.stdout, status.stdout
         assert not Path(merge["log"]).exists()
-    finally:
+    finally:  # the lab is shared: leave it with every node idle, as the next test expects
         lab.run("scancel", sft["job"], merge["job"])
+        deadline = time.time() + 180
+        while (lab.run("squeue", "-h", "-o", "%i").stdout.strip()
+               or any(state != "idle" for state in lab.run("sinfo", "-h", "-N", "-o", "%T").stdout.split())):
+            if time.time() > deadline:
+                pytest.fail("the lab's nodes did not return to idle after the requeue test")
+            time.sleep(2)
