@@ -77,8 +77,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("\nNothing queued: fix the errors above first.")
         return 1
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if unknown := [s for s in stages if s not in chain.TRAINING + ("eval", "upload")]:
-        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of sft, grpo, eval, upload",
+    if unknown := [s for s in stages if s not in chain.CHOICES]:
+        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of {', '.join(chain.CHOICES)}",
               file=sys.stderr)
         return 2
     extra = {"sft": args.sft_arg, "grpo": args.rl_arg}

@@ -69,12 +69,25 @@ def llm_bridge(env: dict, *args: str, timeout: int = 120) -> subprocess.Complete
                           timeout=timeout, cwd=REPO)
 
 
-def run_chain(env, lab, *args: str, timeout: float) -> dict:
-    """Submit, then wait until none of the chain's jobs is left in the queue; the chain's record."""
+def variant(team: Path, name: str, edit) -> Path:
+    """A copy of the module's team.yaml, changed by edit(team dict), beside it as team-<name>.yaml."""
+    values = yaml.safe_load(team.read_text())
+    edit(values)
+    path = team.with_name(f"team-{name}.yaml")
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def submit(env, *args: str) -> dict:
+    """llm-bridge submit; the chain's record (chain.json)."""
     submitted = llm_bridge(env, "submit", *args)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    record_path = Path(submitted.stdout.split("(record: ")[1].split(")")[0])
-    record = json.loads(record_path.read_text())
+    return json.loads(Path(submitted.stdout.split("(record: ")[1].split(")")[0]).read_text())
+
+
+def run_chain(env, lab, *args: str, timeout: float) -> dict:
+    """Submit, then wait until none of the chain's jobs is left in the queue; the chain's record."""
+    record = submit(env, *args)
     jobs = [s["job"] for s in record["stages"]]
     deadline = time.time() + timeout
     while lab.run("squeue", "-h", "-j", ",".join(jobs), "-o", "%i").stdout.split():
@@ -89,10 +102,7 @@ def logs_of(record: dict) -> dict[str, str]:
 
 def test_a_chain_sbatch_refuses_leaves_nothing_queued_or_written(chain):
     work, team, env, lab = chain
-    wrong = yaml.safe_load(team.read_text())
-    wrong["slurm"]["partition"] = "no-such-partition"
-    other = work / "team-wrong-partition.yaml"
-    other.write_text(yaml.safe_dump(wrong, sort_keys=False))
+    other = variant(team, "wrong-partition", lambda t: t["slurm"].update(partition="no-such-partition"))
     before = set((work / "logs" / "chains").glob("*")) if (work / "logs" / "chains").exists() else set()
     result = llm_bridge(env, "submit", "--team", str(other), "--stages", "sft,grpo")
     assert result.returncode == 1 and "sbatch refused sft" in result.stderr and "Nothing queued" in result.stderr, \
@@ -134,10 +144,7 @@ def test_submit_runs_the_whole_chain_and_status_follows_it(chain):
 def test_a_failed_stage_cancels_its_dependents_and_status_names_it(chain):
     work, team, env, lab = chain
     # the same team with another GRPO run, resumed from GRPO: SFT's merged model is reused, not retrained
-    failing = yaml.safe_load(team.read_text())
-    failing["rl"]["experiment_name"] = "grpo-broken"
-    other = work / "team-broken.yaml"
-    other.write_text(yaml.safe_dump(failing, sort_keys=False))
+    other = variant(team, "broken", lambda t: t["rl"].update(experiment_name="grpo-broken"))
     sft_config = work / "models" / "sft-tiny" / "config.json"
     before = sft_config.stat().st_mtime_ns
     record = run_chain(env, lab, "--team", str(other), "--stages", "sft,grpo,eval,upload", "--from", "grpo",
@@ -190,15 +197,12 @@ def test_a_stage_that_requeues_itself_keeps_its_dependents_waiting(chain):
     test_slurm_multinode.py); its merge must still be waiting on it when the second run trains, not started or
     cancelled."""
     work, team, env, lab = chain
-    long = yaml.safe_load(team.read_text())
-    long["slurm"].update(time_limit="3", signal_before_limit_s=60)
-    long["sft"].update(experiment_name="sft-requeued", total_epochs=500, total_training_steps=4000, save_freq=1000)
-    other = work / "team-requeue.yaml"
-    other.write_text(yaml.safe_dump(long, sort_keys=False))
-    submitted = llm_bridge(env, "submit", "--team", str(other), "--stages", "sft",
-                           *[f"--sft-arg={a}" for a in pipeline.SFT_CPU_OVERRIDES])
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    record = json.loads(Path(submitted.stdout.split("(record: ")[1].split(")")[0]).read_text())
+    def long_sft(t):
+        t["slurm"].update(time_limit="3", signal_before_limit_s=60)
+        t["sft"].update(experiment_name="sft-requeued", total_epochs=500, total_training_steps=4000, save_freq=1000)
+
+    other = variant(team, "requeue", long_sft)
+    record = submit(env, "--team", str(other), "--stages", "sft", *[f"--sft-arg={a}" for a in pipeline.SFT_CPU_OVERRIDES])
     sft, merge = record["stages"]
     log = Path(sft["log"])
     try:

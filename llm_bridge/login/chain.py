@@ -23,8 +23,7 @@ import yaml
 from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.login.render import RenderError, render_all, write_all
 
-STAGES = ("sft", "merge-sft", "grpo", "merge-grpo", "eval", "upload")
-TRAINING = ("sft", "grpo")  # what --stages names; each training stage brings its merge along
+CHOICES = ("sft", "grpo", "eval", "upload")  # what --stages names; each training stage brings its merge along
 
 
 class ChainError(RuntimeError):
@@ -217,7 +216,8 @@ def submit(config: TeamConfig, stages: list[str], start: str | None, repo: str |
     (chain_dir / "chain.json").write_text(json.dumps(record, indent=1))
     width = max(len(s.name) for s in run)
     for stage in run:
-        print(f"  {stage.name:<{width}}  job {stage.job:<8} -> {local_path(stage.output) if '/' in stage.output and stage.name != 'upload' else stage.output}")
+        output = stage.output if stage.name == "upload" else local_path(stage.output)  # a Hub repo, else a path
+        print(f"  {stage.name:<{width}}  job {stage.job:<8} -> {output}")
         print(f"  {'':<{width}}  log {stage.log_path(logs, scripts)}")
     print(f"\nQueued. Follow it with: llm-bridge status --team <team.yaml>   (record: {chain_dir / 'chain.json'})")
     return 0
@@ -309,7 +309,7 @@ def status(config: TeamConfig, team_file: Path, chain_id: str | None) -> int:
     record = json.loads(record_path.read_text())
     stages = record["stages"]
     states = slurm_states([s["job"] for s in stages])
-    chain_config_ = TeamConfig.model_validate(yaml.safe_load(Path(record["team"]).read_text()))
+    ran = TeamConfig.model_validate(yaml.safe_load(Path(record["team"]).read_text()))
     print(f"Chain {record['id']} ({record_path})")
     failed = None
     for i, stage in enumerate(stages):
@@ -330,7 +330,7 @@ def status(config: TeamConfig, team_file: Path, chain_id: str | None) -> int:
         if state.startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")) and failed is None:
             failed = stage
         print(f"  {stage['name']:<10}  job {stage['job']:<8}  {state}")
-        if progress := _progress(stage, chain_config_):
+        if progress := _progress(stage, ran):
             print(f"  {'':<10}  {progress}")
         print(f"  {'':<10}  log {stage['log']}" + ("" if log else " (not written yet)"))
     if failed is not None:
