@@ -89,6 +89,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from llm_bridge.login import chain, time_plan
+
+    config, problems = validate(args.team, local_paths=False)
+    if config is None:
+        print(report(str(args.team), problems))
+        return 1
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if unknown := [s for s in stages if s not in chain.CHOICES]:
+        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of {', '.join(chain.CHOICES)}",
+              file=sys.stderr)
+        return 2
+    print(time_plan.plan(chain.chain_config(config, stages), stages).table())
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from llm_bridge.login import init
 
@@ -185,12 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
                              help="no job on a compute node: network: is left to NCCL's own choice, to fill in by hand")
     init_parser.set_defaults(func=cmd_init)
 
+    plan_parser = sub.add_parser(
+        "plan",
+        help="each stage's wall time and GPU-hours, from the data's tokens and measured speed, beside its memory",
+        description="Count the training data's rows and tokens (the model's tokenizer, on a sample of 2,000 rows), "
+        "turn them into steps as verl will, and time each stage of the chain submit would queue from the recipe's "
+        "measurements (docs/benchmarks.md) or, when there is one, from the team's own finished run of the same "
+        "experiment in paths.logs. Queues nothing.",
+    )
+    plan_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
+    plan_parser.add_argument("--stages", default="sft,grpo,eval",
+                             help="as submit: a comma-separated list of sft, grpo, eval, upload (default: sft,grpo,eval)")
+    plan_parser.set_defaults(func=cmd_plan)
+
     submit_parser = sub.add_parser(
         "submit",
         help="queue SFT -> merge -> GRPO -> merge -> eval -> upload as SLURM jobs with dependencies",
         description="Validate team.yaml, render the chain's own scripts (GRPO trains SFT's merged model) under "
         "paths.logs/chains/<id>/ and sbatch each stage after the one before it (afterok); a failed stage cancels "
-        "the rest. Prints the job ids and each stage's log.",
+        "the rest. Prints the job ids, each stage's log and the plan (llm-bridge plan).",
     )
     submit_parser.add_argument("--team", type=Path, default=DEFAULT_TEAM, help=team_help)
     submit_parser.add_argument("--stages", default="sft,grpo,eval",

@@ -140,6 +140,13 @@ def test_submit_runs_the_whole_chain_and_status_follows_it(chain):
         assert any(line.split()[:1] == [stage] and "COMPLETED" in line for line in lines), status.stdout
     assert any("step 2: critic/score/mean" in line for line in lines), status.stdout  # GRPO's newest step
 
+    # the runs' own step times (SFT's timing_s/step comes from the recipe's entry) now time the plan
+    plan = llm_bridge(env, "plan", "--team", str(team), "--stages", "sft,grpo")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    bases = [line.strip() for line in plan.stdout.splitlines() if "measured: your run" in line]
+    assert len(bases) == 2 and bases[0].startswith("measured: your run sft-tiny-") and "tokens/s a GPU" in bases[0] \
+        and bases[1].startswith("measured: your run grpo-tiny-") and "median step" in bases[1], plan.stdout
+
 
 def test_a_failed_stage_cancels_its_dependents_and_status_names_it(chain):
     work, team, env, lab = chain

@@ -22,15 +22,15 @@ class StepClock:
 
     def __init__(self):
         self.longest_s = 0.0
-        self._started = time.monotonic()
+        self.started = time.monotonic()
 
     def step_begins(self) -> None:
         now = time.monotonic()
-        self.longest_s = max(self.longest_s, now - self._started)
-        self._started = now
+        self.longest_s = max(self.longest_s, now - self.started)
+        self.started = now
 
     def deadline_is_close(self) -> bool:
-        longest = max(self.longest_s, time.monotonic() - self._started)
+        longest = max(self.longest_s, time.monotonic() - self.started)
         return should_save_ckpt_esi(max_steps_duration=longest)
 
 

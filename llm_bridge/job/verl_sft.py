@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from verl.trainer import sft_trainer
+from verl.utils import tensordict_utils as tu
 
 from llm_bridge.job import verl_patches
 from llm_bridge.job.deadline import StepClock, announce_stop
@@ -53,7 +54,11 @@ class DeadlineSFTTrainer(sft_trainer.SFTTrainer):
         def train_batch_then_check_deadline(data):
             output = train_batch(data=data)
             self._step += 1
+            started = self._clock.started
             self._clock.step_begins()
+            metrics = tu.get(output, "metrics")
+            if isinstance(metrics, dict):  # the step's wall time, as GRPO logs it; `llm-bridge plan` reads it back
+                metrics["timing_s/step"] = self._clock.started - started
             if self.rank == 0 and STEP_LOG:
                 with open(STEP_LOG, "a") as log:  # wall clock per step, for benchmarks
                     log.write(f'{{"step": {self._step}, "time": {time.time():.4f}}}\n')

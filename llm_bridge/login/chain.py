@@ -185,6 +185,7 @@ def submit(config: TeamConfig, stages: list[str], start: str | None, repo: str |
         for stage in run:
             print(shlex.join(sbatch_line(stage, chain_dir / "scripts", after)))
             after = f"<{stage.name} job id>"
+        print_bill(config, stages, run)
         print(f"\nDry run: nothing rendered to {chain_dir}, nothing queued.")
         return 0
     if chain_dir.exists():
@@ -219,8 +220,23 @@ def submit(config: TeamConfig, stages: list[str], start: str | None, repo: str |
         output = stage.output if stage.name == "upload" else local_path(stage.output)  # a Hub repo, else a path
         print(f"  {stage.name:<{width}}  job {stage.job:<8} -> {output}")
         print(f"  {'':<{width}}  log {stage.log_path(logs, scripts)}")
+    print_bill(config, stages, run)
     print(f"\nQueued. Follow it with: llm-bridge status --team <team.yaml>   (record: {chain_dir / 'chain.json'})")
     return 0
+
+
+def print_bill(config: TeamConfig, stages: list[str], run: list[Stage]) -> None:
+    """The plan (llm-bridge plan) of the stages this submit queues; an estimate never stops a submit."""
+    from llm_bridge.login import time_plan
+
+    try:
+        bill = time_plan.plan(config, stages)
+    except Exception as exc:  # noqa: BLE001 - the jobs are queued or about to be: say why there is no plan
+        print(f"\n(no plan: {type(exc).__name__}: {exc}; `llm-bridge plan` shows the same)")
+        return
+    names = {s.name for s in run}
+    bill.lines = [line for line in bill.lines if line.stage in names]
+    print("\n" + bill.table())
 
 
 # ---------------------------------------------------------------------------------------------
