@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,14 @@ def test_cached_login_is_used_when_hf_token_is_unset(hub, model, tmp_path):
     assert hub.requests and hub.requests[0]["authorization"] == f"Bearer {token}"
     assert json.loads(hub.requests[0]["body"])["visibility"] == "public"
     assert token not in result.stdout + result.stderr
+
+
+def test_a_team_file_with_errors_is_reported_before_anything_else(hub, model, tmp_path):
+    bad = tmp_path / "team.yaml"
+    bad.write_text(Path(EXAMPLE).read_text().replace("partition: P01", "partition: 'P 01'"))
+    result = upload("--model", model, "--repo", "my-model", "--team", bad, "--dry-run", hub=hub, tmp_path=tmp_path)
+    assert result.returncode == 1 and "slurm.partition" in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and hub.requests == []
 
 
 def test_not_a_model_directory(hub, tmp_path):

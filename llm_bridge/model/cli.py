@@ -32,15 +32,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
             print("ERROR: --repo needs ORG/NAME. Fix: pass the full repo id, or --team to use huggingface.org.", file=sys.stderr)
             return 1
         repo = f"{team.huggingface.org}/{repo}"
-    report = args.eval.expanduser() if args.eval else None
-    if report is not None and report.is_file():  # summary.md or summary.json: the folder they are in
-        report = report.parent
-    if report is not None and not ((report / "summary.json").is_file() and (report / "summary.md").is_file()):
+    scores = args.eval.expanduser() if args.eval else None
+    if scores is not None and scores.is_file():  # summary.md or summary.json: the folder they are in
+        scores = scores.parent
+    if scores is not None and not ((scores / "summary.json").is_file() and (scores / "summary.md").is_file()):
         print(f"ERROR: --eval {args.eval}: no summary.json and summary.md there, so the card would have no scores.\n"
               "       Fix: pass the folder `llm-bridge eval report --out` wrote (evaluation.results/<model>), "
               "or leave --eval out.", file=sys.stderr)
         return 1
-    card = model_card(args.model, repo, team, args.stage, report)
+    card = model_card(args.model, repo, team, args.stage, scores)
     return upload(args.model, repo, args.public, args.dry_run, card)
 
 
