@@ -15,7 +15,8 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    the function GRPO trained on.
 
 Writes <work>/results.md (the table and the commands), results.json, and curves.png (per GRPO step: mean reward,
-response length, the rollout's drift). A rerun skips every stage whose output is there.
+response length, the rollout's drift). A rerun skips every stage whose output is there. Each stage's wall time is
+recorded beside `llm-bridge plan`'s estimate of it (issue 39: the plan against the recipe's own runs).
 
 --cpu runs the same stages on a CPU (tests/cpu's verl platform and rollout, and its transformers stand-in for
 vLLM's offline API): a smoke test of this script, not a figure.
@@ -36,6 +37,8 @@ sys.path.insert(0, str(REPO / "tests" / "cpu"))
 sys.path.insert(0, str(REPO))
 import build_tiny  # noqa: E402  the tests' tokenizer trainer and tiny shape
 import pipeline  # noqa: E402  the CPU platform's settings, and render/Stage/metrics shared with the tests
+from llm_bridge.login import time_plan  # noqa: E402
+from llm_bridge.login.loader import load  # noqa: E402
 
 SIZES = {  # Qwen2 shapes a random start can learn the task in: ~25M parameters, and the tests' tiny one
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
@@ -92,6 +95,16 @@ def team_config(args, work: Path) -> dict:
         team["sft"].update(pipeline.CPU_STAGE)
         team["rl"].update(pipeline.CPU_STAGE)
     return team
+
+
+def planned(team: dict, work: Path, name: str) -> dict[str, float | None]:
+    """`llm-bridge plan`'s wall time of the SFT and GRPO stages of `team` (an estimate for a GPU, also on --cpu)."""
+    path = work / f"plan-{name}.yaml"
+    path.write_text(yaml.safe_dump(team, sort_keys=False))
+    config, problems = load(path)
+    if config is None:
+        raise SystemExit(f"{path}: {problems}")
+    return {line.stage: line.wall_s for line in time_plan.plan(config, ["sft", "grpo"]).lines}
 
 
 def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
@@ -202,6 +215,8 @@ def main() -> None:
 
     build_data_and_model(args, work, stage)
     team = team_config(args, work)
+    plan = planned(team, work, "sft")
+    planned_s = {"sft": plan["sft"], "merge-sft": plan["merge-sft"]}
     test = work / "data" / "rl" / "test.parquet"
     rows = []
     if not (work / "models" / "sft" / "config.json").is_file():
@@ -218,6 +233,8 @@ def main() -> None:
         if not (work / "models" / name / "config.json").is_file():
             arm_team = yaml.safe_load(yaml.safe_dump(team))
             arm_team["rl"].update(experiment_name=name, **edits)
+            plan = planned(arm_team, work, name)
+            planned_s.update({name: plan["grpo"], f"merge-{name}": plan["merge-grpo"]})
             rendered = pipeline.render(work, arm_team, f"rendered-{name}")
             same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
             # the held-out accuracy is measured after the run; verl's validation before it only costs time
@@ -239,10 +256,15 @@ def main() -> None:
         table.append(f"| {row['model']} | {row['steps']} | {100 * row['accuracy']:.1f}% | {reward} |")
     machine = "CPU (smoke test)" if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    (work / "results.md").write_text("\n".join([f"`{argv}` on {machine}", "", *table, "", f"![curves]({png.name})", ""]))
+    times = ["| stage | llm-bridge plan | measured |", "|---|---|---|"]
+    times += [f"| {name} | {time_plan.duration(planned_s[name])} | {time_plan.duration(stage.times[name])} |"
+              for name in planned_s if name in stage.times]
+    (work / "results.md").write_text("\n".join([f"`{argv}` on {machine}", "", *table, "", f"![curves]({png.name})", "",
+                                                "Wall time of each stage (the plan estimates a GPU run):", "", *times, ""]))
     (work / "results.json").write_text(json.dumps({"argv": argv, "machine": machine, "rows": rows,
-                                                   "steps": steps_by_arm, "times_s": stage.times}, indent=1))
-    print("\n".join(table))
+                                                   "steps": steps_by_arm, "times_s": stage.times,
+                                                   "planned_s": planned_s}, indent=1))
+    print("\n".join(table + [""] + times))
     print(f"-> {work / 'results.md'}, {png}")
 
 

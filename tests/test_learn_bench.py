@@ -23,6 +23,10 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert len((tmp_path / "predictions-sft.jsonl").read_text().splitlines()) == 32
     assert "actor/rollout_drift/k3_kl" in results["steps"]["recipe"][0]
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and "| SFT | 20 |" in (tmp_path / "results.md").read_text()
+    # each stage's wall time beside llm-bridge plan's estimate of it
+    assert results["planned_s"].keys() == {"sft", "merge-sft", "grpo-recipe", "merge-grpo-recipe"}
+    assert all(v > 0 for v in results["planned_s"].values()) and results["times_s"]["sft"] > 0
+    assert "| grpo-recipe | " in (tmp_path / "results.md").read_text()
     # a rerun finds every stage's output and redoes none
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe]" not in again.stdout, again.stdout
