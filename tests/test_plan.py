@@ -147,9 +147,11 @@ def test_a_teams_own_run_replaces_the_estimate(write_team, team, tmp_path, model
     saves = 1 * time_plan._save_s(find_shape(str(model_dir)), load(write_team(team))[0].sft, 3)
     assert sft.wall_s == pytest.approx(start + 10 * 192 * 2013 / (5000 * 24) + saves, rel=1e-3)
 
-    # a run of another model is not this one's measurement
+    # neither a run of another model nor one of another experiment whose name starts the same is this one's measurement
     metrics_run(logs, "sft-qwen2.5-0.5b-gsm8k-78-20261202-000000", steps, {"n_gpus_per_node": 8, "nnodes": 1},
                 "/elsewhere/other-model")
+    metrics_run(logs, "sft-qwen2.5-0.5b-gsm8k-long-79-20261203-000000", steps, {"n_gpus_per_node": 8, "nnodes": 1},
+                str(model_dir))
     assert "77-20261201" in line(bill_of(write_team, team), "sft").basis
 
 

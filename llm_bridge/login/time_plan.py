@@ -19,6 +19,7 @@ slurm.time_limit runs as several jobs (each saves, requeues and resumes) and pay
 import json
 import math
 import random
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,7 @@ from llm_bridge.login.config import TeamConfig, local_path
 from llm_bridge.login.model_shape import Shape, find_config, find_file, find_shape
 
 PEAK_FLOPS = 989e12  # bf16 dense, H100 and H200: what verl's train/mfu divides by
-GIB = 2**30
-SAMPLE_ROWS = 2000   # rows tokenized to measure a dataset's tokens (evenly spaced; the rest scale from them)
+SAMPLE_ROWS = 2000   # rows tokenized to measure a dataset's tokens (a fixed random sample; the rest scale)
 TOKENS_PER_MESSAGE = 5  # the chat template's markers around each message (Qwen's <|im_start|>role\n ... <|im_end|>\n)
 
 
@@ -107,7 +107,8 @@ class Bill:
                        f"{line.work}{jobs}")
             out.append(f"  {'':<11}{'':>5}  {'':>9}{'':>9}  {'':<14}{line.basis}")
         total = sum(line.wall_s or 0 for line in self.lines)
-        out.append(f"  {'total':<11}{'':>5}  {duration(total):>9}{sum(line.gpu_hours for line in self.lines):>9.1f}")
+        label = "total" if all(line.wall_s is not None for line in self.lines) else "total, ? left out"
+        out.append(f"  {label:<18}{duration(total):>9}{sum(line.gpu_hours for line in self.lines):>9.1f}")
         out += [f"  {note}" for note in self.notes]
         return "\n".join(out)
 
@@ -339,7 +340,10 @@ def read_run(path: Path, key: str) -> Run | None:
 def newest_run(config: TeamConfig, experiment: str, key: str, model: str) -> Run | None:
     """The newest run of `experiment` in paths.logs that trained `model` and logged `key`."""
     logs = local_path(config.paths.logs)
-    for path in sorted(logs.glob(f"{experiment}-*.metrics.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True):
+    # <experiment>-<job id>-<date>-<time> (templates/_run_files.sh.j2): not another experiment whose name starts so
+    name = re.compile(re.escape(experiment) + r"-[A-Za-z0-9_]+-\d{8}-\d{6}\.metrics\.jsonl")
+    runs = [p for p in logs.glob(f"{experiment}-*.metrics.jsonl") if name.fullmatch(p.name)]
+    for path in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True):
         run = read_run(path, key)
         if run and (run.model is None or local_path(run.model) == local_path(model) or run.model == model):
             return run
