@@ -247,7 +247,8 @@ def grpo_step(shape: Shape, rl, prompt_tokens: float, gpus: int, nodes: int) -> 
     extra = [name for name, on in (("recompute", rl.old_log_probs == "recompute"), ("reference", rl.use_kl_loss)) if on]
     why = (f"{rl.max_response_length} tokens x {waves} wave(s) of {min(per_replica, VLLM_SEQS)} responses a vLLM "
            f"replica ({DECODE_FIXED_S.source}); update {why}"
-           + (f"; forward passes for {' and '.join(extra)}" if extra else ""))
+           + (f"; forward passes for {' and '.join(extra)}" if extra else "")
+           + ("; vLLM's LoRA kernels not measured (generation taken as without LoRA)" if rl.lora else ""))
     return gen + update + GRPO_STEP_FIXED_S.value, gen, update, why
 
 
