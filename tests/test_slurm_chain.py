@@ -223,6 +223,8 @@ def test_a_stage_that_requeues_itself_keeps_its_dependents_waiting(chain):
         assert state == "PENDING|Dependency", state
         status = llm_bridge(env, "status", "--team", str(other))
         assert "RUNNING" in status.stdout.splitlines()[1] and "PENDING (Dependency)" in status.stdout, status.stdout
+        # the running stage's steps to go (plan's count from the data) and time left (its own median step time)
+        assert re.search(r"step \d+ of \d+, ~\d+ (s|min|h) left", status.stdout.splitlines()[2]), status.stdout
         assert not Path(merge["log"]).exists()
     finally:  # the lab is shared: leave it with every node idle, as the next test expects
         lab.run("scancel", sft["job"], merge["job"])

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -287,8 +288,10 @@ def _log(stage: dict) -> Path | None:
     return path if path.is_file() else None
 
 
-def _progress(stage: dict, config: TeamConfig) -> str:
-    """The newest step of a training stage and its main metrics, from the run's metrics file."""
+def _progress(stage: dict, config: TeamConfig, running: bool) -> str:
+    """The newest step of a training stage and its main metrics, from the run's metrics file; while it runs, the
+    steps it will take (llm-bridge plan's count from the data, or the chain's trainer.total_training_steps) and the
+    time left at the run's median step time."""
     kind = "sft" if stage["name"] == "sft" else "grpo" if stage["name"] == "grpo" else None
     if kind is None or not stage["job"]:
         return ""
@@ -296,17 +299,41 @@ def _progress(stage: dict, config: TeamConfig) -> str:
     files = sorted(local_path(config.paths.logs).glob(f"{experiment}-{stage['job']}-*.metrics.jsonl"))
     if not files:
         return ""
-    last = None
+    steps = []
     for line in files[-1].read_text().splitlines():
         try:
-            last = json.loads(line)
+            steps.append(json.loads(line))
         except json.JSONDecodeError:  # the line being written
             continue
-    if not last:
+    if not steps:
         return ""
+    last = steps[-1]
     data = last.get("data", {})
     shown = ", ".join(f"{k} {data[k]:.4g}" for k in METRICS[kind] if isinstance(data.get(k), (int, float)))
-    return f"step {last.get('step', data.get('training/global_step', '?'))}" + (f": {shown}" if shown else "")
+    step = last.get("step", data.get("training/global_step", "?"))
+    total = _total_steps(stage, config, kind) if running else None
+    times = [s["data"]["timing_s/step"] for s in steps[1:] if isinstance(s.get("data", {}).get("timing_s/step"), (int, float))]
+    left = ""
+    if total and times and isinstance(step, int):
+        from llm_bridge.login.time_plan import duration
+
+        left = f", ~{duration(max(total - step, 0) * statistics.median(times))} left"
+    return f"step {step}" + (f" of {total}{left}" if total else "") + (f": {shown}" if shown else "")
+
+
+def _total_steps(stage: dict, config: TeamConfig, kind: str) -> int | None:
+    """The steps a training stage takes: trainer.total_training_steps among the chain's overrides, else verl's count
+    from the data (llm-bridge plan)."""
+    for arg in reversed(stage.get("args", [])):
+        if arg.startswith("trainer.total_training_steps=") and arg.split("=", 1)[1].isdigit():
+            return int(arg.split("=", 1)[1])
+    from llm_bridge.login import time_plan
+
+    try:
+        line = next(item for item in time_plan.plan(config, [kind]).lines if item.stage == kind)
+    except Exception:  # noqa: BLE001 - the status stands without the count
+        return None
+    return line.steps
 
 
 ERROR_LINE = re.compile(r"Traceback|Error|ERROR|Exception|Could not|Killed|CANCELLED")
@@ -346,7 +373,7 @@ def status(config: TeamConfig, team_file: Path, chain_id: str | None) -> int:
         if state.startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")) and failed is None:
             failed = stage
         print(f"  {stage['name']:<10}  job {stage['job']:<8}  {state}")
-        if progress := _progress(stage, ran):
+        if progress := _progress(stage, ran, state.startswith("RUNNING")):
             print(f"  {'':<10}  {progress}")
         print(f"  {'':<10}  log {stage['log']}" + ("" if log else " (not written yet)"))
     if failed is not None:

@@ -86,6 +86,7 @@ class Line:
     basis: str
     memory: str = "-"
     jobs: int = 1
+    steps: int | None = None  # a training stage's steps (verl's count from the data)
 
     @property
     def gpu_hours(self) -> float:
@@ -371,7 +372,7 @@ def plan_sft(config: TeamConfig, shape: Shape | None, memory: str, run: Run | No
                  + ("" if run.gpus else " (its GPU count unknown: taken as this layout's)"))
     elif shape is None:
         return Line("sft", gpus, f"{steps:,} steps", None, f"not planned: no config.json for {sft.model} here",
-                    memory), notes
+                    memory, steps=steps), notes
     else:
         per_gpu, why = sft_speed(shape, sft, tokens, gpus, slurm.nodes)
         basis = f"estimate: {per_gpu:,.0f} tokens/s a GPU, {why}"
@@ -380,7 +381,7 @@ def plan_sft(config: TeamConfig, shape: Shape | None, memory: str, run: Run | No
     saves = (steps // sft.save_freq + 1) * (_save_s(shape, sft, slurm.nodes) if shape else 0)
     jobs, wall = _jobs(config, start + train + saves, start)
     work = f"{steps:,} steps x {sft.train_batch_size} rows, {steps * step_tokens / 1e9:.2f}B tokens"
-    return Line("sft", gpus, work, wall, basis, memory, jobs), notes
+    return Line("sft", gpus, work, wall, basis, memory, jobs, steps), notes
 
 
 def plan_grpo(config: TeamConfig, shape: Shape | None, memory: str, run: Run | None, tokenizer_model: str
@@ -402,7 +403,7 @@ def plan_grpo(config: TeamConfig, shape: Shape | None, memory: str, run: Run | N
             basis += f" of {run.batch} responses on {run.gpus} GPUs, scaled to {responses} on {gpus}"
     elif shape is None:
         return Line("grpo", gpus, f"{steps:,} steps", None, f"not planned: no config.json for {rl.model} here",
-                    memory), notes
+                    memory, steps=steps), notes
     else:
         step_s, gen, update, why = grpo_step(shape, rl, prompts.mean, gpus, slurm.nodes)
         basis = f"estimate: generation {gen:.0f} s + update {update:.0f} s a step; {why}"
@@ -410,7 +411,7 @@ def plan_grpo(config: TeamConfig, shape: Shape | None, memory: str, run: Run | N
     saves = (steps // rl.save_freq + 1) * (_save_s(shape, rl, slurm.nodes) if shape else 0)
     jobs, wall = _jobs(config, start + steps * step_s + saves, start)
     work = f"{steps:,} steps x {rl.train_batch_size} prompts x {rl.rollout_n}, responses <= {rl.max_response_length}"
-    return Line("grpo", gpus, work, wall, basis, memory, jobs), notes
+    return Line("grpo", gpus, work, wall, basis, memory, jobs, steps), notes
 
 
 def plan_merge(name: str, shape: Shape | None) -> Line:
