@@ -20,7 +20,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from common import QWEN3_ARCHS
+from common import QWEN3_ARCHS, cuda_ms
 
 
 def timed(fn, q, k, v, grad, iters: int) -> tuple[float, torch.Tensor]:
@@ -30,16 +30,8 @@ def timed(fn, q, k, v, grad, iters: int) -> tuple[float, torch.Tensor]:
         out.backward(grad)
         return out
 
-    for _ in range(3):
-        out = step()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        step()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / iters, out.detach()
+    ms, out = cuda_ms(step, iters)
+    return ms, out.detach()
 
 
 def kernels(heads: int, kv_heads: int, samples: int, length: int):

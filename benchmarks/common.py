@@ -271,3 +271,19 @@ def finish(args, result: dict, row: list) -> None:
 
 def markdown_row(cells: list) -> str:
     return "| " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in cells) + " |"
+
+
+def cuda_ms(step: Callable[[], object], iters: int) -> tuple[float, object]:
+    """Milliseconds per call of step() on the GPU (CUDA events, after 3 warm-up calls), and the last warm-up's result."""
+    import torch
+
+    for _ in range(3):
+        out = step()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        step()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / iters, out

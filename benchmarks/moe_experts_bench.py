@@ -15,7 +15,7 @@ import torch
 from transformers.integrations import moe
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from common import QWEN3_ARCHS, qwen3_config
+from common import QWEN3_ARCHS, cuda_ms, qwen3_config
 from llm_bridge.job import moe_experts
 
 
@@ -27,20 +27,12 @@ def timed(block, hidden, grad, iters: int) -> tuple[float, int, torch.Tensor]:
         out.backward(grad)
         return out
 
-    for _ in range(3):
-        out = step()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        step()
-    stop.record()
-    torch.cuda.synchronize()
+    ms, out = cuda_ms(step, iters)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
     kernels = sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
-    return start.elapsed_time(stop) / iters, kernels, out.detach()
+    return ms, kernels, out.detach()
 
 
 def main() -> None:

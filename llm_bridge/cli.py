@@ -68,6 +68,18 @@ def cmd_ray(args: argparse.Namespace) -> int:
     return ray_cluster.main(args.action, config, args.team, args.rendered, args.overrides)
 
 
+def chain_stages(text: str) -> list[str] | None:
+    """--stages as a list, or None after saying which name is not a stage."""
+    from llm_bridge.login import chain
+
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    if unknown := [s for s in stages if s not in chain.CHOICES]:
+        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of {', '.join(chain.CHOICES)}",
+              file=sys.stderr)
+        return None
+    return stages
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from llm_bridge.login import chain
 
@@ -76,10 +88,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(report(str(args.team), problems))
         print("\nNothing queued: fix the errors above first.")
         return 1
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if unknown := [s for s in stages if s not in chain.CHOICES]:
-        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of {', '.join(chain.CHOICES)}",
-              file=sys.stderr)
+    stages = chain_stages(args.stages)
+    if stages is None:
         return 2
     extra = {"sft": args.sft_arg, "grpo": args.rl_arg}
     try:
@@ -96,10 +106,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if config is None:
         print(report(str(args.team), problems))
         return 1
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if unknown := [s for s in stages if s not in chain.CHOICES]:
-        print(f"ERROR: --stages: no stage {', '.join(unknown)}. Fix: a comma-separated list of {', '.join(chain.CHOICES)}",
-              file=sys.stderr)
+    stages = chain_stages(args.stages)
+    if stages is None:
         return 2
     print(time_plan.plan(chain.chain_config(config, stages), stages).table())
     return 0

@@ -338,6 +338,28 @@ def check_sft_val_rows(config: TeamConfig) -> list[Problem]:
 
 
 LONGEST_SAMPLES = 256  # the longest rows by characters are tokenized: enough to count what max_length cuts
+TOKENS_PER_MESSAGE = 5  # the chat template's markers around each message: Qwen's <|im_start|>role\n ... <|im_end|>\n
+
+
+def conversation(messages: list[dict] | None) -> tuple[str, int]:
+    """A chat row as (its text, its number of messages): what the tokenizer counts and the template's share."""
+    messages = messages or []
+    return "\n".join(str(m.get("content") or "") + str(m.get("reasoning_content") or "") for m in messages), len(messages)
+
+
+def token_counts(model: str, hf_home: str | None, conversations: list[tuple[str, int]]) -> list[int] | None:
+    """Tokens of each conversation, counted with the model's own tokenizer (tokenizer.json in the model's directory
+    or hf_home, read by the `tokenizers` library) plus the template's markers; None without a tokenizer here."""
+    tokenizer_file = find_file(model, hf_home, "tokenizer.json")
+    if tokenizer_file is None:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        encoded = Tokenizer.from_file(str(tokenizer_file)).encode_batch([text for text, _ in conversations])
+    except Exception:
+        return None
+    return [len(e.ids) + TOKENS_PER_MESSAGE * messages for e, (_, messages) in zip(encoded, conversations)]
 
 
 def _longest_conversations(path: Path, key: str) -> tuple[int, list[tuple[str, int]]] | None:
@@ -349,8 +371,7 @@ def _longest_conversations(path: Path, key: str) -> tuple[int, list[tuple[str, i
         column = pq.read_table(path, columns=[key]).column(key).to_pylist()
     except Exception:  # no pyarrow on this Python (the login .venv), a missing file or column: said elsewhere
         return None
-    texts = [("\n".join(str(m.get("content") or "") + str(m.get("reasoning_content") or "") for m in row or []),
-              len(row or [])) for row in column]
+    texts = [conversation(row) for row in column]
     return len(texts), sorted(texts, key=lambda t: len(t[0]), reverse=True)[:LONGEST_SAMPLES]
 
 
@@ -363,16 +384,10 @@ def check_sft_lengths(config: TeamConfig) -> list[Problem]:
     longest = _longest_conversations(local_path(sft.train_files), sft.messages_key) if tokenizer_file else None
     if longest is None:
         return []
-    try:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    except Exception:
-        return []
     rows, texts = longest
-    per_message = 5  # the chat template's markers: Qwen's <|im_start|>role\n ... <|im_end|>\n
-    encoded = tokenizer.encode_batch([text for text, _ in texts])
-    lengths = [len(e.ids) + per_message * messages for e, (_, messages) in zip(encoded, texts)]
+    lengths = token_counts(sft.model, config.paths.hf_home, texts)
+    if lengths is None:
+        return []
     over = sum(n > sft.max_length for n in lengths)
     if not over:
         return []

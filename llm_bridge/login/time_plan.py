@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_bridge.login.config import TeamConfig, local_path
-from llm_bridge.login.model_shape import Shape, find_config, find_file, find_shape
+from llm_bridge.login.model_shape import Shape, find_config, find_shape
+from llm_bridge.login.rules import TOKENS_PER_MESSAGE, _parquet_rows, conversation, token_counts
 
 PEAK_FLOPS = 989e12  # bf16 dense, H100 and H200: what verl's train/mfu divides by
 SAMPLE_ROWS = 2000   # rows tokenized to measure a dataset's tokens (a fixed random sample; the rest scale)
-TOKENS_PER_MESSAGE = 5  # the chat template's markers around each message (Qwen's <|im_start|>role\n ... <|im_end|>\n)
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,7 @@ def _texts(path: Path, key: str) -> tuple[int, list[tuple[str, int]]] | None:
         return None
     rows = len(column)
     picks = range(rows) if rows <= SAMPLE_ROWS else sorted(random.Random(0).sample(range(rows), SAMPLE_ROWS))
-    texts = []
-    for i in picks:
-        messages = column[i].as_py() or []
-        texts.append(("\n".join(str(m.get("content") or "") + str(m.get("reasoning_content") or "") for m in messages),
-                      len(messages)))
-    return rows, texts
+    return rows, [conversation(column[i].as_py()) for i in picks]
 
 
 def count_tokens(path: str, key: str, model: str, hf_home: str, max_length: int | None) -> Tokens | None:
@@ -149,17 +144,8 @@ def count_tokens(path: str, key: str, model: str, hf_home: str, max_length: int 
     if found is None:
         return None
     rows, texts = found
-    tokenizer_file = find_file(model, hf_home, "tokenizer.json")
-    lengths = None
-    if tokenizer_file:
-        try:
-            from tokenizers import Tokenizer
-
-            encoded = Tokenizer.from_file(str(tokenizer_file)).encode_batch([text for text, _ in texts])
-            lengths = [len(e.ids) + TOKENS_PER_MESSAGE * n for e, (_, n) in zip(encoded, texts)]
-            how = f"{model}'s tokenizer"
-        except Exception:
-            lengths = None
+    lengths = token_counts(model, hf_home, texts)
+    how = f"{model}'s tokenizer"
     if lengths is None:
         lengths = [len(text) / 4 + TOKENS_PER_MESSAGE * n for text, n in texts]
         how = f"4 characters a token (no tokenizer.json for {model} here: download it for a count)"
@@ -425,11 +411,9 @@ def plan_merge(name: str, shape: Shape | None) -> Line:
 
 def _rows(path: str) -> int | None:
     p = local_path(path)
+    if p.suffix == ".parquet":
+        return _parquet_rows(p)
     try:
-        if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(p).metadata.num_rows
         with p.open() as f:
             return sum(1 for _ in f) - (1 if p.suffix == ".csv" else 0)
     except Exception:
@@ -470,7 +454,8 @@ def _peak(rows, stage: str, layout: str, gpu_gib: float) -> str:
 
 
 def plan(config: TeamConfig, stages: list[str]) -> Bill:
-    """The bill of a chain of `stages` (llm_bridge.login.chain.CHOICES) as `submit` would queue it."""
+    """The bill of a chain of `stages` (llm_bridge.login.chain.CHOICES) as `submit` would queue it; `config` as the
+    chain runs it (chain.chain_config)."""
     from llm_bridge.login import memory_plan
 
     hf = config.paths.hf_home
@@ -481,8 +466,7 @@ def plan(config: TeamConfig, stages: list[str]) -> Bill:
     memory_config = config.model_copy(update={"rl": config.rl.model_copy(update={"model": rl_model})})
     rows = memory_plan.plan(memory_config).rows
     gpu = config.slurm.gpu_memory_gib
-    nodes, per_node = config.slurm.nodes, config.slurm.gpus_per_node
-    layout = f"{nodes} nodes x {per_node}" if nodes > 1 else f"1 node x {per_node}"  # the chain's scripts
+    layout = memory_plan._layouts(config)[-1][0]  # the largest: the one the chain's scripts run on
     lines, notes = [], []
     if "sft" in stages:
         run = newest_run(config, config.sft.experiment_name, "timing_s/step", config.sft.model)
@@ -490,8 +474,8 @@ def plan(config: TeamConfig, stages: list[str]) -> Bill:
         lines += [line, plan_merge("merge-sft", sft_shape)]
         notes += more
     if "grpo" in stages:
-        run = newest_run(config, config.rl.experiment_name, "timing_s/step",
-                         config.rl.model if not chained else f"{config.paths.models}/{config.sft.experiment_name}")
+        # rl.model: in the chain's config (chain.chain_config) SFT's merged model, which the chain's GRPO trains
+        run = newest_run(config, config.rl.experiment_name, "timing_s/step", config.rl.model)
         line, more = plan_grpo(config, rl_shape, _peak(rows, "rl", layout, gpu), run, rl_model)
         lines += [line, plan_merge("merge-grpo", rl_shape)]
         notes += more
