@@ -178,7 +178,8 @@ def curves(work: Path, arms: dict[str, list[dict]]) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--arms", default="recipe,verl-example", help=f"comma-separated, of {', '.join(ARMS)}; empty: SFT only")
+    parser.add_argument("--arms", default="recipe,verl-example",
+                        help=f"comma-separated, of {', '.join(ARMS)}; empty: SFT only (a later run with arms reuses it)")
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary trained on the problems")
     parser.add_argument("--train", type=int, default=20000, help="training problems")
@@ -197,7 +198,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")
     args, overrides = parser.parse_known_args()  # anything else goes to every GRPO run, e.g. trainer.* for a smoke test
-    arms = [arm for arm in args.arms.split(",") if arm]  # --arms "" stops after the SFT model's accuracy
+    arms = [arm for arm in args.arms.split(",") if arm]
     if unknown := set(arms) - ARMS.keys():
         raise SystemExit(f"--arms: no arm {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
     if args.cpu:
