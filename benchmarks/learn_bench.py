@@ -120,7 +120,7 @@ def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
 
     sft = pd.read_parquet(work / "data" / "sft" / "train.parquet")  # the words SFT and GRPO will show the model
     corpus = [message["content"] for messages in sft["messages"] for message in messages] + build_tiny.CHAT_WORDS
-    tokenizer = build_tiny.build_tokenizer(corpus, vocab_size=args.vocab)
+    tokenizer = build_tiny.build_tokenizer(corpus, vocab_size=args.vocab, split_digits=True)
     config = Qwen2Config(**SIZES[args.size], vocab_size=len(tokenizer), max_position_embeddings=4096,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     torch.manual_seed(args.seed)

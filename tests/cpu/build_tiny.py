@@ -46,12 +46,16 @@ def write_sample_data(out: Path, n_train: int = 64, n_test: int = 16) -> Path:
     return out
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 1024):
+def build_tokenizer(corpus: list[str], vocab_size: int = 1024, split_digits: bool = False):
+    """A byte-level BPE trained on `corpus`. split_digits: one token per digit, as Qwen's tokenizers do (a model
+    that is to learn arithmetic needs it: with whole numbers as tokens it has to learn every sum by heart)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
