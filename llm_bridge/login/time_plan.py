@@ -49,15 +49,16 @@ MULTI_GPU = Measured(0.87, "S3: 0.84-0.91 of one GPU's speed a GPU on 2 and 4 H2
 DECODE_FIXED_S = Measured(0.0125, "G1, G2: 12.5 and 13.5 ms a token for 256 responses of 0.5B and 1.5B on H200")
 HBM_BYTES_PER_S = 3.35e12   # H100 SXM; the H200's 4.8 makes the same step shorter
 GRPO_STEP_FIXED_S = Measured(0.9, "G1: the step's rest besides generation and update (weight sync, rewards), H200")
-# A micro-batch costs at least the CPU's time to launch its ~2,000 kernels (0.5B: longer than its GPU work, S1);
-# rough: learn_bench's 24.5M-parameter SFT took 136 s for 600 one-micro-batch steps with its start-up (H200)
-MICRO_BATCH_FLOOR_S = Measured(0.12, "learn_bench, 24.5M parameters on H200, rough")
+# A micro-batch costs at least the CPU's time to launch its kernels, a fixed number a layer. learn_bench's SFT of a
+# 24.5M-parameter, 8-layer model (one micro-batch a step, far less GPU work than that) took 136 s for 600 steps and
+# 170 s for 2,000 (two H200 leases): 0.024 s a step, 3 ms a layer, and the rest start-up
+MICRO_BATCH_FLOOR_PER_LAYER_S = Measured(0.003, "learn_bench: 600 and 2,000 steps of an 8-layer model, H200")
+START_S = 120               # imports, process group, verl's tokenizing of the data, the first batch (the same fit)
 # Not measured yet: assumed, and replaced by a team's own run
-START_S = 90                # imports, process group, the first batch; GRPO adds Ray and vLLM's start
-GRPO_START_S = 150
+GRPO_START_S = 150          # SFT's and Ray's and vLLM's start
 LOAD_BYTES_PER_S = 1e9      # the model from the shared home, on rank 0
 SAVE_BYTES_PER_S = 1e9      # a checkpoint to the shared home, per node
-MERGE_START_S = 40          # measured 46 s for the whole merge of a 24.5M-parameter model (learn_bench, H200 host)
+MERGE_START_S = 35          # learn_bench merged its 24.5M-parameter model in 46 s and 23 s (two H200 hosts)
 MERGE_BYTES_PER_S = 0.5e9   # read shards + write the merged model
 UPLOAD_BYTES_PER_S = 100e6
 # FSDP gathers every bf16 weight for the forward and again for the backward of each micro-batch, and full
@@ -204,14 +205,15 @@ def sft_speed(shape: Shape, stage, tokens: Tokens, gpus: int, nodes: int) -> tup
     micro = math.ceil(step_tokens / gpus / per_micro)
     traffic = micro * fsdp_traffic_s(shape, stage, gpus, nodes)
     compute = step_tokens / (per_gpu * gpus)
-    floor = micro * MICRO_BATCH_FLOOR_S.value
+    floor = micro * shape.layers * MICRO_BATCH_FLOOR_PER_LAYER_S.value
     if traffic > max(compute, floor):
         return step_tokens / gpus / traffic, (
             f"bound by FSDP's traffic: {micro} micro-batch(es) a step x {traffic / micro:.1f} s of gathered weights "
             f"(network speed assumed, not measured); computing alone: {why}")
     if floor > compute:
         return step_tokens / gpus / floor, (f"bound by launching kernels: {micro} micro-batch(es) a step x "
-                                            f"{MICRO_BATCH_FLOOR_S.value} s ({MICRO_BATCH_FLOOR_S.source})")
+                                            f"{shape.layers} layers x {MICRO_BATCH_FLOOR_PER_LAYER_S.value} s "
+                                            f"({MICRO_BATCH_FLOOR_PER_LAYER_S.source})")
     return per_gpu, why
 
 
