@@ -5,17 +5,20 @@ PyTorch's other kernels, for the attention share of LoRA SFT on Qwen3-32B (issue
 
 Causal attention over `samples` packed sequences of `length` tokens each (bf16, the model's query and key/value head
 counts, head_dim), query/key/value requiring gradients. Per kernel: milliseconds per forward+backward (CUDA events
-after warm-up) and the largest difference from flash-attn 2's output relative to its scale; a kernel that cannot run
-a case says why. Kernels:
+after warm-up) and the largest difference from flash-attn 2's output and query/key/value gradients, each relative to
+its scale; a kernel that cannot run a case says why. Kernels:
   flash2        flash_attn_varlen_func (what verl calls with remove-padding)
   cudnn         torch SDPA with the cuDNN backend, key/value heads repeated to the query's (one sequence only)
   cudnn-gqa     the same with enable_gqa (no repeat)
+  sdpa_cudnn    the recipe's attn_implementation sdpa_cudnn (llm_bridge/job/cudnn_attention.py): cudnn-gqa a sequence
+                at a time, packed sequences included
   flex          torch.compile'd flex_attention with a block mask of the packed sequences (GQA native)
 GPU only.
 """
 
 import argparse
 import json
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +26,20 @@ import torch.nn.functional as F
 from common import QWEN3_ARCHS, cuda_ms
 
 
-def timed(fn, q, k, v, grad, iters: int) -> tuple[float, torch.Tensor]:
+def timed(fn, q, k, v, grad, iters: int) -> tuple[float, list[torch.Tensor]]:
+    """Milliseconds per forward+backward, and the output with the gradients of query, key and value."""
     def step():
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
         out = fn(qq, kk, vv)
         out.backward(grad)
-        return out
+        return [out.detach(), qq.grad, kk.grad, vv.grad]
 
-    ms, out = cuda_ms(step, iters)
-    return ms, out.detach()
+    return cuda_ms(step, iters)
+
+
+def relative_diff(got: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """The largest difference from the reference's output and gradients, each relative to its largest value."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, reference))
 
 
 def kernels(heads: int, kv_heads: int, samples: int, length: int):
@@ -60,6 +68,14 @@ def kernels(heads: int, kv_heads: int, samples: int, length: int):
         return run
 
     out["cudnn"], out["cudnn-gqa"] = sdpa(False), sdpa(True)
+
+    def recipe(q, k, v):
+        from llm_bridge.job.cudnn_attention import packed_sdpa_forward
+
+        rows = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        return packed_sdpa_forward(SimpleNamespace(training=True), *rows, None, cu_seq_lens_q=cu.cpu())[0].squeeze(0)
+
+    out["sdpa_cudnn"] = recipe
 
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -105,7 +121,7 @@ def main() -> None:
                     continue
                 if reference is None:
                     reference = out
-                diff = ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+                diff = relative_diff(out, reference)
                 row[name] = {"ms": round(ms, 2), "vs_flash2": round(row["flash2"]["ms"] / ms, 2) if "flash2" in row
                              and isinstance(row["flash2"], dict) else None, "max_rel_diff": round(diff, 4)}
             print(json.dumps(row), flush=True)

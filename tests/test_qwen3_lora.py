@@ -1,7 +1,8 @@
 """LoRA SFT of the architectures the teams fine-tune, through the rendered script on 2 ranks, then merged: a tiny
 Qwen3 (dense, all-linear) and a tiny Qwen3-MoE (attention, and attention plus the experts through
 lora.target_parameters; all-linear on MoE is refused by check). The merged model's logits equal PEFT's base + adapter
-(verl's merger output with its config repaired) to 1e-4.
+(verl's merger output with its config repaired) to 1e-4. The dense model trains with attn_implementation sdpa_cudnn
+(torch's math kernel on a CPU), through verl's own model building and remove-padding.
 
 Ulysses sequence parallelism is not run here: verl 0.9.1 splits the heads only inside its flash-attention forward
 (`_ulysses_flash_attention_forward`), and flash-attn has no CPU kernel; with sdpa each rank would attend within its
@@ -47,6 +48,8 @@ def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, parameters
         build_tiny.build_qwen3(work / "tiny" / "model", base, moe=arch.endswith("moe"))
     name = arch + ("-experts" if parameters else "")
     team = pipeline.team_config(work)
+    if arch == "qwen3":
+        team["sft"]["attn_implementation"] = "sdpa_cudnn"
     team["sft"].update(experiment_name=f"lora-{name}", model=str(base),
                        lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "target_modules": targets,
                              **({"target_parameters": parameters} if parameters else {})})

@@ -359,3 +359,46 @@ def test_verl_finds_the_lora_weights_of_an_fsdp1_model(off, printed):
     done = run_fresh(LORA_UNDER_FSDP1, BRIDGE_VERL_PATCHES_OFF=off, BRIDGE_VERL_PATCHES=None, TEST_PORT=port)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-2:] == printed
+
+
+def test_sdpa_cudnn_gets_the_boundaries_on_the_host():
+    inputs, _ = fsdp_engine("sdpa_cudnn").prepare_model_inputs(packed_micro_batch([5, 3, 9, 1]))
+    assert inputs["cu_seq_lens_q"].device.type == "cpu" and inputs["cu_seq_lens_q"].tolist() == [0, 5, 8, 17, 18]
+    assert "max_length_q" not in inputs and "cu_seq_lens_k" not in inputs
+
+
+@pytest.mark.parametrize("boundaries", ["cu_seq_lens_q", "position_ids"])
+def test_sdpa_cudnn_attends_each_packed_sequence_alone(boundaries):
+    """A packed row through sdpa_cudnn equals each sequence through transformers' sdpa on its own: logits and the
+    weights' gradients (a Qwen3 with grouped key/value heads)."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from llm_bridge.job import cudnn_attention
+
+    cudnn_attention.install()
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, intermediate_size=128)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa_cudnn", dtype=torch.float32)
+    lengths, cu = [5, 9, 3], [0, 5, 14, 17]
+    ids = torch.randint(0, 100, (1, 17))
+    kwargs = {"position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)}
+    if boundaries == "cu_seq_lens_q":
+        kwargs["cu_seq_lens_q"] = torch.tensor(cu)
+
+    def run():
+        model.zero_grad()
+        logits = model(input_ids=ids, **kwargs).logits if model.config._attn_implementation == "sdpa_cudnn" else \
+            torch.cat([model(input_ids=ids[:, a:b]).logits for a, b in zip(cu, cu[1:])], dim=1)
+        logits.square().mean().backward()
+        return logits.detach(), model.model.layers[0].self_attn.k_proj.weight.grad.clone()
+
+    packed, packed_grad = run()
+    model.config._attn_implementation = "sdpa"
+    alone, alone_grad = run()
+    assert torch.allclose(packed, alone, atol=1e-5) and torch.allclose(packed_grad, alone_grad, atol=1e-6)
+    model.config._attn_implementation = "sdpa_cudnn"
+    padded = torch.ones_like(ids)
+    padded[0, -2:] = 0
+    with pytest.raises(ValueError, match="takes no padding mask. Fix: keep verl's remove-padding on"):
+        model(input_ids=ids, attention_mask=padded)

@@ -88,6 +88,8 @@ import sys
 
 import torch
 
+from llm_bridge.job import cudnn_attention
+
 CHUNK = 4096  # rows per chunk: 4096 x 151,936 vocabulary x 4 bytes = 2.5 GB of float32 at a time
 
 
@@ -192,14 +194,19 @@ FLASH_VARLEN = ("flash_attention_2", "flash_attention_3")  # transformers' _flas
 def add_varlen_kwargs(config, micro_batch, model_inputs: dict) -> None:
     """transformers' padding-free flash-attention kwargs, only where the packed row is exactly the nested
     sequences back to back: flash attention, remove-padding (no mask), text only, nothing appended (a
-    static bucket or sequence-parallel pad changes the row's length)."""
+    static bucket or sequence-parallel pad changes the row's length). sdpa_cudnn (llm_bridge.job.cudnn_attention)
+    slices the row on the host: it gets the boundaries there."""
     input_ids = micro_batch["input_ids"]
-    if not (getattr(config, "_attn_implementation", None) in FLASH_VARLEN
+    attention = getattr(config, "_attn_implementation", None)
+    if not (attention in (*FLASH_VARLEN, cudnn_attention.NAME)
             and set(model_inputs) == {"input_ids", "attention_mask", "position_ids"}
             and model_inputs["attention_mask"] is None and model_inputs["position_ids"].dim() == 2
             and input_ids.is_nested and model_inputs["input_ids"].shape == (1, input_ids.values().shape[0])):
         return
     offsets = input_ids.offsets()
+    if attention == cudnn_attention.NAME:
+        model_inputs.update(cu_seq_lens_q=offsets.cpu())  # the only sync
+        return
     cu_seqlens = offsets.to(torch.int32)
     max_length = int(offsets.diff().max())  # the only sync: an int, as flash-attn's varlen call wants
     model_inputs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_length, max_length_k=max_length)
@@ -288,6 +295,13 @@ LIGER = "liger_kernel"
 
 def liger_rope_on_triton(liger_module) -> None:
     os.environ.setdefault("LIGER_KERNEL_IMPL_ROPE", "nvidia-triton")
+
+
+TRANSFORMERS_MODELING = "transformers.modeling_utils"
+
+
+def attention_implementations(modeling_utils) -> None:
+    cudnn_attention.install()
 
 
 TRANSFORMERS_MOE = "transformers.integrations.moe"
@@ -405,12 +419,14 @@ PATCHES = {  # name: (the module it patches, the patch)
 
 def apply() -> None:
     """Patch verl (and Liger, patch 5) in this process. Idempotent. Ray runs it in every worker process of a PPO job
-    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released, and
+    (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (attn_implementation
+    sdpa_cudnn stays available: it is a team.yaml value, not a patch), and
     BRIDGE_VERL_PATCHES_OFF=name,... leaves out the patches named in PATCHES (both for benchmarks).
 
     Every patch waits for its module's import. Ray runs the hook when a worker process starts, before it
     gives the process its GPU (CUDA_VISIBLE_DEVICES): importing verl here would run verl.utils.device's
     torch.cuda.is_available(), CUDA would fix the devices it sees, and every rank would take GPU 0."""
+    patch_when_imported(TRANSFORMERS_MODELING, attention_implementations)  # a setting's value, not a workaround
     if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
         return
     off = {name.strip() for name in os.environ.get("BRIDGE_VERL_PATCHES_OFF", "").split(",") if name.strip()}

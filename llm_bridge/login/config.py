@@ -285,7 +285,9 @@ class Stage(Section):
     max_ckpt_to_keep: PositiveInt | None = None
     strategy: Literal["fsdp", "fsdp2"] = "fsdp2"
     gradient_checkpointing: bool = True
-    attn_implementation: Literal["flash_attention_2", "sdpa", "flex_attention", "eager"] = "flash_attention_2"
+    # sdpa_cudnn: torch's SDPA on cuDNN, a sequence at a time (llm_bridge/job/cudnn_attention.py)
+    attn_implementation: Literal["flash_attention_2", "sdpa_cudnn", "sdpa", "flex_attention",
+                                 "eager"] = "flash_attention_2"
     use_liger: bool = False  # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU): GPU only, needs liger-kernel
     lora: LoRA | None = None  # absent: full fine-tuning
     # Ulysses sequence parallelism: each sequence's attention heads are split over this many GPUs, so one
