@@ -12,7 +12,6 @@ import argparse
 import json
 
 import torch
-from transformers.integrations import moe
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
 from common import QWEN3_ARCHS, cuda_ms, qwen3_config

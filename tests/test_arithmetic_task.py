@@ -83,3 +83,20 @@ def test_step_counts_are_a_choice_and_a_task_too_small_for_the_count_asked_stops
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--train-steps", "1,x"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2 and "give step counts of 0 or more" in done.stderr and not (tmp_path / "raw").exists()
+
+
+def test_the_benchmark_model_reads_numbers_a_digit_at_a_time(arithmetic):
+    """learn_bench's tokenizer, trained on the problems, splits numbers into digits as Qwen's tokenizers do: with
+    whole numbers as tokens (297 of them in the default vocabulary) a model has to learn every sum by heart, and an
+    H200 SFT run wrote answers of the right form with wrong sums (1.6% held-out)."""
+    sys.path.insert(0, str(REPO / "tests" / "cpu"))
+    import build_tiny
+
+    rows = arithmetic.generate("train", 2000, 0)
+    tokenizer = build_tiny.build_tokenizer([r["question"] + "\n" + r["answer"] for r in rows], split_digits=True)
+    line = "24 + 137 = 161.\n#### 161"
+    tokens = tokenizer.tokenize(line)
+    assert [t for t in tokens if any(c.isdigit() for c in t)] == list("24" "137" "161" "161")
+    assert tokenizer.decode(tokenizer(line)["input_ids"]) == line
+    whole = build_tiny.build_tokenizer([r["question"] + "\n" + r["answer"] for r in rows])
+    assert any(len(t.strip("Ġ")) > 1 and t.strip("Ġ").isdigit() for t in whole.tokenize(line))
