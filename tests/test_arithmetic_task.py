@@ -52,6 +52,15 @@ def test_the_same_seed_writes_the_same_problems_and_the_splits_do_not_overlap(ar
     assert len(train) == 3000 and not train & {row["question"] for row in arithmetic.generate("test", 300, seed=0)}
 
 
+def test_held_out_problems_of_a_step_count_training_also_has_are_never_training_ones(arithmetic):
+    """0 steps: 7,800 possible questions, so 3,000 training and 500 held-out ones would share some."""
+    train = {row["question"] for row in arithmetic.generate("train", 3000, seed=0, steps=(0,))}
+    test = [row["question"] for row in arithmetic.generate("test", 500, seed=0, steps=(0,))]
+    assert train & set(test), "the check below could not fail"
+    test = [row["question"] for row in arithmetic.generate("test", 500, seed=0, steps=(0,), exclude=train)]
+    assert len(set(test)) == 500 and not train & set(test)
+
+
 def test_the_script_writes_verl_rows_that_gsm8k_reward_grades(tmp_path):
     from verl.utils.reward_score import default_compute_score
 

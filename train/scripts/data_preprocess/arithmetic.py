@@ -62,11 +62,11 @@ def problem(rng: random.Random, steps: int) -> dict:
     return {"question": " ".join(story), "answer": "\n".join([*work, f"#### {count}"])}
 
 
-def generate(split: str, n: int, seed: int, steps: tuple[int, ...] | None = None) -> list[dict]:
-    """n distinct problems of the split's difficulty (steps: how many changes, one drawn per problem); the same
-    arguments give the same list."""
+def generate(split: str, n: int, seed: int, steps: tuple[int, ...] | None = None, exclude=frozenset()) -> list[dict]:
+    """n distinct problems of the split's difficulty (steps: how many changes, one drawn per problem), none of whose
+    questions is in `exclude` (the training split's, for the held-out one); the same arguments give the same list."""
     rng = random.Random(f"{seed}-{split}")
-    rows, seen, tries = [], set(), 0
+    rows, seen, tries = [], set(exclude), 0
     while len(rows) < n:
         tries += 1
         if tries > 100 * n:
@@ -101,8 +101,10 @@ def main() -> None:
     out = args.out.expanduser()
     from gsm8k import to_rl_row, to_sft_row  # the sibling script: Python puts this script's folder on sys.path
 
+    trained: set[str] = set()
     for split, n, steps in (("train", args.train, args.train_steps), ("test", args.test, args.test_steps)):
-        rows = generate(split, n, args.seed, steps)
+        rows = generate(split, n, args.seed, steps, exclude=trained)
+        trained = {row["question"] for row in rows}
         raw = out / "raw" / f"{split}.jsonl"
         atomic_write(raw, lambda tmp: Path(tmp).write_text("".join(json.dumps(row) + "\n" for row in rows)))
         result = convert(rows, to_rl_row(split))
