@@ -5,8 +5,8 @@
 
 One GPU (H200/H100). No pretrained weights and no network: the task is generated, the model starts random.
 
-1. data: the arithmetic task (train/scripts/data_preprocess/arithmetic.py): 1-2-step problems to train on,
-   3-step problems held out, so the test is harder than anything seen in training.
+1. data: the arithmetic task (train/scripts/data_preprocess/arithmetic.py): 1- to 3-step problems to train on,
+   3-step problems held out (never training ones), so the test is harder than training on average.
 2. model: a BPE tokenizer trained on the problems and a randomly initialised Qwen2 of --size.
 3. SFT: the rendered run_sft.sbatch (templates/team.example.yaml with this machine's values), `llm-bridge merge`.
 4. GRPO from the SFT model, one run per --arms entry, each the rendered run_ppo.sbatch with its team.yaml
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary trained on the problems")
     parser.add_argument("--train", type=int, default=20000, help="training problems")
     parser.add_argument("--test", type=int, default=500, help="held-out problems")
-    parser.add_argument("--train-steps", default="1,2", help="arithmetic.py --train-steps")
+    parser.add_argument("--train-steps", default="1,2,3", help="arithmetic.py --train-steps")
     parser.add_argument("--test-steps", default="3", help="arithmetic.py --test-steps")
     parser.add_argument("--max-length", type=int, default=512, help="SFT max_length; GRPO prompt and response get half")
     parser.add_argument("--sft-steps", type=int, default=600)

@@ -7,8 +7,10 @@ team can check its whole pipeline on it, and a benchmark can start from random i
 is a short story about one person's things that changes by steps (buys, gives away, doubles); the answer
 works each step out on its own line and ends with "#### N", as GSM8K's do.
 
-- train: 1 or 2 steps. test (held out): 3 steps, so it is harder than anything in training. (--train-steps and
-  --test-steps change that; 0 steps asks for the starting count back, a task a CPU-sized model learns in minutes.)
+- train: 1, 2 or 3 steps. test (held out): 3 steps, so it is harder than training on average, and never a training
+  problem. Held-out problems longer than any training one are out of reach: a model trained on 1-2 steps answered
+  2% (CPU, 3.3M parameters; 90% of held-out 2-step ones) and 1.6% (H200, 24.5M) of 3-step ones. (--train-steps and
+  --test-steps change the split; 0 steps asks for the starting count back, a task a CPU-sized model learns in minutes.)
 - Numbers 2-40 to start and per step; counts never go below 0 or above 999.
 - The same --seed writes the same files.
 
@@ -28,7 +30,7 @@ NAMES = ["Aiko", "Ben", "Chen", "Dana", "Emi", "Farid", "Goro", "Hana", "Ivan", 
          "Omar", "Rin", "Sara", "Taro", "Yuki", "Zoe"]
 THINGS = ["apples", "books", "coins", "pencils", "stamps", "cards", "marbles", "stickers", "shells", "cookies"]
 SMALLEST, LARGEST, CEILING = 2, 40, 999
-STEPS = {"train": (1, 2), "test": (3,)}
+STEPS = {"train": (1, 2, 3), "test": (3,)}
 
 
 def step(rng: random.Random, name: str, thing: str, count: int) -> tuple[str, str, int]:
@@ -95,7 +97,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=20000, help="training problems (default: %(default)s)")
     parser.add_argument("--test", type=int, default=500, help="held-out problems (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-steps", type=step_counts, default=STEPS["train"], help="e.g. 1,2 (the default)")
+    parser.add_argument("--train-steps", type=step_counts, default=STEPS["train"], help="e.g. 1,2,3 (the default)")
     parser.add_argument("--test-steps", type=step_counts, default=STEPS["test"], help="e.g. 3 (the default)")
     args = parser.parse_args()
     out = args.out.expanduser()
