@@ -69,11 +69,13 @@ def kernels(heads: int, kv_heads: int, samples: int, length: int):
 
     out["cudnn"], out["cudnn-gqa"] = sdpa(False), sdpa(True)
 
+    host_cu = cu.cpu()  # as verl_patches hands it over: once a micro-batch, not once a layer
+
     def recipe(q, k, v):
         from llm_bridge.job.cudnn_attention import packed_sdpa_forward
 
         rows = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-        return packed_sdpa_forward(SimpleNamespace(training=True), *rows, None, cu_seq_lens_q=cu.cpu())[0].squeeze(0)
+        return packed_sdpa_forward(SimpleNamespace(training=True), *rows, None, cu_seq_lens_q=host_cu)[0].squeeze(0)
 
     out["sdpa_cudnn"] = recipe
 

@@ -109,9 +109,13 @@ def planned(team: dict, work: Path, name: str) -> dict[str, float | None]:
 
 def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
     if not (work / "data" / "rl" / "test.parquet").is_file():
+        split = []
+        for flag, value in (("train", args.train), ("test", args.test), ("train-steps", args.train_steps),
+                            ("test-steps", args.test_steps)):
+            if value is not None:
+                split += [f"--{flag}", str(value)]
         stage.run("data", [sys.executable, "train/scripts/data_preprocess/arithmetic.py", "--out", str(work / "data"),
-                           "--train", str(args.train), "--test", str(args.test),
-                           "--train-steps", args.train_steps, "--test-steps", args.test_steps])
+                           *split])
     if (work / "model" / "config.json").is_file():
         return
     import pandas as pd
@@ -182,10 +186,11 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(ARMS)}; empty: SFT only (a later run with arms reuses it)")
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary trained on the problems")
-    parser.add_argument("--train", type=int, default=20000, help="training problems")
-    parser.add_argument("--test", type=int, default=500, help="held-out problems")
-    parser.add_argument("--train-steps", default="1,2,3", help="arithmetic.py --train-steps")
-    parser.add_argument("--test-steps", default="3", help="arithmetic.py --test-steps")
+    # the task's split: arithmetic.py's own defaults unless given
+    parser.add_argument("--train", type=int, help="arithmetic.py --train: training problems")
+    parser.add_argument("--test", type=int, help="arithmetic.py --test: held-out problems")
+    parser.add_argument("--train-steps", help="arithmetic.py --train-steps")
+    parser.add_argument("--test-steps", help="arithmetic.py --test-steps")
     parser.add_argument("--max-length", type=int, default=512, help="SFT max_length; GRPO prompt and response get half")
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--sft-batch", type=int, default=64)

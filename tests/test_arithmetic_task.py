@@ -102,11 +102,11 @@ def test_the_benchmark_model_reads_numbers_a_digit_at_a_time(arithmetic):
     sys.path.insert(0, str(REPO / "tests" / "cpu"))
     import build_tiny
 
-    rows = arithmetic.generate("train", 2000, 0)
-    tokenizer = build_tiny.build_tokenizer([r["question"] + "\n" + r["answer"] for r in rows], split_digits=True)
+    corpus = [r["question"] + "\n" + r["answer"] for r in arithmetic.generate("train", 2000, 0)]
+    tokenizer = build_tiny.build_tokenizer(corpus, split_digits=True)
     line = "24 + 137 = 161.\n#### 161"
     tokens = tokenizer.tokenize(line)
     assert [t for t in tokens if any(c.isdigit() for c in t)] == list("24" "137" "161" "161")
     assert tokenizer.decode(tokenizer(line)["input_ids"]) == line
-    whole = build_tiny.build_tokenizer([r["question"] + "\n" + r["answer"] for r in rows])
+    whole = build_tiny.build_tokenizer(corpus)
     assert any(len(t.strip("Ġ")) > 1 and t.strip("Ġ").isdigit() for t in whole.tokenize(line))

@@ -426,7 +426,7 @@ def apply() -> None:
     Every patch waits for its module's import. Ray runs the hook when a worker process starts, before it
     gives the process its GPU (CUDA_VISIBLE_DEVICES): importing verl here would run verl.utils.device's
     torch.cuda.is_available(), CUDA would fix the devices it sees, and every rank would take GPU 0."""
-    patch_when_imported(TRANSFORMERS_MODELING, attention_implementations)  # a setting's value, not a workaround
+    patch_when_imported(TRANSFORMERS_MODELING, attention_implementations)
     if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
         return
     off = {name.strip() for name in os.environ.get("BRIDGE_VERL_PATCHES_OFF", "").split(",") if name.strip()}

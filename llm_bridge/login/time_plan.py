@@ -55,7 +55,7 @@ GRPO_STEP_FIXED_S = Measured(0.9, "G1: the step's rest besides generation and up
 MICRO_BATCH_FLOOR_PER_LAYER_S = Measured(0.003, "learn_bench: 600 and 2,000 steps of an 8-layer model, H200")
 START_S = 120               # imports, process group, verl's tokenizing of the data, the first batch (the same fit)
 # Not measured yet: assumed, and replaced by a team's own run
-GRPO_START_S = 150          # SFT's and Ray's and vLLM's start
+GRPO_START_S = 150          # as SFT's, plus Ray's and vLLM's start
 LOAD_BYTES_PER_S = 1e9      # the model from the shared home, on rank 0
 SAVE_BYTES_PER_S = 1e9      # a checkpoint to the shared home, per node
 MERGE_START_S = 35          # learn_bench merged its 24.5M-parameter model in 46 s and 23 s (two H200 hosts)
