@@ -245,6 +245,9 @@ def test_the_rollouts_log_probs_are_the_actors_own(grpo_lora_run):
         assert abs(step["actor/ppo_kl"]) < 1e-3 and step["actor/pg_clipfrac"] == 0, step
         assert step["actor/rollout_drift/kl"] == pytest.approx(step["actor/ppo_kl"], rel=1e-4, abs=1e-9), step
         assert 0 <= step["actor/rollout_drift/k3_kl"] < 1e-3 and abs(step["actor/rollout_drift/chi2_token"]) < 1e-2, step
+        # every response here is shorter than 256 tokens: the first position span holds the whole drift
+        assert step["actor/rollout_drift/k3_kl_tokens_0_to_256"] == pytest.approx(step["actor/rollout_drift/k3_kl"]), step
+        assert "actor/rollout_drift/k3_kl_tokens_256_to_1024" not in step
 
 
 def test_a_model_too_large_to_load_is_checked_from_its_headers(lora_run, tmp_path):

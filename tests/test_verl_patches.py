@@ -1,5 +1,6 @@
 """llm_bridge.job.verl_patches: each workaround does what verl did, faster, and apply() arms exactly the ones asked for."""
 
+import math
 import os
 import sys
 
@@ -402,3 +403,31 @@ def test_sdpa_cudnn_attends_each_packed_sequence_alone(boundaries):
     padded[0, -2:] = 0
     with pytest.raises(ValueError, match="takes no padding mask. Fix: keep verl's remove-padding on"):
         model(input_ids=ids, attention_mask=padded)
+
+
+def test_the_drift_is_also_logged_by_response_position():
+    """verl_patches 8 splits the drift by response-token position (it is reported to grow with length): a span gets
+    the K3 KL of its own tokens only, padding never counts (even where it holds inf), spans no token reaches are not
+    logged, and over one span the figure is verl's own k3_kl."""
+    from verl.trainer.ppo.rollout_corr_helper import compute_offpolicy_metrics
+
+    mask = torch.zeros(2, 1100)
+    mask[0, :1100], mask[1, :300] = 1, 1
+    rollout = torch.full((2, 1100), -1.0)
+    actor = rollout.clone()
+    actor[:, 256:] += 0.1  # the actor departs from the rollout from token 256 on
+    actor[1, 300:] = float("inf")  # padding
+    drift = verl_patches.drift_by_position(actor, rollout, mask)
+    k3 = math.exp(0.1) - 0.1 - 1
+    assert drift.keys() == {"k3_kl_tokens_0_to_256", "k3_kl_tokens_256_to_1024", "k3_kl_tokens_1024_to_4096"}
+    assert drift["k3_kl_tokens_0_to_256"] == 0
+    assert drift["k3_kl_tokens_256_to_1024"] == pytest.approx(k3, rel=1e-4)
+    assert drift["k3_kl_tokens_1024_to_4096"] == pytest.approx(k3, rel=1e-4)
+    short = mask[:, :256]
+    assert drift_by_position_of(actor[:, :256] + 0.05, rollout[:, :256], short) == pytest.approx(
+        compute_offpolicy_metrics(actor[:, :256] + 0.05, rollout[:, :256], short)["k3_kl"], rel=1e-5)
+
+
+def drift_by_position_of(actor, rollout, mask) -> float:
+    (value,) = verl_patches.drift_by_position(actor, rollout, mask).values()
+    return value

@@ -67,8 +67,9 @@ recomputed old log-probs, and the actor-side function meant for bypass mode,
 `compute_rollout_corr_metrics_from_logprobs`, is never called). The actor's first mini-batch of a step runs
 at the weights vLLM sampled with, so its log-probs against the rollout's are exactly that drift. The patch
 logs verl's own off-policy metrics of them (`compute_offpolicy_metrics`: KL, K3 KL, chi-squared, the
-perplexities) as `actor/rollout_drift/*` in every mode, at the cost of a few host syncs per step. The
-gradient is untouched.
+perplexities) as `actor/rollout_drift/*` in every mode, and the K3 KL over spans of response-token positions
+(`k3_kl_tokens_0_to_256` ... `k3_kl_tokens_from_16384`: the drift is reported to grow with length), at the cost of
+a few host syncs per step. The gradient is untouched.
 
 Not a workaround, and opt-in (for benchmarks): BRIDGE_COMPILE_LAYERS=1 compiles each decoder layer
 (torch.compile, dynamic shapes) when verl's FSDP engine builds the model, before FSDP wraps it, with the
@@ -368,8 +369,29 @@ def rollout_drift(model_output: dict, data) -> dict:
     mask = padded["response_mask"].float()
     if not mask.any():
         return {}
-    metrics = compute_offpolicy_metrics(actor, padded["rollout_log_probs"].float(), mask)
+    rollout = padded["rollout_log_probs"].float()
+    metrics = {**compute_offpolicy_metrics(actor, rollout, mask), **drift_by_position(actor, rollout, mask)}
     return {f"rollout_drift/{key}": Metric(AggregationType.MEAN, value) for key, value in metrics.items()}
+
+
+# The drift is reported to grow with the response's length: it is also logged over these spans of response-token
+# positions (k3_kl_tokens_0_to_256, ..., k3_kl_tokens_from_16384)
+DRIFT_SPANS = ((0, 256), (256, 1024), (1024, 4096), (4096, 16384), (16384, None))
+
+
+def drift_by_position(actor: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """verl's K3 KL (as compute_offpolicy_metrics' k3_kl) over the response tokens of each DRIFT_SPANS span that
+    this micro-batch reaches."""
+    log_ratio = actor - rollout
+    k3 = torch.where(mask.bool(), torch.exp(log_ratio) - log_ratio - 1, 0.0)  # padding may hold anything
+    position = torch.arange(mask.shape[-1], device=mask.device)
+    metrics = {}
+    for lo, hi in DRIFT_SPANS:
+        tokens = mask * ((position >= lo) & (position < (hi if hi is not None else mask.shape[-1])))
+        if tokens.any():
+            name = f"k3_kl_tokens_{lo}_to_{hi}" if hi is not None else f"k3_kl_tokens_from_{lo}"
+            metrics[name] = ((k3 * tokens).sum() / tokens.sum()).item()
+    return metrics
 
 
 def rollout_drift_metrics(engine_workers) -> None:
