@@ -387,9 +387,9 @@ def drift_by_position(actor: torch.Tensor, rollout: torch.Tensor, mask: torch.Te
     position = torch.arange(mask.shape[-1], device=mask.device)
     metrics = {}
     for lo, hi in DRIFT_SPANS:
-        tokens = mask * ((position >= lo) & (position < (hi if hi is not None else mask.shape[-1])))
+        tokens = mask * ((position >= lo) & (position < (hi or mask.shape[-1])))
         if tokens.any():
-            name = f"k3_kl_tokens_{lo}_to_{hi}" if hi is not None else f"k3_kl_tokens_from_{lo}"
+            name = f"k3_kl_tokens_{lo}_to_{hi}" if hi else f"k3_kl_tokens_from_{lo}"
             metrics[name] = ((k3 * tokens).sum() / tokens.sum()).item()
     return metrics
 
