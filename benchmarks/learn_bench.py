@@ -90,7 +90,8 @@ def team_config(args, work: Path) -> dict:
                       reward_function=None, train_batch_size=args.prompts, ppo_mini_batch_size=args.prompts // 2,
                       rollout_n=args.n, max_prompt_length=args.max_length // 2, max_response_length=args.max_length // 2,
                       lr=args.grpo_lr, total_epochs=1000, total_training_steps=args.grpo_steps,
-                      save_freq=args.grpo_steps, test_freq=-1, gpu_memory_utilization=0.3)
+                      save_freq=args.grpo_steps, test_freq=-1,
+                      gpu_memory_utilization=args.gpu_memory_utilization)
     if args.cpu:
         team["sft"].update(pipeline.CPU_STAGE)
         team["rl"].update(pipeline.CPU_STAGE)
@@ -202,6 +203,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64, help="prompts per GRPO step")
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--grpo-lr", type=float, default=1e-5)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
+                        help="vLLM's share of the GPU; lower it to run several arms on one GPU at once")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")
