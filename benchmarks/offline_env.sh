@@ -10,7 +10,8 @@
 #
 #   bash benchmarks/offline_env.sh OUT
 #
-# OUT/parts/ then holds pieces of at most 56 MiB (base.tar.xz.part*, vllm.tar.xz.part*, the flash-attn wheel).
+# OUT/parts/ then holds pieces of at most 61 MiB (base.tar.xz.part*, vllm.tar.xz.part*, the flash-attn wheel): one piece
+# and a ~1 MiB repo fit a 64 MiB transfer; the two small last pieces and the wheel fit one more (5 in all).
 # On the GPU host, with the pieces in one folder:
 #   for t in base vllm; do cat $t.tar.xz.part* | xz -d | tar x -C /root; done   # -> /root/site
 #   python3 -m pip install --no-deps --no-index --target /root/site flash_attn-*.whl
@@ -97,8 +98,8 @@ build_flash_attn() {
 [ "${FLASH_ATTN_ONLY:-0}" = 1 ] || build_site
 [ "${SKIP_FLASH_ATTN:-0}" = 1 ] || build_flash_attn
 
-echo "== pieces of at most 56 MiB"
+echo "== pieces of at most 61 MiB"
 rm -rf parts && mkdir parts
-for t in base vllm; do if [ -f $t.tar.xz ]; then split -b 56M -d $t.tar.xz parts/$t.tar.xz.part; fi; done
+for t in base vllm; do if [ -f $t.tar.xz ]; then split -b 61M -d $t.tar.xz parts/$t.tar.xz.part; fi; done
 cp flash_attn-*.whl parts/ 2>/dev/null || true
 ls -la parts
