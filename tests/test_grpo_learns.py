@@ -108,15 +108,14 @@ def test_grpo_raises_the_reward_beyond_what_sampling_noise_reaches(taught, learn
 # in fp32, as the test rollout does: in FSDP's default bf16 the actor's log-probs differ from the rollout's and from
 # each other by bf16 rounding (PPO KL ~3e-4 a step here), which would hide what is compared.
 # Tolerances (policy loss, absolute; gradient norm, relative): fp32 rounding (measured 4e-8 and 3e-6), except for
-# verl's example, whose KL loss (coefficient 0.001) adds its own small gradient once the policy has moved: it grows with
-# how far the first pass moved it (8e-6 and 0.2% in one run; grad norm 1.5% at a first-step PPO KL of 0.041 in another).
+# verl's example, whose KL loss (coefficient 0.001) adds its own small gradient once the policy has moved (8e-6, 0.2%).
 # verl's example here is its algorithm: KL loss, recomputed old log-probs, verl as released (the speed knobs change
 # no mathematics and are compared in docs/benchmarks.md).
 DEPARTURES = {
     "grpo-patches-off": (dict(env={"BRIDGE_VERL_PATCHES": "0"}), (1e-6, 1e-4)),
     "grpo-recompute": (dict(rl={"old_log_probs": "recompute"}), (1e-6, 1e-4)),
     "grpo-verl-example": (dict(rl={"old_log_probs": "recompute", "use_kl_loss": True, "kl_loss_coef": 0.001},
-                               env={"BRIDGE_VERL_PATCHES": "0"}), (1e-4, 3e-2)),
+                               env={"BRIDGE_VERL_PATCHES": "0"}), (1e-4, 1e-2)),
 }
 AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
                    "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
