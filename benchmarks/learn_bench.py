@@ -204,7 +204,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--grpo-lr", type=float, default=1e-5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
-                        help="vLLM's share of the GPU; lower it to run several arms on one GPU at once")
+                        help="vLLM's share of the GPU. Several runs on one GPU at once also need a fixed KV cache "
+                             "(docs/benchmarks.md, the learning table's note)")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")

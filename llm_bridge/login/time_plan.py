@@ -52,7 +52,7 @@ GRPO_STEP_FIXED_S = Measured(0.9, "G1: the step's rest besides generation and up
 # A step of verl's SFT trainer costs at least a fixed time (loading the batch, kernel launches, the optimizer, the
 # metrics' syncs), which only a small model reaches. Fitted minimax to learn_bench's SFT of a 24.5M-parameter model:
 # 300 and 1,000 steps on one H100 lease (78 s, 132 s), 1,000 on another (102 s), 600 and 2,000 on two H200 leases
-# (136 s, 170 s); every run within 22%. The same run on two leases differs by 30%: no constant does better
+# (136 s, 170 s); every run within 22%, the lease-to-lease spread (132 s and 102 s for one run) being most of it
 SFT_STEP_FLOOR_S = Measured(0.040, "learn_bench: 5 runs of 300-2,000 steps of a 24.5M model, H100 and H200")
 START_S = 82                # imports, process group, verl's tokenizing of the data, the first batch (the same fit)
 # Not measured yet: assumed, and replaced by a team's own run
