@@ -200,9 +200,13 @@ def test_init_writes_a_team_yaml_from_the_lab_that_passes_check(lab):
 
 
 def test_a_stage_that_requeues_itself_keeps_its_dependents_waiting(chain):
-    """SFT with a 3 min limit saves a final checkpoint 60 s before it and requeues itself (as in
-    test_slurm_multinode.py); its merge must still be waiting on it when the second run trains, not started or
-    cancelled."""
+    """SFT with a 3 min limit saves a final checkpoint before it and requeues itself; the second run resumes from
+    that checkpoint, and the merge must still be waiting on it when the second run trains, not started or cancelled.
+
+    USR1 comes 60 s before the limit: the save deadline is 120 s after the start (SLURM checks limits every ~30 s).
+    verl saves once the time left is under its longest step + 60 s, so the final checkpoint lands past the start-up
+    (~40 s on 2 busy cores). save_freq=1000: no periodic save happens, so a resume past step 1 can only come from the
+    final checkpoint. (The 2-node form of the same is GRPO's, in test_slurm_multinode.py.)"""
     work, team, env, lab = chain
     def long_sft(t):
         t["slurm"].update(time_limit="3", signal_before_limit_s=60)
@@ -218,7 +222,12 @@ def test_a_stage_that_requeues_itself_keeps_its_dependents_waiting(chain):
                    and re.search(r"step:\d+ - ", re.split(r"restart +\d+\n", log.read_text())[-1])):
             assert time.time() < deadline, "no second run of the requeued SFT"
             time.sleep(3)
-        assert f"Requeueing job {sft['job']}" in log.read_text()
+        first_run, second_run = re.split(r"restart +\d+\n", log.read_text())[1:3]
+        saved = int(re.search(r"Final checkpoint saved at step (\d+) before the time limit", first_run).group(1))
+        assert f"Requeueing job {sft['job']}" in first_run
+        assert "Time limit in 60 s" not in first_run, "the USR1 fallback should not have been needed"
+        assert (work / "checkpoints" / "sft" / "sft-requeued" / f"global_step_{saved}").is_dir()
+        assert int(re.search(r"step:(\d+) - ", second_run).group(1)) == saved + 1
         state = lab.run("squeue", "-h", "-j", merge["job"], "-o", "%T|%r").stdout.strip()
         assert state == "PENDING|Dependency", state
         status = llm_bridge(env, "status", "--team", str(other))

@@ -188,30 +188,6 @@ def cancel(lab, proc, job):
         proc.kill()  # sbatch --wait can miss the end of a job cancelled while requeued
 
 
-# Time limit 3 min and USR1 60 s before it: the save deadline is 120 s after the start (SLURM checks
-# limits every ~30 s). verl saves once the time left is under its longest step + 60 s, so the final
-# checkpoint lands past the start-up (~40 s on 2 busy cores). save_freq=1000: no periodic save
-# happens, so a resume past step 1 can only come from the final checkpoint.
-def test_sft_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it(lab, work):
-    team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
-    team["slurm"].update(time_limit="3", signal_before_limit_s=60)
-    team["sft"].update(experiment_name="sft-requeue", total_epochs=500, total_training_steps=4000, save_freq=1000)
-    rendered = pipeline.render(work, team, out="rendered-requeue")
-    proc, job = lab.submit(rendered / "sft" / "run_sft.sbatch", *SFT_CPU, env=pipeline.CPU_ENV)
-    try:
-        wait_for(lambda: len(runs(job_log(work, job))) > 1 and first_step(runs(job_log(work, job))[1]), 720,
-                 "the requeued run's first step")
-        first_run, second_run = runs(job_log(work, job))[:2]
-        saved = int(re.search(r"Final checkpoint saved at step (\d+) before the time limit", first_run).group(1))
-        assert f"Requeueing job {job}" in first_run
-        assert "Time limit in 60 s" not in first_run, "the USR1 fallback should not have been needed"
-        assert (work / "checkpoints" / "sft" / "sft-requeue" / f"global_step_{saved}").is_dir()
-        assert first_step(second_run) == saved + 1
-    finally:
-        cancel(lab, proc, job)
-    wait_for(lambda: leftovers(job) == [], 60, "torchrun to end")
-
-
 def test_grpo_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
     # a GRPO start-up on the lab takes 2-3 min: a 5 min limit leaves room for steps before the deadline

@@ -34,6 +34,10 @@ SlurmctldHost=ctl($NET.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits this long before it may start again (slurm.conf(5): 120 s by default), and then
+# for the next pass of the main scheduler (60 s by default): the tests' requeued jobs restart ~2 min sooner
+AuthInfo=cred_expire=30
+SchedulerParameters=sched_interval=5
 ProctrackType=$proctrack
 TaskPlugin=task/none
 SelectType=select/cons_tres
