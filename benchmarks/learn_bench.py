@@ -10,7 +10,9 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
 2. model: a BPE tokenizer trained on the problems and a randomly initialised Qwen2 of --size.
 3. SFT: the rendered run_sft.sbatch (templates/team.example.yaml with this machine's values), `llm-bridge merge`.
 4. GRPO from the SFT model, one run per --arms entry, each the rendered run_ppo.sbatch with its team.yaml
-   edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed).
+   edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed). An entry ARM@LR
+   runs that arm at its own learning rate. --together runs the arms at the same time on the one GPU, each vLLM
+   with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable.
 5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
    the function GRPO trained on.
 
@@ -57,6 +59,30 @@ ARMS = {
 }
 # per GRPO step; the drift is the recipe's metric (verl_patches 8), or verl's own where the patches are off (recompute)
 CURVES = (("critic/score/mean",), ("response_length/mean",), ("actor/rollout_drift/k3_kl", "rollout_corr/k3_kl"))
+
+
+def parse_arms(text: str) -> list[tuple[str, str | None]]:
+    """--arms "recipe,verl-example,recipe@1e-4" -> [(arm, learning rate or None for --grpo-lr), ...]."""
+    arms = []
+    for entry in filter(None, text.split(",")):
+        arm, _, lr = entry.partition("@")
+        if arm not in ARMS:
+            raise SystemExit(f"--arms: no arm {arm!r}; choose from {', '.join(ARMS)} (ARM or ARM@LR, e.g. recipe@1e-4)")
+        if lr:
+            try:
+                positive = float(lr) > 0
+            except ValueError:
+                positive = False
+            if not positive:
+                raise SystemExit(f"--arms: {entry!r}: the learning rate after @ must be a number above 0, e.g. recipe@1e-4")
+        arms.append((arm, lr or None))
+    if len(set(arms)) != len(arms):
+        raise SystemExit(f"--arms: {text!r} names the same run twice")
+    return arms
+
+
+def run_name(arm: str, lr: str | None) -> str:
+    return f"grpo-{arm}" + (f"-lr{lr}" if lr else "")
 
 
 def venv_shim(work: Path) -> Path:
@@ -186,7 +212,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--arms", default="recipe,verl-example",
-                        help=f"comma-separated, of {', '.join(ARMS)}; empty: SFT only (a later run with arms reuses it)")
+                        help=f"comma-separated, of {', '.join(ARMS)}, each ARM or ARM@LR (its own learning rate); "
+                             "empty: SFT only (a later run with arms reuses it)")
+    parser.add_argument("--together", action="store_true",
+                        help="run the GRPO arms at the same time on the one GPU (each vLLM gets --kv-cache-gib)")
+    parser.add_argument("--kv-cache-gib", type=float, default=4.0,
+                        help="--together: each vLLM's KV cache. A fixed size, because vLLM's memory profiling "
+                             "counts the other runs' memory as its own")
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary trained on the problems")
     # the task's split: arithmetic.py's own defaults unless given
@@ -210,9 +242,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")
     args, overrides = parser.parse_known_args()  # anything else goes to every GRPO run, e.g. trainer.* for a smoke test
-    arms = [arm for arm in args.arms.split(",") if arm]
-    if unknown := set(arms) - ARMS.keys():
-        raise SystemExit(f"--arms: no arm {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    arms = parse_arms(args.arms)
     if args.cpu:
         args.gpus = 2
     work = args.work.resolve()
@@ -239,28 +269,45 @@ def main() -> None:
     generate(args, merge("sft", work / "checkpoints" / "sft" / "sft"), test, work / "predictions-sft.jsonl", stage,
              "generate-sft")
     rows.append({"model": "SFT", "steps": args.sft_steps, "accuracy": accuracy(test, work / "predictions-sft.jsonl")})
-    steps_by_arm = {}
-    for arm in arms:
+    runs = {}  # name -> (command, environment) of each GRPO run still to do
+    for arm, lr in arms:
         edits, arm_env = ARMS[arm]
-        name = f"grpo-{arm}"
-        if not (work / "models" / name / "config.json").is_file():
-            arm_team = yaml.safe_load(yaml.safe_dump(team))
-            arm_team["rl"].update(experiment_name=name, **edits)
-            plan = planned(arm_team, work, name)
-            planned_s.update({name: plan["grpo"], f"merge-{name}": plan["merge-grpo"]})
-            rendered = pipeline.render(work, arm_team, f"rendered-{name}")
-            same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
-            # the held-out accuracy is measured after the run; verl's validation before it only costs time
-            settings = [same_prompts, "trainer.val_before_train=False", *overrides]
-            command = (pipeline.grpo_command(rendered, *settings) if args.cpu
-                       else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
-            stage.run(name, command, {**env, **arm_env})
+        name = run_name(arm, lr)
+        if (work / "models" / name / "config.json").is_file():
+            continue
+        arm_team = yaml.safe_load(yaml.safe_dump(team))
+        arm_team["rl"].update(experiment_name=name, **edits, **({"lr": float(lr)} if lr else {}))
+        plan = planned(arm_team, work, name)
+        planned_s.update({name: plan["grpo"], f"merge-{name}": plan["merge-grpo"]})
+        rendered = pipeline.render(work, arm_team, f"rendered-{name}")
+        same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
+        # the held-out accuracy is measured after the run; verl's validation before it only costs time
+        settings = [same_prompts, "trainer.val_before_train=False"]
+        if args.together and not args.cpu:
+            settings.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes="
+                            f"{int(args.kv_cache_gib * 2**30)}")
+        settings += overrides
+        command = (pipeline.grpo_command(rendered, *settings) if args.cpu
+                   else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
+        runs[name] = (command, {**env, **arm_env})
+    steps_by_arm = {}
+
+    def evaluate(name: str) -> None:
+        label = name.removeprefix("grpo-")
         generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
                  stage, f"generate-{name}")
-        steps_by_arm[arm] = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
-        rewards = [s["critic/score/mean"] for s in steps_by_arm[arm]]
-        rows.append({"model": f"GRPO ({arm})", "steps": len(rewards), "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
+        steps_by_arm[label] = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+        rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
+        rows.append({"model": f"GRPO ({label})", "steps": len(rewards), "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
                      "train_reward_first": rewards[0], "train_reward_last": rewards[-1]})
+
+    if args.together:
+        stage.run_together([(name, *run) for name, run in runs.items()])
+    for arm, lr in arms:  # else one after another, each evaluated before the next starts (a cut-short lease keeps it)
+        name = run_name(arm, lr)
+        if name in runs and not args.together:
+            stage.run(name, *runs[name])
+        evaluate(name)
     png = curves(work, steps_by_arm)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
     table = ["| model | steps | held-out accuracy | train reward, first step -> last |", "|---|---|---|---|"]

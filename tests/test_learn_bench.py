@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,20 +22,59 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert sft_only.returncode == 0, sft_only.stdout[-3000:] + sft_only.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [row["model"] for row in results["rows"]] == ["SFT"] and results["times_s"]["sft"] > 0
-    argv.append("recipe")
+    # an arm at its own learning rate (ARM@LR), through --together's path (two runs at once: the Stage test below)
+    argv += ["recipe@2e-3", "--together"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[sft]" not in result.stdout and "[grpo-recipe]" in result.stdout, result.stdout[-3000:]
+    assert "[sft]" not in result.stdout and "[grpo-recipe-lr2e-3]" in result.stdout, result.stdout[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [row["model"] for row in results["rows"]] == ["SFT", "GRPO (recipe)"]
+    assert [row["model"] for row in results["rows"]] == ["SFT", "GRPO (recipe-lr2e-3)"]
+    assert yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3.yaml").read_text())["rl"]["lr"] == 2e-3
     assert all(0 <= row["accuracy"] <= 1 for row in results["rows"]) and results["rows"][1]["steps"] == 2
     assert len((tmp_path / "predictions-sft.jsonl").read_text().splitlines()) == 32
-    assert "actor/rollout_drift/k3_kl" in results["steps"]["recipe"][0]
+    assert "actor/rollout_drift/k3_kl" in results["steps"]["recipe-lr2e-3"][0]
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and "| SFT | 20 |" in (tmp_path / "results.md").read_text()
     # each stage's wall time beside llm-bridge plan's estimate of it
-    assert results["planned_s"].keys() == {"sft", "merge-sft", "grpo-recipe", "merge-grpo-recipe"}
-    assert all(v > 0 for v in results["planned_s"].values()) and results["times_s"]["grpo-recipe"] > 0
-    assert "| grpo-recipe | " in (tmp_path / "results.md").read_text()
+    assert results["planned_s"].keys() == {"sft", "merge-sft", "grpo-recipe-lr2e-3", "merge-grpo-recipe-lr2e-3"}
+    assert all(v > 0 for v in results["planned_s"].values()) and results["times_s"]["grpo-recipe-lr2e-3"] > 0
+    assert "| grpo-recipe-lr2e-3 | " in (tmp_path / "results.md").read_text()
     # a rerun finds every stage's output and redoes none
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe]" not in again.stdout, again.stdout
+    assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe" not in again.stdout, again.stdout
+
+
+def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import learn_bench
+
+    assert learn_bench.parse_arms("recipe,verl-example,recipe@1e-4") == [
+        ("recipe", None), ("verl-example", None), ("recipe", "1e-4")]
+    assert learn_bench.run_name("recipe", "1e-4") == "grpo-recipe-lr1e-4" and learn_bench.run_name("recipe", None) == "grpo-recipe"
+    assert learn_bench.parse_arms("") == []
+    for bad, says in (("recpie", "no arm 'recpie'"), ("recipe@fast", "must be a number"), ("recipe@0", "above 0"), ("recipe,recipe", "twice")):
+        try:
+            learn_bench.parse_arms(bad)
+        except SystemExit as error:
+            assert says in str(error) and "--arms" in str(error), error
+        else:
+            raise AssertionError(f"--arms {bad!r} was accepted")
+
+
+def test_stages_run_together_start_at_once_and_each_failure_is_named(tmp_path):
+    sys.path.insert(0, str(REPO / "tests" / "cpu"))
+    import pipeline
+
+    stage = pipeline.Stage(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # each waits until both have started: run one after another, they would wait forever (the timeout ends them)
+    both = f'touch {marks}/$0; for i in $(seq 50); do [ $(ls {marks} | wc -l) = 2 ] && exit 0; sleep 0.1; done; exit 7'
+    stage.run_together([(name, ["timeout", "20", "bash", "-c", both, name], None) for name in ("a", "b")])
+    assert stage.times.keys() == {"a", "b"} and max(stage.times.values()) < 10, stage.times
+    try:
+        stage.run_together([("fails", ["bash", "-c", "exit 3"], None), ("works", ["true"], None)])
+    except SystemExit as error:
+        assert "[fails] failed with exit code 3" in str(error) and "works" not in str(error), error
+    else:
+        raise AssertionError("a failed run went unreported")
+    assert stage.times["works"] < 5 and (tmp_path / "logs" / "works.log").is_file()

@@ -131,18 +131,39 @@ class Stage:
         self.work, self.times = work, {}
 
     def run(self, name: str, argv: list[str], env: dict | None = None) -> None:
-        log = self.work / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[{name}] {' '.join(argv[:3])} ... (log: {log})", flush=True)
-        start = time.time()
-        with log.open("w") as handle:
-            result = subprocess.run(argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=handle,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.times[name] = round(time.time() - start, 1)
-        if result.returncode != 0:
-            print("".join(log.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
-            raise SystemExit(f"[{name}] failed with exit code {result.returncode}; full log: {log}")
-        print(f"[{name}] done in {self.times[name]} s", flush=True)
+        self.run_together([(name, argv, env)])
+
+    def run_together(self, runs: list[tuple[str, list[str], dict | None]]) -> None:
+        """Start every (name, argv, env) at once and wait for all; each logs to logs/<name>.log. Fails after all
+        have ended if any failed, naming each failed one."""
+        started = []
+        for name, argv, env in runs:
+            log = self.work / "logs" / f"{name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[{name}] {' '.join(argv[:3])} ... (log: {log})", flush=True)
+            with log.open("w") as handle:
+                process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=handle,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            started.append((name, log, process, time.time()))
+        failed, pending = [], list(started)
+        try:
+            while pending:
+                for run in [run for run in pending if run[2].poll() is not None]:
+                    pending.remove(run)
+                    name, log, process, start = run
+                    self.times[name] = round(time.time() - start, 1)
+                    if process.returncode != 0:
+                        print("".join(log.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
+                        failed.append(f"[{name}] failed with exit code {process.returncode}; full log: {log}")
+                    else:
+                        print(f"[{name}] done in {self.times[name]} s", flush=True)
+                time.sleep(0.2 if pending else 0)
+        except BaseException:  # interrupted: leave nothing running, as subprocess.run does
+            for _, _, process, _ in pending:
+                process.kill()
+            raise
+        if failed:
+            raise SystemExit("\n".join(failed))
 
 
 def metrics(logs: Path, experiment: str) -> list[dict]:
