@@ -269,10 +269,10 @@ def main() -> None:
     generate(args, merge("sft", work / "checkpoints" / "sft" / "sft"), test, work / "predictions-sft.jsonl", stage,
              "generate-sft")
     rows.append({"model": "SFT", "steps": args.sft_steps, "accuracy": accuracy(test, work / "predictions-sft.jsonl")})
+    names = [run_name(arm, lr) for arm, lr in arms]
     runs = {}  # name -> (command, environment) of each GRPO run still to do
-    for arm, lr in arms:
+    for (arm, lr), name in zip(arms, names):
         edits, arm_env = ARMS[arm]
-        name = run_name(arm, lr)
         if (work / "models" / name / "config.json").is_file():
             continue
         arm_team = yaml.safe_load(yaml.safe_dump(team))
@@ -303,8 +303,7 @@ def main() -> None:
 
     if args.together:
         stage.run_together([(name, *run) for name, run in runs.items()])
-    for arm, lr in arms:  # else one after another, each evaluated before the next starts (a cut-short lease keeps it)
-        name = run_name(arm, lr)
+    for name in names:  # else one after another, each evaluated before the next starts (a cut-short lease keeps it)
         if name in runs and not args.together:
             stage.run(name, *runs[name])
         evaluate(name)

@@ -33,6 +33,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent / "cpu"))
 import build_tiny  # noqa: E402
 import pipeline  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from learn_bench import ARMS  # noqa: E402  the GPU benchmark's arms: the same settings are checked here
 
 GRPO_STEPS, FIRST, PROMPTS = 15, 3, 16
 RISES_AT_LR_0 = [0.019, 0.017, -0.026, -0.004, 0.012, 0.033]  # rollout seeds 1-6, one replica (2 cores, 2026-12-04)
@@ -124,12 +126,12 @@ def test_grpo_raises_the_reward_beyond_what_sampling_noise_reaches(learning, fro
 # Tolerances (policy loss, absolute; gradient norm, relative): fp32 rounding, measured 4e-8 and 3e-6 without the KL
 # loss; with it, Adam magnifies the rounding of its small gradient the same way (measured 4.6e-6 and 9e-5), so
 # 5e-5 and 1e-3: still 15 times under what the KL loss itself changes in step 1.
-RECIPE_WITH_KL = {"use_kl_loss": True, "kl_loss_coef": 0.001}
+VERL_EXAMPLE_RL, VERL_EXAMPLE_ENV = ARMS["verl-example"]
+RECIPE_WITH_KL = {key: VERL_EXAMPLE_RL[key] for key in ("use_kl_loss", "kl_loss_coef")}
 DEPARTURES = {
     "grpo-patches-off": (dict(env={"BRIDGE_VERL_PATCHES": "0"}), "recipe_steps", (1e-6, 1e-4)),
     "grpo-recompute": (dict(rl={"old_log_probs": "recompute"}), "recipe_steps", (1e-6, 1e-4)),
-    "grpo-verl-example": (dict(rl={"old_log_probs": "recompute", **RECIPE_WITH_KL}, env={"BRIDGE_VERL_PATCHES": "0"}),
-                          "recipe_kl_steps", (5e-5, 1e-3)),
+    "grpo-verl-example": (dict(rl=VERL_EXAMPLE_RL, env=VERL_EXAMPLE_ENV), "recipe_kl_steps", (5e-5, 1e-3)),
 }
 AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
                    "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
@@ -177,8 +179,7 @@ def test_the_drift_metric_sees_the_actors_bf16_rounding(learning, recipe_steps):
 # question (issue 38 point 5); here each must act: rejection drops some tokens, importance weights move off 1.
 # (verl's preset bound for seq_mean_k1, ratios within 0.1%, drops most sequences of a bf16 actor against an fp32
 # rollout; vLLM in bf16 against a bf16 actor is measured on the GPU.)
-BYPASS_REJECTION = dict(rollout_correction={"rollout_rs": "seq_mean_k1", "rollout_rs_threshold": 1.001})
-RECOMPUTE_IS = dict(old_log_probs="recompute", rollout_correction={"rollout_is": "token"})
+BYPASS_REJECTION, RECOMPUTE_IS = ARMS["bypass-rs"][0], ARMS["recompute-is"][0]
 
 
 def test_rejection_sampling_acts_in_bypass_mode(taught):

@@ -67,7 +67,7 @@ def test_stages_run_together_start_at_once_and_each_failure_is_named(tmp_path):
     stage = pipeline.Stage(tmp_path)
     marks = tmp_path / "marks"
     marks.mkdir()
-    # each waits until both have started: run one after another, they would wait forever (the timeout ends them)
+    # each waits (5 s at most) until both have started: run one after another, the first would give up and fail
     both = f'touch {marks}/$0; for i in $(seq 50); do [ $(ls {marks} | wc -l) = 2 ] && exit 0; sleep 0.1; done; exit 7'
     stage.run_together([(name, ["timeout", "20", "bash", "-c", both, name], None) for name in ("a", "b")])
     assert stage.times.keys() == {"a", "b"} and max(stage.times.values()) < 10, stage.times
