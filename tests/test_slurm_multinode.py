@@ -150,7 +150,7 @@ def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
 
 def test_worker_that_never_joins_gives_a_clear_error(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
-    team["ray"] = {"join_timeout_s": 45}
+    team["ray"] = {"join_timeout_s": 30}
     rendered = pipeline.render(work, team, out="rendered-short-join")
     # node2 cannot reach the head's GCS port: its Ray worker never registers
     block = ["ip", "-n", "labnode2", "rule", "add", "ipproto", "tcp", "dport", "6379", "blackhole"]
@@ -163,8 +163,8 @@ def test_worker_that_never_joins_gives_a_clear_error(lab, work):
     finally:
         subprocess.run([*block[:4], "del", *block[5:]], check=False)
     log = job_log(work, job)
-    assert "ERROR: after 45 s Ray has 1/2 nodes" in log or "ERROR: a Ray worker exited before joining" in log, log[-3000:]
-    if "after 45 s" in log:
+    assert "ERROR: after 30 s Ray has 1/2 nodes" in log or "ERROR: a Ray worker exited before joining" in log, log[-3000:]
+    if "after 30 s" in log:
         assert "Missing: node2" in log
     assert elapsed < 240, "the job should fail at the join deadline, not run to its time limit"
     wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")
@@ -190,8 +190,9 @@ def cancel(lab, proc, job):
 
 def test_grpo_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it(lab, work):
     team = pipeline.team_config(work, nodes=2, rl_model=work / "tiny" / "model")
-    # a GRPO start-up on the lab takes 2-3 min: a 5 min limit leaves room for steps before the deadline
-    team["slurm"].update(time_limit="5", signal_before_limit_s=60)
+    # the first GRPO step on the lab comes ~2 min after the job starts (measured): a 4:30 limit, warned 60 s ahead,
+    # leaves ~90 s of room before the final checkpoint is due (a 4 min limit left none: it saved at step 1 just in time)
+    team["slurm"].update(time_limit="4:30", signal_before_limit_s=60)
     team["rl"].update(experiment_name="grpo-requeue", save_freq=1000)
     rendered = pipeline.render(work, team, out="rendered-requeue-grpo")
     proc, job = lab.submit(rendered / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU,
