@@ -75,29 +75,42 @@ def taught(tmp_path_factory) -> Path:
     return work
 
 
-def grpo_run(work: Path, name: str, *overrides: str, rl: dict | None = None, env: dict | None = None) -> list[dict]:
-    """Each step's metrics of one GRPO run of the script rendered with rl.experiment_name `name` (and `rl` edits)."""
+def grpo_job(work: Path, name: str, *overrides: str, rl: dict | None = None, env: dict | None = None) -> tuple:
+    """One GRPO run of the script rendered with rl.experiment_name `name` (and `rl` edits), as Stage runs it."""
     team = yaml.safe_load((work / "team-rendered.yaml").read_text())
     team["rl"].update(experiment_name=name, **(rl or {}))
     rendered = pipeline.render(work, team, f"rendered-{name}")
-    pipeline.Stage(work).run(name, pipeline.grpo_command(rendered, "actor_rollout_ref.rollout.temperature=1.5", *overrides),
-                             {**pipeline.CPU_ENV, **(env or {})})
-    return [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+    return name, pipeline.grpo_command(rendered, "actor_rollout_ref.rollout.temperature=1.5", *overrides), \
+        {**pipeline.CPU_ENV, **(env or {})}
+
+
+def grpo_runs(work: Path, *jobs: tuple) -> dict[str, list[dict]]:
+    """Each run's metrics, step by step. The runs go at once: one GRPO run keeps ~0.8 of the 2 cores busy (much of
+    its time is start-up), so two at once took 121 s where one after another take 148 s (measured)."""
+    pipeline.Stage(work).run_together(list(jobs))
+    return {name: [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+            for name, _, _ in jobs}
 
 
 @pytest.fixture(scope="module")
-def learning(taught) -> list[dict]:
-    return grpo_run(taught, "grpo-learns", *ONE_REPLICA, "actor_rollout_ref.rollout.seed=6",
-                    "actor_rollout_ref.actor.ppo_epochs=2")
+def learning_and_frozen(taught) -> dict[str, list[dict]]:
+    """The learning run, and the same run at learning rate 0: only sampling noise moves its reward. The lr-0 run also
+    carries verl's rollout importance weights (recompute mode, RECOMPUTE_IS below): with no update they change no
+    sample and so no reward (measured: the same 15 rewards as the plain bypass-mode run), and the run shows them
+    acting over 15 steps."""
+    same = (*ONE_REPLICA, "actor_rollout_ref.rollout.seed=6")
+    return grpo_runs(taught, grpo_job(taught, "grpo-learns", *same, "actor_rollout_ref.actor.ppo_epochs=2"),
+                     grpo_job(taught, "grpo-lr0", *same, "actor_rollout_ref.actor.optim.lr=0.0", rl=RECOMPUTE_IS))
 
 
 @pytest.fixture(scope="module")
-def frozen(taught) -> list[dict]:
-    """The learning run at learning rate 0: only sampling noise moves its reward. It also carries verl's rollout
-    importance weights (recompute mode, RECOMPUTE_IS below): with no update they change no sample and so no reward
-    (measured: the same 15 rewards as the plain bypass-mode run), and the run shows them acting over 15 steps."""
-    return grpo_run(taught, "grpo-lr0", *ONE_REPLICA, "actor_rollout_ref.rollout.seed=6",
-                    "actor_rollout_ref.actor.optim.lr=0.0", rl=RECOMPUTE_IS)
+def learning(learning_and_frozen) -> list[dict]:
+    return learning_and_frozen["grpo-learns"]
+
+
+@pytest.fixture(scope="module")
+def frozen(learning_and_frozen) -> list[dict]:
+    return learning_and_frozen["grpo-lr0"]
 
 
 def test_grpo_raises_the_reward_beyond_what_sampling_noise_reaches(learning, frozen):
@@ -129,9 +142,9 @@ def test_grpo_raises_the_reward_beyond_what_sampling_noise_reaches(learning, fro
 VERL_EXAMPLE_RL, VERL_EXAMPLE_ENV = ARMS["verl-example"]
 RECIPE_WITH_KL = {key: VERL_EXAMPLE_RL[key] for key in ("use_kl_loss", "kl_loss_coef")}
 DEPARTURES = {
-    "grpo-patches-off": (dict(env={"BRIDGE_VERL_PATCHES": "0"}), "recipe_steps", (1e-6, 1e-4)),
-    "grpo-recompute": (dict(rl={"old_log_probs": "recompute"}), "recipe_steps", (1e-6, 1e-4)),
-    "grpo-verl-example": (dict(rl=VERL_EXAMPLE_RL, env=VERL_EXAMPLE_ENV), "recipe_kl_steps", (5e-5, 1e-3)),
+    "grpo-patches-off": (dict(env={"BRIDGE_VERL_PATCHES": "0"}), "grpo-recipe", (1e-6, 1e-4)),
+    "grpo-recompute": (dict(rl={"old_log_probs": "recompute"}), "grpo-recipe", (1e-6, 1e-4)),
+    "grpo-verl-example": (dict(rl=VERL_EXAMPLE_RL, env=VERL_EXAMPLE_ENV), "grpo-recipe-kl", (5e-5, 1e-3)),
 }
 AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
                    "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
@@ -139,20 +152,28 @@ AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
 
 
 @pytest.fixture(scope="module")
-def recipe_steps(taught) -> list[dict]:
-    return grpo_run(taught, "grpo-recipe", *AGREEMENT_STEPS)
+def two_step_runs(taught) -> dict[str, list[dict]]:
+    """Every two-step run below, two at a time: the recipe, the recipe with verl's KL loss, each departure, and
+    bypass mode with rejection sampling."""
+    jobs = [grpo_job(taught, "grpo-recipe", *AGREEMENT_STEPS), grpo_job(taught, "grpo-recipe-kl", *AGREEMENT_STEPS, rl=RECIPE_WITH_KL)]
+    jobs += [grpo_job(taught, name, *AGREEMENT_STEPS, **settings) for name, (settings, _, _) in DEPARTURES.items()]
+    jobs.append(grpo_job(taught, "grpo-bypass-rejection", *ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
+                         "trainer.total_training_steps=2", rl=BYPASS_REJECTION))
+    steps = {}
+    for pair in zip(jobs[::2], jobs[1::2]):
+        steps.update(grpo_runs(taught, *pair))
+    return steps
 
 
 @pytest.fixture(scope="module")
-def recipe_kl_steps(taught) -> list[dict]:
-    return grpo_run(taught, "grpo-recipe-kl", *AGREEMENT_STEPS, rl=RECIPE_WITH_KL)
+def recipe_steps(two_step_runs) -> list[dict]:
+    return two_step_runs["grpo-recipe"]
 
 
 @pytest.mark.parametrize("name", DEPARTURES)
-def test_a_departure_from_verls_defaults_gives_the_same_first_steps(request, taught, name):
+def test_a_departure_from_verls_defaults_gives_the_same_first_steps(two_step_runs, name):
     settings, reference, (loss_tolerance, grad_norm_tolerance) = DEPARTURES[name]
-    recipe = request.getfixturevalue(reference)
-    steps = grpo_run(taught, name, *AGREEMENT_STEPS, **settings)
+    recipe, steps = two_step_runs[reference], two_step_runs[name]
     assert len(steps) == len(recipe) == 2
     for step, (ours, theirs) in enumerate(zip(recipe, steps), start=1):
         keys = ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "actor/ppo_kl")
@@ -182,9 +203,8 @@ def test_the_drift_metric_sees_the_actors_bf16_rounding(learning, recipe_steps):
 BYPASS_REJECTION, RECOMPUTE_IS = ARMS["bypass-rs"][0], ARMS["recompute-is"][0]
 
 
-def test_rejection_sampling_acts_in_bypass_mode(taught):
-    steps = grpo_run(taught, "grpo-bypass-rejection", *ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
-                     "trainer.total_training_steps=2", rl=BYPASS_REJECTION)
+def test_rejection_sampling_acts_in_bypass_mode(two_step_runs):
+    steps = two_step_runs["grpo-bypass-rejection"]
     assert len(steps) == 2
     for step in steps:  # verl's bypass-mode loss, in the actor (measured: 77% and 81% of tokens)
         assert 0 < step["actor/rollout_corr/rollout_rs_masked_fraction"] < 1, step
