@@ -12,7 +12,8 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
 4. GRPO from the SFT model, one run per --arms entry, each the rendered run_ppo.sbatch with its team.yaml
    edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed). An entry ARM@LR
    runs that arm at its own learning rate. --together runs the arms at the same time on the one GPU, each vLLM
-   with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable.
+   with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable. Each arm is graded
+   (5.) as soon as it ends, while slower ones train on, and an arm that fails leaves the others' rows in the table.
 5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
    the function GRPO trained on.
 
@@ -168,8 +169,10 @@ def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
 
 def generate(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, name: str) -> None:
     """Greedy answers to the held-out prompts through the recipe's own `llm-bridge generate`: vLLM, or on a
-    CPU tests/cpu's stand-in for vLLM's offline API (transformers). Resumable: a rerun answers only what is missing."""
-    stage.run(name, pipeline.generate_command(model, test, out, "--max-tokens", str(args.max_length // 2)),
+    CPU tests/cpu's stand-in for vLLM's offline API (transformers). Resumable: a rerun answers only what is missing.
+    --together: an arm is graded while the others still train on the GPU, so vLLM takes only their share of it."""
+    share = ["--gpu-memory-utilization", str(args.gpu_memory_utilization)] if args.together else []
+    stage.run(name, pipeline.generate_command(model, test, out, "--max-tokens", str(args.max_length // 2), *share),
               pipeline.VLLM_CPU_ENV if args.cpu else None)
 
 
@@ -290,7 +293,7 @@ def main() -> None:
         command = (pipeline.grpo_command(rendered, *settings) if args.cpu
                    else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
         runs[name] = (command, {**env, **arm_env})
-    steps_by_arm = {}
+    steps_by_arm, graded = {}, {}  # graded: name -> its table row, in the order the arms end
 
     def evaluate(name: str) -> None:
         label = name.removeprefix("grpo-")
@@ -298,15 +301,23 @@ def main() -> None:
                  stage, f"generate-{name}")
         steps_by_arm[label] = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
         rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
-        rows.append({"model": f"GRPO ({label})", "steps": len(rewards), "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
-                     "train_reward_first": rewards[0], "train_reward_last": rewards[-1]})
+        graded[name] = {"model": f"GRPO ({label})", "steps": len(rewards),
+                        "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
+                        "train_reward_first": rewards[0], "train_reward_last": rewards[-1]}
 
-    if args.together:
-        stage.run_together([(name, *run) for name, run in runs.items()])
+    failed = None
+    if args.together:  # each arm is graded as soon as it ends, while the slower ones train on
+        try:
+            stage.run_together([(name, *run) for name, run in runs.items()], on_done=evaluate)
+        except SystemExit as error:  # the arms that finished keep their rows; the failure is reported at the end
+            failed = error
     for name in names:  # else one after another, each evaluated before the next starts (a cut-short lease keeps it)
-        if name in runs and not args.together:
+        if args.together and name in runs:
+            continue  # graded above, or failed
+        if name in runs:
             stage.run(name, *runs[name])
         evaluate(name)
+    rows += [graded[name] for name in names if name in graded]
     png = curves(work, steps_by_arm)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
     table = ["| model | steps | held-out accuracy | train reward, first step -> last |", "|---|---|---|---|"]
@@ -325,6 +336,8 @@ def main() -> None:
                                                    "planned_s": planned_s}, indent=1))
     print("\n".join(table + [""] + times))
     print(f"-> {work / 'results.md'}, {png}")
+    if failed:
+        raise SystemExit(f"{failed}\nThe arms that finished are graded in {work / 'results.md'}.")
 
 
 if __name__ == "__main__":

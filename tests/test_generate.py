@@ -34,7 +34,19 @@ def test_generate_answers_every_prompt_once_and_resumes(prepared):
     assert [json.loads(line) for line in out.read_text().splitlines()] == records
 
     fresh = work / "answers-2.jsonl"  # greedy: the same answers again, in a new file
-    stage.run("generate-fresh", pipeline.generate_command(model, data, fresh, "--max-tokens", "6", "--limit", "4"),
-              pipeline.VLLM_CPU_ENV)
+    stage.run("generate-fresh", pipeline.generate_command(model, data, fresh, "--max-tokens", "6", "--limit", "4",
+                                                          "--gpu-memory-utilization", "0.3"), pipeline.VLLM_CPU_ENV)
+    assert "'gpu_memory_utilization': 0.3" in (work / "logs" / "generate-fresh.log").read_text()
     again = {r["id"]: r["response"] for r in map(json.loads, fresh.read_text().splitlines())}
     assert len(again) == 4 and all(again[i] == next(r["response"] for r in records if r["id"] == i) for i in again)
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "most"])
+def test_a_share_of_the_gpu_outside_0_to_1_is_refused_before_loading(tmp_path, share):
+    import subprocess
+
+    argv = pipeline.generate_command(tmp_path / "model", tmp_path / "data.parquet", tmp_path / "out.jsonl",
+                                     "--gpu-memory-utilization", share)
+    result = subprocess.run(argv, cwd=pipeline.REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--gpu-memory-utilization" in result.stderr and "e.g. 0.3" in result.stderr, result.stderr
+    assert not (tmp_path / "out.jsonl").exists()

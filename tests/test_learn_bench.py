@@ -5,6 +5,7 @@ that keeps the entrypoint working between GPU leases; that the recipe teaches is
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,8 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert results["planned_s"].keys() == {"sft", "merge-sft", "grpo-recipe-lr2e-3", "merge-grpo-recipe-lr2e-3"}
     assert all(v > 0 for v in results["planned_s"].values()) and results["times_s"]["grpo-recipe-lr2e-3"] > 0
     assert "| grpo-recipe-lr2e-3 | " in (tmp_path / "results.md").read_text()
+    # graded while the GPU may still be shared (--together): vLLM takes only --gpu-memory-utilization (default 0.3)
+    assert "'gpu_memory_utilization': 0.3" in (tmp_path / "logs" / "generate-grpo-recipe-lr2e-3.log").read_text()
     # a rerun finds every stage's output and redoes none
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe" not in again.stdout, again.stdout
@@ -60,7 +63,7 @@ def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
             raise AssertionError(f"--arms {bad!r} was accepted")
 
 
-def test_stages_run_together_start_at_once_and_each_failure_is_named(tmp_path):
+def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_are_named(tmp_path):
     sys.path.insert(0, str(REPO / "tests" / "cpu"))
     import pipeline
 
@@ -78,3 +81,20 @@ def test_stages_run_together_start_at_once_and_each_failure_is_named(tmp_path):
     else:
         raise AssertionError("a failed run went unreported")
     assert stage.times["works"] < 5 and (tmp_path / "logs" / "works.log").is_file()
+    # on_done grades a run as soon as it ends, while the others go on; each run's time stays its own; a failed run
+    # is not graded
+    seen = []
+
+    def grade(name):
+        seen.append((name, (tmp_path / "slow-ended").exists()))
+        time.sleep(3 if name == "fast" else 0)
+
+    slow = ["bash", "-c", f"sleep 1.5; touch {tmp_path}/slow-ended"]
+    try:
+        stage.run_together([("fast", ["true"], None), ("slow", slow, None), ("broken", ["false"], None)], on_done=grade)
+    except SystemExit as error:
+        assert "[broken] failed" in str(error) and "slow" not in str(error), error
+    else:
+        raise AssertionError("a failed run went unreported")
+    assert seen == [("fast", False), ("slow", True)], seen
+    assert stage.times["slow"] < 2.5, stage.times  # it ended during fast's 3 s of grading

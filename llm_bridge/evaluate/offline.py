@@ -18,7 +18,7 @@ CHUNK = 512
 
 def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store: JsonlStore, model: str,
              sampling: Sampling, *, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
-             max_model_len: int | None = None) -> dict:
+             max_model_len: int | None = None, gpu_memory_utilization: float | None = None) -> dict:
     """pipeline_parallel_size > 1: a model larger than one node, split into that many stages of
     tensor_parallel_size GPUs each, on the Ray cluster this job started (vLLM's Ray executor joins RAY_ADDRESS)."""
     done = set(store.finished())
@@ -29,9 +29,11 @@ def generate(items: list[dict], to_messages: Callable[[dict], list[dict]], store
         return counts
     from vllm import LLM
 
-    across_nodes = {"distributed_executor_backend": "ray"} if pipeline_parallel_size > 1 else {}
+    extra = {"distributed_executor_backend": "ray"} if pipeline_parallel_size > 1 else {}
+    if gpu_memory_utilization is not None:  # else vLLM's own default (0.9 of the GPU)
+        extra["gpu_memory_utilization"] = gpu_memory_utilization
     llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
-              max_model_len=max_model_len, trust_remote_code=False, **across_nodes)
+              max_model_len=max_model_len, trust_remote_code=False, **extra)
     params = sampling.vllm_params(llm)
     tokenizer = llm.get_tokenizer()
     print(f"sampling: {params}", file=sys.stderr)

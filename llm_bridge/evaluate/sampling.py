@@ -53,6 +53,17 @@ def length_arg(*words: str):
     return parse
 
 
+def share_of_gpu(text: str) -> float:
+    """An argparse type for vLLM's gpu_memory_utilization: a share of the GPU above 0 and at most 1."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = 0.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share of the GPU's memory above 0 and at most 1, e.g. 0.3")
+    return share
+
+
 def max_tokens(length: int | str) -> int | None:
     """A parsed length as vLLM and the server take it: 'model' is None (no cap below the context)."""
     return None if length == "model" else length

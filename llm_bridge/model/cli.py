@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llm_bridge.evaluate.sampling import length_arg
+from llm_bridge.evaluate.sampling import length_arg, share_of_gpu
 from llm_bridge.problems import errors, report
 from llm_bridge.login.validate import validate
 
@@ -65,7 +65,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     unique_ids(items, args.data)
     sampling = Sampling(max_tokens(args.max_tokens), not args.greedy, args.temperature, args.top_p)
     generate(items, lambda item: item["messages"], JsonlStore(args.out), str(args.model), sampling,
-             tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+             tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+             gpu_memory_utilization=args.gpu_memory_utilization)
     return 0
 
 
@@ -129,6 +130,9 @@ def add_parsers(sub) -> None:
     generate_parser.add_argument("--top-p", type=float, help="default: the model's generation_config")
     generate_parser.add_argument("--tensor-parallel-size", type=int, default=1)
     generate_parser.add_argument("--max-model-len", type=int)
+    generate_parser.add_argument("--gpu-memory-utilization", type=share_of_gpu,
+                                 help="vLLM's share of each GPU, above 0 and at most 1 (default: vLLM's 0.9); lower it "
+                                      "when something else holds memory on the same GPU")
     generate_parser.add_argument("--limit", type=int, help="only the first N rows")
     generate_parser.set_defaults(func=cmd_generate)
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,10 +134,11 @@ class Stage:
     def run(self, name: str, argv: list[str], env: dict | None = None) -> None:
         self.run_together([(name, argv, env)])
 
-    def run_together(self, runs: list[tuple[str, list[str], dict | None]]) -> None:
-        """Start every (name, argv, env) at once and wait for all; each logs to logs/<name>.log. Fails after all
+    def run_together(self, runs: list[tuple[str, list[str], dict | None]], on_done=None) -> None:
+        """Start every (name, argv, env) at once and wait for all; each logs to logs/<name>.log. on_done(name) runs
+        as soon as that run succeeds, while the others go on (each run's time is still its own). Fails after all
         have ended if any failed, naming each failed one."""
-        started = []
+        started, ended = [], {}
         for name, argv, env in runs:
             log = self.work / "logs" / f"{name}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -144,21 +146,27 @@ class Stage:
             with log.open("w") as handle:
                 process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=handle,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            started.append((name, log, process, time.time()))
+            start = time.time()
+            # the end time is taken when the process ends, not when the loop below (maybe busy in on_done) sees it
+            threading.Thread(target=lambda n=name, p=process: (p.wait(), ended.setdefault(n, time.time())),
+                             daemon=True).start()
+            started.append((name, log, process, start))
         failed, pending = [], list(started)
         try:
             while pending:
                 for run in [run for run in pending if run[2].poll() is not None]:
                     pending.remove(run)
                     name, log, process, start = run
-                    self.times[name] = round(time.time() - start, 1)
+                    self.times[name] = round(ended.get(name, time.time()) - start, 1)
                     if process.returncode != 0:
                         print("".join(log.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
                         failed.append(f"[{name}] failed with exit code {process.returncode}; full log: {log}")
                     else:
                         print(f"[{name}] done in {self.times[name]} s", flush=True)
+                        if on_done:
+                            on_done(name)
                 time.sleep(0.2 if pending else 0)
-        except BaseException:  # interrupted: leave nothing running, as subprocess.run does
+        except BaseException:  # interrupted, or on_done failed: leave nothing running, as subprocess.run does
             for _, _, process, _ in pending:
                 process.kill()
             raise

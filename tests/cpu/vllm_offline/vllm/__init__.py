@@ -4,9 +4,11 @@
 vLLM does not run on a CPU here. With tests/cpu/vllm_offline first on PYTHONPATH, `import vllm` finds this
 module instead, so the CLI's whole path (arguments, chat template, chunks, the resumable jsonl) runs for real
 and only the engine differs. Its arguments are checked as vLLM's engine checks them (a parallel size is an
-int >= 1, max_model_len an int or None); one prompt at a time, greedy at temperature 0, fp32.
+int >= 1, max_model_len an int or None, gpu_memory_utilization a share in (0, 1]); one prompt at a time, greedy at
+temperature 0, fp32.
 """
 
+import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -28,20 +30,24 @@ class SamplingParams:
 class LLM:
     def __init__(self, model: str, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
                  max_model_len: int | None = None, trust_remote_code: bool = False,
-                 distributed_executor_backend: str | None = None, **_ignored):
+                 distributed_executor_backend: str | None = None, gpu_memory_utilization: float = 0.9, **_ignored):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         for name, value in (("tensor_parallel_size", tensor_parallel_size), ("pipeline_parallel_size", pipeline_parallel_size)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(gpu_memory_utilization, float) or not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be a float in (0, 1], got {gpu_memory_utilization!r}")
         if max_model_len is not None and not isinstance(max_model_len, int):
             raise TypeError(f"max_model_len must be an int or None, got {max_model_len!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
         self.args = dict(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
-                         max_model_len=max_model_len, distributed_executor_backend=distributed_executor_backend)
+                         max_model_len=max_model_len, distributed_executor_backend=distributed_executor_backend,
+                         gpu_memory_utilization=gpu_memory_utilization)
+        print(f"stand-in engine args: {self.args}", file=sys.stderr)  # what the recipe asked vLLM for
 
     def get_tokenizer(self):
         return self.tokenizer
