@@ -15,7 +15,8 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable. Each arm is graded
    (5.) as soon as it ends, while slower ones train on, and an arm that fails leaves the others' rows in the table.
 5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
-   the function GRPO trained on.
+   the function GRPO trained on. --samples K adds K answers a prompt sampled at temperature 1: their mean and pass@K
+   (what GRPO's reward sees, and how far sharpening could lift greedy decoding).
 
 Writes <work>/results.md (the table and the commands), results.json, and curves.png (per GRPO step: mean reward,
 response length, the rollout's drift). A rerun skips every stage whose output is there. Each stage's wall time is
@@ -190,6 +191,37 @@ def accuracy(test: Path, predictions: Path) -> float:
     return share
 
 
+def sampled(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, name: str) -> dict[str, float]:
+    """--samples K: K answers a held-out prompt at the rollout's temperature (1.0), through `llm-bridge generate`.
+    Their mean accuracy is what GRPO's reward sees; pass@K (a prompt any answer gets right) bounds what sharpening
+    can give greedy decoding. A GRPO run can raise greedy accuracy only where the two sit apart."""
+    import pandas as pd
+
+    repeated = test.with_name(f"{test.stem}-x{args.samples}.parquet")
+    if not repeated.is_file():
+        rows = pd.read_parquet(test).to_dict("records")
+        copies = [{**row, "extra_info": {**row["extra_info"], "index": args.samples * n + k, "prompt_row": n}}
+                  for n, row in enumerate(rows) for k in range(args.samples)]
+        pd.DataFrame(copies).to_parquet(repeated)
+    share = ["--gpu-memory-utilization", str(args.gpu_memory_utilization)] if args.together else []
+    command = [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(repeated),
+               "--out", str(out), "--temperature", "1.0", "--top-p", "1.0", "--max-tokens", str(args.max_length // 2), *share]
+    stage.run(name, command, pipeline.VLLM_CPU_ENV if args.cpu else None)
+    from verl.utils.reward_score import default_compute_score
+
+    answers = {r["id"]: r.get("response") or "" for r in map(json.loads, out.read_text().splitlines())}
+    right: dict[int, list[float]] = {}
+    for row in pd.read_parquet(repeated).to_dict("records"):
+        score = default_compute_score(row["data_source"], answers.get(str(row["extra_info"]["index"]), ""),
+                                      row["reward_model"]["ground_truth"])
+        right.setdefault(row["extra_info"]["prompt_row"], []).append(float(score))
+    mean = sum(map(sum, right.values())) / sum(map(len, right.values()))
+    pass_at = sum(max(scores) for scores in right.values()) / len(right)
+    print(f"held-out, {args.samples} samples a prompt at temperature 1: mean {100 * mean:.1f}%, "
+          f"pass@{args.samples} {100 * pass_at:.1f}%", flush=True)
+    return {"sampled_accuracy": mean, f"pass_at_{args.samples}": pass_at}
+
+
 def curves(work: Path, arms: dict[str, list[dict]]) -> Path:
     import matplotlib
 
@@ -241,6 +273,9 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
                         help="vLLM's share of the GPU. Several runs on one GPU at once also need a fixed KV cache "
                              "(docs/benchmarks.md, the learning table's note)")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="also grade K answers a held-out prompt sampled at temperature 1 (mean and pass@K: the "
+                             "room GRPO has); 0: greedy only")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")
@@ -272,6 +307,9 @@ def main() -> None:
     generate(args, merge("sft", work / "checkpoints" / "sft" / "sft"), test, work / "predictions-sft.jsonl", stage,
              "generate-sft")
     rows.append({"model": "SFT", "steps": args.sft_steps, "accuracy": accuracy(test, work / "predictions-sft.jsonl")})
+    if args.samples:
+        rows[-1].update(sampled(args, work / "models" / "sft", test, work / f"samples{args.samples}-sft.jsonl", stage,
+                                "sample-sft"))
     names = [run_name(arm, lr) for arm, lr in arms]
     runs = {}  # name -> (command, environment) of each GRPO run still to do
     for (arm, lr), name in zip(arms, names):
@@ -304,6 +342,9 @@ def main() -> None:
         graded[name] = {"model": f"GRPO ({label})", "steps": len(rewards),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
                         "train_reward_first": rewards[0], "train_reward_last": rewards[-1]}
+        if args.samples:
+            graded[name].update(sampled(args, work / "models" / name, test, work / f"samples{args.samples}-{name}.jsonl",
+                                        stage, f"sample-{name}"))
 
     failed = None
     if args.together:  # each arm is graded as soon as it ends, while the slower ones train on
@@ -321,9 +362,13 @@ def main() -> None:
     png = curves(work, steps_by_arm)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
     table = ["| model | steps | held-out accuracy | train reward, first step -> last |", "|---|---|---|---|"]
+    if args.samples:
+        table = [table[0][:-1] + f"| sampled at temperature 1: mean, pass@{args.samples} |", "|---|---|---|---|---|"]
     for row in rows:
         reward = f"{row['train_reward_first']:.3f} -> {row['train_reward_last']:.3f}" if "train_reward_last" in row else ""
         table.append(f"| {row['model']} | {row['steps']} | {100 * row['accuracy']:.1f}% | {reward} |")
+        if args.samples:
+            table[-1] += f" {100 * row['sampled_accuracy']:.1f}%, {100 * row[f'pass_at_{args.samples}']:.1f}% |"
     machine = "CPU (smoke test)" if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     times = ["| stage | llm-bridge plan | measured |", "|---|---|---|"]

@@ -17,12 +17,17 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     argv = [sys.executable, "benchmarks/learn_bench.py", "--work", str(tmp_path), "--cpu", "--size", "tiny",
             "--vocab", "512", "--train", "600", "--test", "32", "--train-steps", "0", "--test-steps", "0",
             "--max-length", "128", "--sft-steps", "20", "--sft-batch", "16", "--sft-lr", "3e-3", "--grpo-steps", "2",
-            "--prompts", "8", "--n", "4", "--grpo-lr", "1e-3", "--arms"]
+            "--prompts", "8", "--n", "4", "--grpo-lr", "1e-3", "--samples", "2", "--arms"]
     # --arms "" stops after the SFT model's accuracy; a later run with arms reuses that model
     sft_only = subprocess.run([*argv, ""], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert sft_only.returncode == 0, sft_only.stdout[-3000:] + sft_only.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [row["model"] for row in results["rows"]] == ["SFT"] and results["times_s"]["sft"] > 0
+    # --samples 2: two answers a held-out prompt at temperature 1, graded as a mean and as pass@2
+    [sft] = results["rows"]
+    assert 0 <= sft["sampled_accuracy"] <= sft["pass_at_2"] <= 1, sft
+    assert len((tmp_path / "samples2-sft.jsonl").read_text().splitlines()) == 64
+    assert "pass@2" in (tmp_path / "results.md").read_text()
     # an arm at its own learning rate (ARM@LR), through --together's path (two runs at once: the Stage test below)
     argv += ["recipe@2e-3", "--together"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -32,6 +37,7 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert [row["model"] for row in results["rows"]] == ["SFT", "GRPO (recipe-lr2e-3)"]
     assert yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3.yaml").read_text())["rl"]["lr"] == 2e-3
     assert all(0 <= row["accuracy"] <= 1 for row in results["rows"]) and results["rows"][1]["steps"] == 2
+    assert "pass_at_2" in results["rows"][1]
     assert len((tmp_path / "predictions-sft.jsonl").read_text().splitlines()) == 32
     assert "actor/rollout_drift/k3_kl" in results["steps"]["recipe-lr2e-3"][0]
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and "| SFT | 20 |" in (tmp_path / "results.md").read_text()
