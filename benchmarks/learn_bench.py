@@ -207,19 +207,25 @@ def sampled(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, nam
     command = [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(repeated),
                "--out", str(out), "--temperature", "1.0", "--top-p", "1.0", "--max-tokens", str(args.max_length // 2), *share]
     stage.run(name, command, pipeline.VLLM_CPU_ENV if args.cpu else None)
+    mean, pass_at = grade_samples(repeated, out)
+    print(f"held-out, {args.samples} samples a prompt at temperature 1: mean {100 * mean:.1f}%, "
+          f"pass@{args.samples} {100 * pass_at:.1f}%", flush=True)
+    return {"sampled_accuracy": mean, f"pass_at_{args.samples}": pass_at}
+
+
+def grade_samples(repeated: Path, predictions: Path) -> tuple[float, float]:
+    """Mean accuracy of all sampled answers, and the share of prompts (extra_info.prompt_row) any answer gets right."""
+    import pandas as pd
     from verl.utils.reward_score import default_compute_score
 
-    answers = {r["id"]: r.get("response") or "" for r in map(json.loads, out.read_text().splitlines())}
+    answers = {r["id"]: r.get("response") or "" for r in map(json.loads, predictions.read_text().splitlines())}
     right: dict[int, list[float]] = {}
     for row in pd.read_parquet(repeated).to_dict("records"):
         score = default_compute_score(row["data_source"], answers.get(str(row["extra_info"]["index"]), ""),
                                       row["reward_model"]["ground_truth"])
         right.setdefault(row["extra_info"]["prompt_row"], []).append(float(score))
-    mean = sum(map(sum, right.values())) / sum(map(len, right.values()))
-    pass_at = sum(max(scores) for scores in right.values()) / len(right)
-    print(f"held-out, {args.samples} samples a prompt at temperature 1: mean {100 * mean:.1f}%, "
-          f"pass@{args.samples} {100 * pass_at:.1f}%", flush=True)
-    return {"sampled_accuracy": mean, f"pass_at_{args.samples}": pass_at}
+    return (sum(map(sum, right.values())) / sum(map(len, right.values())),
+            sum(max(scores) for scores in right.values()) / len(right))
 
 
 def curves(work: Path, arms: dict[str, list[dict]]) -> Path:

@@ -104,3 +104,20 @@ def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_
         raise AssertionError("a failed run went unreported")
     assert seen == [("fast", False), ("slow", True)], seen
     assert stage.times["slow"] < 2.5, stage.times  # it ended during fast's 3 s of grading
+
+
+def test_sampled_answers_are_graded_as_a_mean_and_as_pass_at_k(tmp_path):
+    """Three prompts, two answers each: both right, one right, none right -> mean 1/2, pass@2 2/3."""
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import learn_bench
+
+    truth = ["7", "8", "9"]
+    rows = [{"data_source": "openai/gsm8k", "reward_model": {"ground_truth": t}, "extra_info": {"index": 2 * n + k, "prompt_row": n}}
+            for n, t in enumerate(truth) for k in range(2)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "test-x2.parquet")
+    answers = ["#### 7", "#### 7", "#### 8", "#### 1", "#### 2", ""]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps({"id": str(i), "response": a}) + "\n" for i, a in enumerate(answers)))
+    mean, pass_at = learn_bench.grade_samples(tmp_path / "test-x2.parquet", tmp_path / "samples.jsonl")
+    assert (mean, pass_at) == (0.5, 2 / 3)
