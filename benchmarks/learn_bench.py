@@ -168,25 +168,33 @@ def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
           f"vocabulary {len(tokenizer)}", flush=True)
 
 
-def generate(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, name: str) -> None:
-    """Greedy answers to the held-out prompts through the recipe's own `llm-bridge generate`: vLLM, or on a
-    CPU tests/cpu's stand-in for vLLM's offline API (transformers). Resumable: a rerun answers only what is missing.
-    --together: an arm is graded while the others still train on the GPU, so vLLM takes only their share of it."""
+def generate(args, model: Path, data: Path, out: Path, stage: pipeline.Stage, name: str, *sampling: str) -> None:
+    """Answers to `data`'s prompts through the recipe's own `llm-bridge generate`, greedy unless `sampling` flags are
+    given: vLLM, or on a CPU tests/cpu's stand-in for vLLM's offline API (transformers). Resumable: a rerun answers
+    only what is missing. --together: a model is graded while other arms still train on the GPU, so vLLM takes only
+    their share of it."""
     share = ["--gpu-memory-utilization", str(args.gpu_memory_utilization)] if args.together else []
-    stage.run(name, pipeline.generate_command(model, test, out, "--max-tokens", str(args.max_length // 2), *share),
-              pipeline.VLLM_CPU_ENV if args.cpu else None)
+    command = pipeline.generate_command(model, data, out, "--max-tokens", str(args.max_length // 2), *sampling, *share,
+                                        greedy=not sampling)
+    stage.run(name, command, pipeline.VLLM_CPU_ENV if args.cpu else None)
 
 
-def accuracy(test: Path, predictions: Path) -> float:
-    """Held-out accuracy under verl's gsm8k reward (data_source openai/gsm8k), the score GRPO trains on."""
+def scores(data: Path, predictions: Path) -> list[tuple[dict, float]]:
+    """Each row of `data` with its answer's score under verl's gsm8k reward (data_source openai/gsm8k), the score GRPO
+    trains on; the answer is the prediction whose id is the row's extra_info.index."""
     import pandas as pd
     from verl.utils.reward_score import default_compute_score
 
     answers = {r["id"]: r.get("response") or "" for r in map(json.loads, predictions.read_text().splitlines())}
-    rows = pd.read_parquet(test).to_dict("records")
-    scores = [default_compute_score(r["data_source"], answers.get(str(r["extra_info"]["index"]), ""),
-                                    r["reward_model"]["ground_truth"]) for r in rows]
-    share = sum(float(s) for s in scores) / len(scores)
+    return [(row, float(default_compute_score(row["data_source"], answers.get(str(row["extra_info"]["index"]), ""),
+                                              row["reward_model"]["ground_truth"])))
+            for row in pd.read_parquet(data).to_dict("records")]
+
+
+def accuracy(test: Path, predictions: Path) -> float:
+    """Held-out accuracy: the mean score of the answers."""
+    graded = scores(test, predictions)
+    share = sum(score for _, score in graded) / len(graded)
     print(f"held-out accuracy of {predictions.name}: {100 * share:.1f}%", flush=True)
     return share
 
@@ -203,10 +211,7 @@ def sampled(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, nam
         copies = [{**row, "extra_info": {**row["extra_info"], "index": args.samples * n + k, "prompt_row": n}}
                   for n, row in enumerate(rows) for k in range(args.samples)]
         pd.DataFrame(copies).to_parquet(repeated)
-    share = ["--gpu-memory-utilization", str(args.gpu_memory_utilization)] if args.together else []
-    command = [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(repeated),
-               "--out", str(out), "--temperature", "1.0", "--top-p", "1.0", "--max-tokens", str(args.max_length // 2), *share]
-    stage.run(name, command, pipeline.VLLM_CPU_ENV if args.cpu else None)
+    generate(args, model, repeated, out, stage, name, "--temperature", "1.0", "--top-p", "1.0")
     mean, pass_at = grade_samples(repeated, out)
     print(f"held-out, {args.samples} samples a prompt at temperature 1: mean {100 * mean:.1f}%, "
           f"pass@{args.samples} {100 * pass_at:.1f}%", flush=True)
@@ -215,17 +220,11 @@ def sampled(args, model: Path, test: Path, out: Path, stage: pipeline.Stage, nam
 
 def grade_samples(repeated: Path, predictions: Path) -> tuple[float, float]:
     """Mean accuracy of all sampled answers, and the share of prompts (extra_info.prompt_row) any answer gets right."""
-    import pandas as pd
-    from verl.utils.reward_score import default_compute_score
-
-    answers = {r["id"]: r.get("response") or "" for r in map(json.loads, predictions.read_text().splitlines())}
     right: dict[int, list[float]] = {}
-    for row in pd.read_parquet(repeated).to_dict("records"):
-        score = default_compute_score(row["data_source"], answers.get(str(row["extra_info"]["index"]), ""),
-                                      row["reward_model"]["ground_truth"])
-        right.setdefault(row["extra_info"]["prompt_row"], []).append(float(score))
+    for row, score in scores(repeated, predictions):
+        right.setdefault(row["extra_info"]["prompt_row"], []).append(score)
     return (sum(map(sum, right.values())) / sum(map(len, right.values())),
-            sum(max(scores) for scores in right.values()) / len(right))
+            sum(max(group) for group in right.values()) / len(right))
 
 
 def curves(work: Path, arms: dict[str, list[dict]]) -> Path:

@@ -165,11 +165,6 @@ def two_step_runs(taught) -> dict[str, list[dict]]:
     return steps
 
 
-@pytest.fixture(scope="module")
-def recipe_steps(two_step_runs) -> list[dict]:
-    return two_step_runs["grpo-recipe"]
-
-
 @pytest.mark.parametrize("name", DEPARTURES)
 def test_a_departure_from_verls_defaults_gives_the_same_first_steps(two_step_runs, name):
     settings, reference, (loss_tolerance, grad_norm_tolerance) = DEPARTURES[name]
@@ -185,12 +180,12 @@ def test_a_departure_from_verls_defaults_gives_the_same_first_steps(two_step_run
             assert abs(theirs["actor/rollout_drift/kl"]) < 1e-3, f"step {step}"
 
 
-def test_the_drift_metric_sees_the_actors_bf16_rounding(learning, recipe_steps):
+def test_the_drift_metric_sees_the_actors_bf16_rounding(learning, two_step_runs):
     """The rollout here samples in fp32. The agreement runs' actor computes in fp32 too, the learning run's in
     FSDP's default bf16: its log-probs differ from the rollout's by bf16 rounding, and actor/rollout_drift/ shows it
     (measured K3 KL: fp32 3e-9 at most, float rounding; bf16 2e-5 to 1.2e-4 over the 15 steps)."""
     bf16 = [m["actor/rollout_drift/k3_kl"] for m in learning]
-    fp32 = [m["actor/rollout_drift/k3_kl"] for m in recipe_steps]
+    fp32 = [m["actor/rollout_drift/k3_kl"] for m in two_step_runs["grpo-recipe"]]
     print(f"drift (K3 KL), bf16 actor: {bf16}\nfp32 actor: {fp32}")
     assert max(map(abs, fp32)) < 1e-7 and min(bf16) > 1e-5, (fp32, bf16)
 

@@ -121,10 +121,10 @@ def merge_command(checkpoint: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "llm_bridge.cli", "merge", "--checkpoint", str(checkpoint), "--out", str(out)]
 
 
-def generate_command(model: Path, data: Path, out: Path, *flags: str) -> list[str]:
-    """llm-bridge generate: greedy answers to `data`'s prompts (run it with VLLM_CPU_ENV on a CPU)."""
+def generate_command(model: Path, data: Path, out: Path, *flags: str, greedy: bool = True) -> list[str]:
+    """llm-bridge generate: answers to `data`'s prompts, greedy unless told (run it with VLLM_CPU_ENV on a CPU)."""
     return [sys.executable, "-m", "llm_bridge.cli", "generate", "--model", str(model), "--data", str(data),
-            "--out", str(out), "--greedy", *flags]
+            "--out", str(out), *(["--greedy"] if greedy else []), *flags]
 
 
 class Stage:
