@@ -101,3 +101,28 @@ def test_the_chain_config_is_the_team_config_with_grpo_on_sft_s_model(team, tmp_
     assert chained.rl.model_dump(exclude={"model"}) == config.rl.model_dump(exclude={"model"})
     assert chain_config(config, ["grpo"]) == config
     assert yaml.safe_load(team.read_text())["rl"]["model"] == config.rl.model  # the team's file is left alone
+
+
+def test_a_requeued_run_s_time_left_comes_from_its_earlier_run(team, tmp_path):
+    """A job that requeued itself writes one metrics file a run. Just after the resume, the new file holds one step
+    (start-up, not timed), so the time left comes from the first run's steps; the step shown is the newest run's."""
+    import json
+
+    from llm_bridge.login.chain import _progress
+    from llm_bridge.login.validate import validate
+
+    config, _ = validate(team, local_paths=False)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    name = config.sft.experiment_name
+
+    def run(stamp, steps):
+        lines = [json.dumps({"step": s, "data": {"train/loss": 1.0, "timing_s/step": t}}) for s, t in steps]
+        (logs / f"{name}-42-{stamp}.metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    run("20261206-080000", [(1, 30.0), (2, 2.0), (3, 2.0), (4, 2.0)])
+    run("20261206-080500", [(5, 40.0)])
+    stage = {"name": "sft", "job": "42", "args": ["trainer.total_training_steps=65"]}
+    assert _progress(stage, config, running=True) == "step 5 of 65, ~2 min left: train/loss 1"
+    (logs / f"{name}-42-20261206-080000.metrics.jsonl").unlink()  # no step timed but a start-up: no guess
+    assert _progress(stage, config, running=True) == "step 5 of 65: train/loss 1"

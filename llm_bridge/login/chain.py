@@ -299,12 +299,8 @@ def _progress(stage: dict, config: TeamConfig, running: bool) -> str:
     files = sorted(local_path(config.paths.logs).glob(f"{experiment}-{stage['job']}-*.metrics.jsonl"))
     if not files:
         return ""
-    steps = []
-    for line in files[-1].read_text().splitlines():
-        try:
-            steps.append(json.loads(line))
-        except json.JSONDecodeError:  # the line being written
-            continue
+    runs = [_metric_lines(path) for path in files]  # a job that requeued itself has one file a run, oldest first
+    steps = runs[-1]
     if not steps:
         return ""
     last = steps[-1]
@@ -312,13 +308,25 @@ def _progress(stage: dict, config: TeamConfig, running: bool) -> str:
     shown = ", ".join(f"{k} {data[k]:.4g}" for k in METRICS[kind] if isinstance(data.get(k), (int, float)))
     step = last.get("step", data.get("training/global_step", "?"))
     total = _total_steps(stage, config, kind) if running else None
-    times = [s["data"]["timing_s/step"] for s in steps[1:] if isinstance(s.get("data", {}).get("timing_s/step"), (int, float))]
+    # every run's steps but its first (start-up): a run just resumed after a requeue has timed no step of its own yet
+    times = [s["data"]["timing_s/step"] for run in runs for s in run[1:]
+             if isinstance(s.get("data", {}).get("timing_s/step"), (int, float))]
     left = ""
     if total and times and isinstance(step, int):
         from llm_bridge.login.time_plan import duration
 
         left = f", ~{duration(max(total - step, 0) * statistics.median(times))} left"
     return f"step {step}" + (f" of {total}{left}" if total else "") + (f": {shown}" if shown else "")
+
+
+def _metric_lines(path: Path) -> list[dict]:
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line))
+        except json.JSONDecodeError:  # the line being written
+            continue
+    return steps
 
 
 def _total_steps(stage: dict, config: TeamConfig, kind: str) -> int | None:
