@@ -115,7 +115,7 @@ def team_config(args, work: Path) -> dict:
                        total_epochs=1000, total_training_steps=args.sft_steps, save_freq=args.sft_steps, test_freq=-1)
     team["rl"].update(experiment_name="grpo", model=str(work / "models" / "sft"),
                       train_files=str(data / "rl" / "train.parquet"), val_files=str(data / "rl" / "test.parquet"),
-                      reward_function=None, train_batch_size=args.prompts, ppo_mini_batch_size=args.prompts // 2,
+                      reward_function=None, train_batch_size=args.prompts, ppo_mini_batch_size=args.prompts // args.updates,
                       rollout_n=args.n, max_prompt_length=args.max_length // 2, max_response_length=args.max_length // 2,
                       lr=args.grpo_lr, total_epochs=1000, total_training_steps=args.grpo_steps,
                       save_freq=args.grpo_steps, test_freq=-1,
@@ -274,6 +274,9 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=30)
     parser.add_argument("--prompts", type=int, default=64, help="prompts per GRPO step")
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
+    parser.add_argument("--updates", type=int, default=2,
+                        help="optimizer steps per GRPO step: each takes --prompts / UPDATES prompts' responses "
+                             "(verl's ppo_mini_batch_size)")
     parser.add_argument("--grpo-lr", type=float, default=1e-5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
                         help="vLLM's share of the GPU. Several runs on one GPU at once also need a fixed KV cache "
@@ -286,6 +289,9 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="smoke test on a CPU (2 ranks), no figure")
     args, overrides = parser.parse_known_args()  # anything else goes to every GRPO run, e.g. trainer.* for a smoke test
     arms = parse_arms(args.arms)
+    if args.updates < 1 or args.prompts % args.updates:
+        raise SystemExit(f"--updates {args.updates}: must divide --prompts {args.prompts} (each optimizer step takes "
+                         f"an equal share of a step's prompts), e.g. --updates {max(d for d in (1, 2, 4, 8) if args.prompts % d == 0)}")
     if args.cpu:
         args.gpus = 2
     work = args.work.resolve()

@@ -29,13 +29,14 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert len((tmp_path / "samples2-sft.jsonl").read_text().splitlines()) == 64
     assert "pass@2" in (tmp_path / "results.md").read_text()
     # an arm at its own learning rate (ARM@LR), through --together's path (two runs at once: the Stage test below)
-    argv += ["recipe@2e-3", "--together"]
+    argv += ["recipe@2e-3", "--together", "--updates", "4"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[sft]" not in result.stdout and "[grpo-recipe-lr2e-3]" in result.stdout, result.stdout[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [row["model"] for row in results["rows"]] == ["SFT", "GRPO (recipe-lr2e-3)"]
-    assert yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3.yaml").read_text())["rl"]["lr"] == 2e-3
+    rl = yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3.yaml").read_text())["rl"]
+    assert rl["lr"] == 2e-3 and rl["ppo_mini_batch_size"] == 2  # --updates 4: four optimizer steps over 8 prompts
     assert all(0 <= row["accuracy"] <= 1 for row in results["rows"]) and results["rows"][1]["steps"] == 2
     assert "pass_at_2" in results["rows"][1]
     assert len((tmp_path / "predictions-sft.jsonl").read_text().splitlines()) == 32
@@ -67,6 +68,11 @@ def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
             assert says in str(error) and "--arms" in str(error), error
         else:
             raise AssertionError(f"--arms {bad!r} was accepted")
+    # --updates must split a step's prompts evenly: refused before anything is made
+    refused = subprocess.run([sys.executable, "benchmarks/learn_bench.py", "--work", "/nonexistent/lb", "--prompts", "12",
+                              "--updates", "8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--updates 8: must divide --prompts 12" in refused.stderr, refused.stderr
+    assert "e.g. --updates 4" in refused.stderr and not Path("/nonexistent").exists()
 
 
 def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_are_named(tmp_path):
