@@ -299,7 +299,9 @@ def _progress(stage: dict, config: TeamConfig, running: bool) -> str:
     files = sorted(local_path(config.paths.logs).glob(f"{experiment}-{stage['job']}-*.metrics.jsonl"))
     if not files:
         return ""
-    runs = [_metric_lines(path) for path in files]  # a job that requeued itself has one file a run, oldest first
+    from llm_bridge.login import time_plan
+
+    runs = [time_plan.metric_records(path) for path in files]  # a job that requeued itself has one file a run, oldest first
     steps = runs[-1]
     if not steps:
         return ""
@@ -313,20 +315,8 @@ def _progress(stage: dict, config: TeamConfig, running: bool) -> str:
              if isinstance(s.get("data", {}).get("timing_s/step"), (int, float))]
     left = ""
     if total and times and isinstance(step, int):
-        from llm_bridge.login.time_plan import duration
-
-        left = f", ~{duration(max(total - step, 0) * statistics.median(times))} left"
+        left = f", ~{time_plan.duration(max(total - step, 0) * statistics.median(times))} left"
     return f"step {step}" + (f" of {total}{left}" if total else "") + (f": {shown}" if shown else "")
-
-
-def _metric_lines(path: Path) -> list[dict]:
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line))
-        except json.JSONDecodeError:  # the line being written
-            continue
-    return steps
 
 
 def _total_steps(stage: dict, config: TeamConfig, kind: str) -> int | None:

@@ -300,20 +300,27 @@ def _resolved_config(metrics: Path) -> dict:
         return {}
 
 
+def metric_records(path: Path) -> list[dict]:
+    """The records of a run's metrics file (verl's file logger: one JSON object a step), skipping a line still being
+    written."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def read_run(path: Path, key: str) -> Run | None:
     """A finished or running run's steps that logged `key` (its first step, which warms up, left out)."""
-    steps = []
     try:
-        lines = path.read_text().splitlines()
+        records = metric_records(path)
     except OSError:
         return None
-    for line in lines:
-        try:
-            data = json.loads(line).get("data", {})
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(data.get(key), (int, float)):
-            steps.append(data)
+    steps = [data for data in (r.get("data") or {} for r in records) if isinstance(data.get(key), (int, float))]
     if len(steps) < 2:
         return None
     resolved = _resolved_config(path)
