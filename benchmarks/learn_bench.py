@@ -15,12 +15,15 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable. Each arm is graded
    (5.) as soon as it ends, while slower ones train on, and an arm that fails leaves the others' rows in the table.
 5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
-   the function GRPO trained on. --samples K adds K answers a prompt sampled at temperature 1: their mean and pass@K
+   the function GRPO trained on. During GRPO, verl's own validation grades the same problems every --test-freq steps
+   and before the first (greedy, the run's vLLM, the same reward): a held-out curve, and a figure in hand when a run
+   is cut short. --samples K adds K answers a prompt sampled at temperature 1: their mean and pass@K
    (what GRPO's reward sees, and how far sharpening could lift greedy decoding).
 
 Writes <work>/results.md (the table and the commands), results.json, and curves.png (per GRPO step: mean reward,
-response length, the rollout's drift). A rerun skips every stage whose output is there. Each stage's wall time is
-recorded beside `llm-bridge plan`'s estimate of it (issue 39: the plan against the recipe's own runs).
+response length, the rollout's drift, held-out accuracy). A rerun skips every stage whose output is there. Each
+stage's wall time is recorded beside `llm-bridge plan`'s estimate of it (issue 39: the plan against the recipe's own
+runs).
 
 --cpu runs the same stages on a CPU (tests/cpu's verl platform and rollout, and its transformers stand-in for
 vLLM's offline API): a smoke test of this script, not a figure.
@@ -118,7 +121,7 @@ def team_config(args, work: Path) -> dict:
                       reward_function=None, train_batch_size=args.prompts, ppo_mini_batch_size=args.prompts // args.updates,
                       rollout_n=args.n, max_prompt_length=args.max_length // 2, max_response_length=args.max_length // 2,
                       lr=args.grpo_lr, total_epochs=1000, total_training_steps=args.grpo_steps,
-                      save_freq=args.grpo_steps, test_freq=-1,
+                      save_freq=args.grpo_steps, test_freq=args.test_freq or -1,
                       gpu_memory_utilization=args.gpu_memory_utilization)
     if args.cpu:
         team["sft"].update(pipeline.CPU_STAGE)
@@ -227,13 +230,27 @@ def grade_samples(repeated: Path, predictions: Path) -> tuple[float, float]:
             sum(max(group) for group in right.values()) / len(right))
 
 
-def curves(work: Path, arms: dict[str, list[dict]]) -> Path:
+def held_out_curve(records: list[dict]) -> list[tuple[int, float]]:
+    """(step, held-out accuracy) of each of verl's validations in a run's metrics: its val-core mean, the share of
+    problems the greedy answer solves (step 0: before the first update)."""
+    return [(record["step"], value) for record in records
+            for key, value in record["data"].items() if key.startswith("val-core/") and "/mean@" in key]
+
+
+def curves(work: Path, arms: dict[str, list[dict]], held_out: dict[str, list[tuple[int, float]]]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
+    fig, axes = plt.subplots(1, len(CURVES) + 1, figsize=(5 * (len(CURVES) + 1), 3.6))
+    for arm, points in held_out.items():
+        if points:
+            axes[-1].plot(*zip(*points), marker="o", label=arm)
+    axes[-1].set_title("held-out accuracy (verl's validation, greedy)")
+    axes[-1].set_xlabel("GRPO step")
+    if any(held_out.values()):
+        axes[-1].legend()
     for ax, keys in zip(axes, CURVES):
         for arm, steps in arms.items():
             key = next((k for k in keys if any(k in s for s in steps)), None)
@@ -278,6 +295,9 @@ def main() -> None:
                         help="optimizer steps per GRPO step: each takes --prompts / UPDATES prompts' responses "
                              "(verl's ppo_mini_batch_size)")
     parser.add_argument("--grpo-lr", type=float, default=1e-5)
+    parser.add_argument("--test-freq", type=int, default=10,
+                        help="verl validates GRPO on the held-out problems every N steps and before the first (a few "
+                             "seconds each on the GPU); 0: never")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
                         help="vLLM's share of the GPU. Several runs on one GPU at once also need a fixed KV cache "
                              "(docs/benchmarks.md, the learning table's note)")
@@ -333,8 +353,7 @@ def main() -> None:
         planned_s.update({name: plan["grpo"], f"merge-{name}": plan["merge-grpo"]})
         rendered = pipeline.render(work, arm_team, f"rendered-{name}")
         same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
-        # the held-out accuracy is measured after the run; verl's validation before it only costs time
-        settings = [same_prompts, "trainer.val_before_train=False"]
+        settings = [same_prompts, f"trainer.val_before_train={bool(args.test_freq)}"]
         if args.together and not args.cpu:
             settings.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes="
                             f"{int(args.kv_cache_gib * 2**30)}")
@@ -342,13 +361,15 @@ def main() -> None:
         command = (pipeline.grpo_command(rendered, *settings) if args.cpu
                    else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
         runs[name] = (command, {**env, **arm_env})
-    steps_by_arm, graded = {}, {}  # graded: name -> its table row, in the order the arms end
+    steps_by_arm, held_out, graded = {}, {}, {}  # graded: name -> its table row, in the order the arms end
 
     def evaluate(name: str) -> None:
         label = name.removeprefix("grpo-")
         generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
                  stage, f"generate-{name}")
-        steps_by_arm[label] = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+        records = pipeline.metrics(work / "logs", name)
+        steps_by_arm[label] = [m["data"] for m in records if "critic/score/mean" in m["data"]]
+        held_out[label] = held_out_curve(records)
         rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
         graded[name] = {"model": f"GRPO ({label})", "steps": len(rewards),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
@@ -370,7 +391,7 @@ def main() -> None:
             stage.run(name, *runs[name])
         evaluate(name)
     rows += [graded[name] for name in names if name in graded]
-    png = curves(work, steps_by_arm)
+    png = curves(work, steps_by_arm, held_out)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
     table = ["| model | steps | held-out accuracy | train reward, first step -> last |", "|---|---|---|---|"]
     if args.samples:
@@ -382,15 +403,20 @@ def main() -> None:
             table[-1] += f" {100 * row['sampled_accuracy']:.1f}%, {100 * row[f'pass_at_{args.samples}']:.1f}% |"
     machine = "CPU (smoke test)" if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    during = [f"| {arm} | " + ", ".join(f"{step}: {100 * value:.1f}%" for step, value in points) + " |"
+              for arm, points in held_out.items() if points]
+    if during:
+        during = ["Held-out accuracy during GRPO (verl's validation: greedy, the run's vLLM, the same reward; "
+                  "step 0 is before the first update):", "", "| arm | step: accuracy |", "|---|---|", *during, ""]
     times = ["| stage | llm-bridge plan | measured |", "|---|---|---|"]
     times += [f"| {name} | {time_plan.duration(planned_s[name])} | {time_plan.duration(stage.times[name])} |"
               for name in planned_s if name in stage.times]
-    (work / "results.md").write_text("\n".join([f"`{argv}` on {machine}", "", *table, "", f"![curves]({png.name})", "",
+    (work / "results.md").write_text("\n".join([f"`{argv}` on {machine}", "", *table, "", *during, f"![curves]({png.name})", "",
                                                 "Wall time of each stage (the plan estimates a GPU run):", "", *times, ""]))
     (work / "results.json").write_text(json.dumps({"argv": argv, "machine": machine, "rows": rows,
-                                                   "steps": steps_by_arm, "times_s": stage.times,
+                                                   "steps": steps_by_arm, "held_out": held_out, "times_s": stage.times,
                                                    "planned_s": planned_s}, indent=1))
-    print("\n".join(table + [""] + times))
+    print("\n".join(table + [""] + during + times))
     print(f"-> {work / 'results.md'}, {png}")
     if failed:
         raise SystemExit(f"{failed}\nThe arms that finished are graded in {work / 'results.md'}.")

@@ -41,6 +41,10 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert "pass_at_2" in results["rows"][1]
     assert len((tmp_path / "predictions-sft.jsonl").read_text().splitlines()) == 32
     assert "actor/rollout_drift/k3_kl" in results["steps"]["recipe-lr2e-3"][0]
+    # verl's validation on the held-out problems before the first step and at the last (--test-freq 10 > 2 steps)
+    [(first, before), (last, after)] = results["held_out"]["recipe-lr2e-3"]
+    assert (first, last) == (0, 2) and 0 <= before <= 1 and 0 <= after <= 1
+    assert "| recipe-lr2e-3 | 0: " in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and "| SFT | 20 |" in (tmp_path / "results.md").read_text()
     # each stage's wall time beside llm-bridge plan's estimate of it
     assert results["planned_s"].keys() == {"sft", "merge-sft", "grpo-recipe-lr2e-3", "merge-grpo-recipe-lr2e-3"}
