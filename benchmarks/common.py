@@ -63,6 +63,7 @@ _KNOBS = re.compile(
     # A LoRA team.yaml's adapter: it changes what is learned, and it is the job being measured.
     r"|(actor_rollout_ref\.)?model\.(lora_rank|lora_alpha|target_modules|exclude_modules)|actor_rollout_ref\.rollout\.load_format"
     r"|engine\.\w+"
+    r"|\+ray_kwargs\.ray_init\.runtime_env\.env_vars\.BRIDGE_RECOMPUTE_LAYERS"
     r"|actor_rollout_ref\.model\.(enable_gradient_checkpointing|use_liger|use_remove_padding|override_config\.attn_implementation)"
     r"|actor_rollout_ref\.(actor|ref)\.(strategy|use_dynamic_bsz|ppo_max_token_len_per_gpu|ppo_micro_batch_size_per_gpu"
     r"|log_prob_\w+|fsdp_config\.\w+|use_torch_compile)"
@@ -191,7 +192,8 @@ def _write_qwen3_stub(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: i
 
 def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The throughput knobs of `array` (SFT_ARGS / PPO_ARGS) in the script rendered from team_file, and the
-    variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none.
+    variables it exports as defaults (export NAME="${NAME:-value}") where this environment has none, and the
+    team.yaml values it exports outright for the trainer.
     edits: KEY=VALUE (a dotted team.yaml key, a YAML value) applied to team_file first, e.g.
     sft.lora={rank: 32, alpha: 64}: a team's variant of the example without a second copy of it."""
     import tempfile
@@ -222,7 +224,10 @@ def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()
         raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_knobs")
     words = shlex.split(block.group(1), comments=True)
     defaults = dict(re.findall(r'^export (\w+)="\$\{\1:-([^}"]*)\}"$', text, re.M))
-    return [w for w in words if _KNOBS.match(w)], {k: v for k, v in defaults.items() if k not in os.environ}
+    env = {k: v for k, v in defaults.items() if k not in os.environ}
+    # team.yaml values the SFT script hands its trainer as environment (recompute_layers), not as overrides
+    env.update(re.findall(r"^export (BRIDGE_RECOMPUTE_LAYERS)=(\d+)$", text, re.M))
+    return [w for w in words if _KNOBS.match(w)], env
 
 
 def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser:

@@ -107,3 +107,10 @@ def test_recipe_edits_change_a_copy_of_the_team_file(tmp_path):
     assert "model.enable_gradient_checkpointing=True" in knobs and "model.lora_rank=32" in knobs
     assert "model.target_modules=[q_proj]" in knobs and "engine.model_dtype=bf16" in knobs
     assert example.read_text() == before
+    # recompute_layers reaches the benchmark's trainer as the scripts hand it: SFT's environment, GRPO's Ray env_vars
+    _, env = recipe_knobs(example, "sft/run_sft.sbatch", "SFT_ARGS",
+                          ["sft.gradient_checkpointing=true", "sft.recompute_layers=20"])
+    assert env["BRIDGE_RECOMPUTE_LAYERS"] == "20"
+    knobs, _ = recipe_knobs(example, "ppo/run_ppo.sbatch", "PPO_ARGS",
+                            ["rl.gradient_checkpointing=true", "rl.recompute_layers=12"])
+    assert "+ray_kwargs.ray_init.runtime_env.env_vars.BRIDGE_RECOMPUTE_LAYERS='12'" in knobs

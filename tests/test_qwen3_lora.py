@@ -50,6 +50,8 @@ def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, parameters
     team = pipeline.team_config(work)
     if arch == "qwen3":
         team["sft"]["attn_implementation"] = "sdpa_cudnn"
+        # checkpointing on the first of the 2 decoder layers only (llm_bridge/job/partial_recompute.py)
+        team["sft"].update(gradient_checkpointing=True, recompute_layers=1)
     team["sft"].update(experiment_name=f"lora-{name}", model=str(base),
                        lora={"rank": 4, "alpha": 8, "base_dtype": "fp32", "target_modules": targets,
                              **({"target_parameters": parameters} if parameters else {})})
@@ -58,6 +60,8 @@ def test_lora_sft_of_qwen3_trains_and_merges(prepared, arch, targets, parameters
               pipeline.CPU_ENV)
     losses = [m["data"]["train/loss"] for m in pipeline.metrics(work / "logs", f"lora-{name}") if "train/loss" in m["data"]]
     assert len(losses) == 2 and losses[1] < losses[0], losses
+    if arch == "qwen3":
+        assert "gradient checkpointing on 1 of 2 decoder layers" in (work / "logs" / f"sft-{name}.log").read_text()
 
     run = work / "checkpoints" / "sft" / f"lora-{name}"
     merged = work / "models" / f"lora-{name}"

@@ -89,7 +89,7 @@ import sys
 
 import torch
 
-from llm_bridge.job import cudnn_attention
+from llm_bridge.job import cudnn_attention, partial_recompute
 
 CHUNK = 4096  # rows per chunk: 4096 x 151,936 vocabulary x 4 bytes = 2.5 GB of float32 at a time
 
@@ -442,13 +442,14 @@ PATCHES = {  # name: (the module it patches, the patch)
 def apply() -> None:
     """Patch verl (and Liger, patch 5) in this process. Idempotent. Ray runs it in every worker process of a PPO job
     (runtime_env worker_process_setup_hook). BRIDGE_VERL_PATCHES=0 leaves verl as released (attn_implementation
-    sdpa_cudnn stays available: it is a team.yaml value, not a patch), and
+    sdpa_cudnn and recompute_layers stay available: they are team.yaml values, not patches), and
     BRIDGE_VERL_PATCHES_OFF=name,... leaves out the patches named in PATCHES (both for benchmarks).
 
     Every patch waits for its module's import. Ray runs the hook when a worker process starts, before it
     gives the process its GPU (CUDA_VISIBLE_DEVICES): importing verl here would run verl.utils.device's
     torch.cuda.is_available(), CUDA would fix the devices it sees, and every rank would take GPU 0."""
     patch_when_imported(TRANSFORMERS_MODELING, attention_implementations)
+    patch_when_imported(TRANSFORMERS_MODELING, partial_recompute.install)  # team.yaml's recompute_layers
     if os.environ.get("BRIDGE_VERL_PATCHES", "1") == "0":
         return
     off = {name.strip() for name in os.environ.get("BRIDGE_VERL_PATCHES_OFF", "").split(",") if name.strip()}

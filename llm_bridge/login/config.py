@@ -285,6 +285,9 @@ class Stage(Section):
     max_ckpt_to_keep: PositiveInt | None = None
     strategy: Literal["fsdp", "fsdp2"] = "fsdp2"
     gradient_checkpointing: bool = True
+    # with gradient_checkpointing: only the first N decoder layers recompute their forward pass in the backward; the
+    # others keep their activations (faster, more GPU memory: llm-bridge check plans it). None: every layer
+    recompute_layers: PositiveInt | None = None
     # sdpa_cudnn: torch's SDPA on cuDNN, a sequence at a time (llm_bridge/job/cudnn_attention.py)
     attn_implementation: Literal["flash_attention_2", "sdpa_cudnn", "sdpa", "flex_attention",
                                  "eager"] = "flash_attention_2"

@@ -9,7 +9,8 @@ The arithmetic (docs/benchmarks.md, "メモリの見積もり", has the measurem
                          every expert), and the root unit (embeddings, output head) for the whole step
   activations            gradient checkpointing keeps each layer's input (layers x tokens x hidden x 2 bytes; in
                          host memory with activation_offload) plus one layer recomputed; without it every layer's
-                         tensors (Shape.activation_elements x 2 bytes a token, times ACTIVATION_FIT)
+                         tensors (Shape.activation_elements x 2 bytes a token, times ACTIVATION_FIT); with
+                         recompute_layers N, the first N layers' inputs and the other layers' tensors
   logits                 the output head's bf16 logits, and the recipe's chunked fp32 log-softmax (4,096 rows)
 Tokens are a micro-batch's on one GPU: max_token_len_per_gpu (a sequence-parallel group packs that many per GPU).
 Fitted on one H200 against torch's peak allocated memory: Qwen2.5-0.5B and 1.5B full fine-tuning, Qwen3-32B and
@@ -101,11 +102,11 @@ def training_parts(shape: Shape, stage: Stage, gpus: int, tokens: int) -> dict[s
 
 
 def _saved_activation_bytes(shape: Shape, stage: Stage, tokens: int) -> float:
-    """What the forward pass keeps for the backward pass on one GPU: each layer's input with checkpointing, every
-    layer's tensors without (activation_offload moves exactly this to host memory)."""
-    if stage.gradient_checkpointing:
-        return shape.layers * tokens * shape.hidden * 2
-    return shape.layers * ACTIVATION_FIT * tokens * shape.activation_elements() * 2
+    """What the forward pass keeps for the backward pass on one GPU: a checkpointed layer's input, every tensor of
+    a layer that is not (activation_offload moves exactly this to host memory)."""
+    recomputed = min(stage.recompute_layers or shape.layers, shape.layers) if stage.gradient_checkpointing else 0
+    return (recomputed * tokens * shape.hidden * 2
+            + (shape.layers - recomputed) * ACTIVATION_FIT * tokens * shape.activation_elements() * 2)
 
 
 def _tokens(stage: Stage) -> int:
@@ -134,6 +135,11 @@ def _fixes(config: TeamConfig, shape: Shape, stage: Stage, name: str, gpus: int)
     if not stage.gradient_checkpointing:
         candidates.append((f"{name}.gradient_checkpointing", f"{name}.gradient_checkpointing: true",
                            {"gradient_checkpointing": True}))
+    elif stage.recompute_layers and stage.recompute_layers < shape.layers:
+        fewest = fewest_recomputed_layers(shape, stage, gpus, (1 - HEADROOM) * limit)
+        if fewest is not None:  # more layers recompute, fewer keep their activations
+            candidates.append((f"{name}.recompute_layers", f"{name}.recompute_layers: {fewest}" if fewest < shape.layers
+                               else f"no {name}.recompute_layers (every layer recomputes)", {"recompute_layers": fewest}))
     if stage.lora is None:
         candidates.append((f"{name}.lora", f"{name}.lora: {{rank: 32, alpha: 64}} (LoRA on a bf16 base)",
                            {"lora": {"rank": 32, "alpha": 64}, "gradient_checkpointing": True}))
@@ -152,6 +158,17 @@ def _fixes(config: TeamConfig, shape: Shape, stage: Stage, name: str, gpus: int)
             fits.append((field_name, f"set {text}: ~{total:.0f} GiB per GPU"
                          + (f", ~{host:.0f} GiB of host memory on the first node" if changed.cpu_offload else "")))
     return fits
+
+
+def fewest_recomputed_layers(shape: Shape, stage: Stage, gpus: int, gpu_gib: float) -> int | None:
+    """The smallest recompute_layers with which `stage` (checkpointing on) fits `gpu_gib` on each of `gpus` GPUs;
+    None if even every layer recomputing does not fit."""
+    tokens = _tokens(stage)
+    for layers in range(1, shape.layers + 1):
+        changed = stage.model_copy(update={"gradient_checkpointing": True, "recompute_layers": layers})
+        if sum(training_parts(shape, changed, gpus, tokens).values()) + CUDA_CONTEXT_GIB <= gpu_gib:
+            return layers
+    return None
 
 
 def _nodes_that_fit(config: TeamConfig, shape: Shape, stage: Stage) -> int | None:
@@ -192,10 +209,26 @@ def plan(config: TeamConfig) -> Plan:
             rows.append(row)
             stage_rows.append((row, gpus, largest))
         problems += _fit_problems(config, shape, stage, name, stage_rows)
+        notes += _recompute_note(config, shape, stage, name, stage_rows)
         problems += _host(config, shape, stage, name, host)
         if name == "rl":
             problems += _rollout(config, shape, rows, gpu)
     return Plan(rows, host, notes, problems)
+
+
+def _recompute_note(config: TeamConfig, shape: Shape, stage: Stage, name: str, stage_rows) -> list[str]:
+    """With checkpointing on and GPU memory to spare on the job's layout: how many layers could keep their
+    activations (recompute_layers), planned to stay within the headroom."""
+    if not stage.gradient_checkpointing or stage.activation_offload:
+        return []
+    row, gpus, _ = next((r for r in stage_rows if r[2]), stage_rows[-1])
+    room = (1 - HEADROOM) * config.slurm.gpu_memory_gib
+    fewest = fewest_recomputed_layers(shape, stage, gpus, room)
+    if fewest is None or fewest >= (stage.recompute_layers or shape.layers):
+        return []
+    return [f"{name}: {shape.layers - fewest} of {shape.layers} decoder layers could keep their activations within "
+            f"{room:.0f} GiB per GPU on {row.layout} GPUs: {name}.recompute_layers: {fewest} skips their recompute in the "
+            "backward (faster)"]
 
 
 def _fit_problems(config: TeamConfig, shape: Shape, stage: Stage, name: str, stage_rows) -> list[Problem]:

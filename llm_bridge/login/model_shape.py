@@ -226,14 +226,14 @@ def check_sft_chat_template(config: TeamConfig) -> list[Problem]:
 def check_model_shapes(config: TeamConfig) -> list[Problem]:
     problems: list[Problem] = []
     for name, stage in (("sft", config.sft), ("rl", config.rl)):
-        needs_shape = stage.sequence_parallel > 1 or bool(stage.lora)
+        needs_shape = stage.sequence_parallel > 1 or bool(stage.lora) or bool(stage.recompute_layers)
         if not needs_shape:
             continue
         shape = find_config(stage.model, config.paths.hf_home)
         if shape is None:
             problems.append(Problem(
-                f"{name}.model", f"{stage.model}: no config.json here or in paths.hf_home's cache, so its head counts "
-                "and experts (sequence_parallel, lora) are not checked",
+                f"{name}.model", f"{stage.model}: no config.json here or in paths.hf_home's cache, so its head counts, "
+                "experts and layers (sequence_parallel, lora, recompute_layers) are not checked",
                 f"download it first (HF_HOME={config.paths.hf_home} hf download {stage.model} config.json), "
                 "then run check again", "warning"))
             continue
@@ -250,6 +250,12 @@ def check_model_shapes(config: TeamConfig) -> list[Problem]:
                 f"{name}.sequence_parallel", f"{sp} and {stage.model}'s {kv} key/value heads do not divide one another; "
                 "verl asserts when the model loads",
                 f"use a divisor or a multiple of {kv}"))
+        layers = shape.get("num_hidden_layers")
+        if stage.recompute_layers and isinstance(layers, int) and stage.recompute_layers >= layers:
+            problems.append(Problem(
+                f"{name}.recompute_layers", f"{stage.recompute_layers} is not fewer than {stage.model}'s {layers} "
+                "decoder layers: every layer would recompute, as without it",
+                f"use fewer than {layers} (llm-bridge check plans the memory), or remove {name}.recompute_layers"))
         moe = any(shape.get(k) for k in MOE_KEYS)
         if stage.lora and stage.use_liger and moe:
             problems.append(Problem(

@@ -129,7 +129,7 @@ def check_sft(config: TeamConfig) -> list[Problem]:
 
 
 def check_big_model_settings(config: TeamConfig) -> list[Problem]:
-    """sequence_parallel and cpu_offload against the layout and the engine (both stages)."""
+    """sequence_parallel, cpu_offload and recompute_layers against the layout and the engine (both stages)."""
     problems: list[Problem] = []
     gpus = config.slurm.gpus_per_node
     for name, stage in (("sft", config.sft), ("rl", config.rl)):
@@ -157,6 +157,16 @@ def check_big_model_settings(config: TeamConfig) -> list[Problem]:
                 "falls back to gathering the whole model into every rank's host memory at every step (checked on CPU); "
                 "FSDP2 syncs only the adapter",
                 "set rl.strategy: fsdp2"))
+        if stage.recompute_layers and not stage.gradient_checkpointing:
+            problems.append(Problem(
+                f"{name}.recompute_layers", "chooses which layers gradient checkpointing recomputes, and "
+                f"{name}.gradient_checkpointing is false: no layer would recompute and every layer's activations stay",
+                f"set {name}.gradient_checkpointing: true, or remove {name}.recompute_layers"))
+        if stage.recompute_layers and stage.activation_offload:
+            problems.append(Problem(
+                f"{name}.recompute_layers", "and activation_offload both decide where a layer's activations wait for "
+                "the backward pass; verl's offload expects every layer checkpointed, and the two together are not planned",
+                f"remove {name}.recompute_layers, or set {name}.activation_offload: false"))
         if stage.cpu_offload and stage.strategy != "fsdp2":
             problems.append(Problem(
                 f"{name}.cpu_offload", "verl 0.9.1 applies its CPU offload policy to FSDP2 only; with strategy fsdp "

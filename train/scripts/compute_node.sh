@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 03bc2e9c2dff).
+# Rendered by `llm-bridge render` (llm_bridge 0.1.0) from templates/team.example.yaml (sha256 679198239761).
 # Do not edit: change the team config or templates/, then run `llm-bridge render` again.
 #
 # An interactive shell on one compute node of partition P01, with the same resources
