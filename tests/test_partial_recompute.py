@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import transformers.modeling_utils
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from llm_bridge.job import partial_recompute
-from llm_bridge.login import memory_plan
+from llm_bridge.login import memory_plan, time_plan
 from llm_bridge.login.config import SFT
 from llm_bridge.login.loader import load
 from llm_bridge.login.model_shape import find_shape
@@ -146,3 +147,16 @@ def test_a_worker_process_gets_the_patch_from_the_entrypoints():
         assert out.stdout.strip() == "True", out.stderr[-2000:]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_the_time_plan_counts_the_recompute_skipped():
+    """A LoRA step with checkpointing makes 6 passes of N (forward, recompute, activations' gradients); with half the
+    layers keeping their activations, 5: llm-bridge plan's speed is 6/5 of every layer recomputing."""
+    shape = find_shape("Qwen/Qwen3-32B")
+    team = yaml.safe_load((Path(__file__).parents[1] / "templates" / "team.example.yaml").read_text())
+    stage = SFT(**{**team["sft"], "model": "Qwen/Qwen3-32B", "lora": {"rank": 32, "alpha": 64},
+                   "gradient_checkpointing": True})
+    every, _ = time_plan.sft_mfu(shape, stage, 1)
+    half, why = time_plan.sft_mfu(shape, stage.model_copy(update={"recompute_layers": 32}), 1)
+    assert half == pytest.approx(every * 6 / 5) and "not measured" in why
+    assert time_plan.sft_mfu(shape, stage.model_copy(update={"recompute_layers": 64}), 1)[0] == every

@@ -190,6 +190,13 @@ def sft_mfu(shape: Shape, stage, gpus: int) -> tuple[float, str]:
         mfu, what = MFU_FULL.value, MFU_FULL.source
         if stage.gradient_checkpointing:
             mfu, what = mfu * CHECKPOINTING, f"{what}; x{CHECKPOINTING} for checkpointing's recompute, not measured"
+    if stage.gradient_checkpointing and stage.recompute_layers and stage.recompute_layers < shape.layers and (
+            stage.lora is not None or shape.moe or shape.params >= 1e9):  # the MFUs above that include the recompute
+        kept = 1 - stage.recompute_layers / shape.layers
+        passes = 6 if stage.lora is not None else 8  # LoRA: no weight gradients of the base
+        gain = passes / (passes - 2 * kept)
+        mfu, what = mfu * gain, (f"{what}; x{gain:.2f}: {kept:.0%} of the layers skip the recompute "
+                                 f"(recompute_layers {stage.recompute_layers}; arithmetic, not measured)")
     if gpus > 1:
         mfu, what = mfu * MULTI_GPU.value, f"{what}; x{MULTI_GPU.value} on {gpus} GPUs, {MULTI_GPU.source}"
     return mfu, f"MFU {mfu:.2f} ({what})"
