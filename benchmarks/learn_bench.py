@@ -11,7 +11,9 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
 3. SFT: the rendered run_sft.sbatch (templates/team.example.yaml with this machine's values), `llm-bridge merge`.
 4. GRPO from the SFT model, one run per --arms entry, each the rendered run_ppo.sbatch with its team.yaml
    edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed). An entry ARM@LR
-   runs that arm at its own learning rate. --together runs the arms at the same time on the one GPU, each vLLM
+   runs that arm at its own learning rate. --grpo-from NAME starts the arms from an earlier GRPO run's merged
+   model (<work>/models/NAME, e.g. carried over from another GPU lease) instead of SFT's: more GRPO steps than one
+   lease holds, with a fresh optimizer; those runs are named <arm>-cont. --together runs the arms at the same time on the one GPU, each vLLM
    with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable. Each arm is graded
    (5.) as soon as it ends, while slower ones train on, and an arm that fails leaves the others' rows in the table.
 5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
@@ -116,7 +118,7 @@ def team_config(args, work: Path) -> dict:
                        val_files=str(data / "sft" / "test.parquet"), max_length=args.max_length,
                        train_batch_size=args.sft_batch, lr=args.sft_lr, lr_scheduler="cosine", warmup_ratio=0.05,
                        total_epochs=1000, total_training_steps=args.sft_steps, save_freq=args.sft_steps, test_freq=-1)
-    team["rl"].update(experiment_name="grpo", model=str(work / "models" / "sft"),
+    team["rl"].update(experiment_name="grpo", model=str(work / "models" / (args.grpo_from or "sft")),
                       train_files=str(data / "rl" / "train.parquet"), val_files=str(data / "rl" / "test.parquet"),
                       reward_function=None, train_batch_size=args.prompts, ppo_mini_batch_size=args.prompts // args.updates,
                       rollout_n=args.n, max_prompt_length=args.max_length // 2, max_response_length=args.max_length // 2,
@@ -295,6 +297,9 @@ def main() -> None:
                         help="optimizer steps per GRPO step: each takes --prompts / UPDATES prompts' responses "
                              "(verl's ppo_mini_batch_size)")
     parser.add_argument("--grpo-lr", type=float, default=1e-5)
+    parser.add_argument("--grpo-from", metavar="NAME",
+                        help="start GRPO from <work>/models/NAME, an earlier GRPO run's merged model (e.g. "
+                             "grpo-recipe-lr3e-5), instead of the SFT model")
     parser.add_argument("--test-freq", type=int, default=10,
                         help="verl validates GRPO on the held-out problems every N steps and before the first (a few "
                              "seconds each on the GPU); 0: never")
@@ -315,6 +320,10 @@ def main() -> None:
     if args.cpu:
         args.gpus = 2
     work = args.work.resolve()
+    if args.grpo_from and not (work / "models" / args.grpo_from / "config.json").is_file():
+        raise SystemExit(f"--grpo-from {args.grpo_from}: no merged model in {work / 'models' / args.grpo_from}. Fix: "
+                         "name a folder of models/ that an earlier run of this --work wrote (or that you copied "
+                         "there), e.g. --grpo-from grpo-recipe")
     work.mkdir(parents=True, exist_ok=True)
     stage = pipeline.Stage(work)
     env = pipeline.CPU_ENV if args.cpu else {}
@@ -341,7 +350,7 @@ def main() -> None:
     if args.samples:
         rows[-1].update(sampled(args, work / "models" / "sft", test, work / f"samples{args.samples}-sft.jsonl", stage,
                                 "sample-sft"))
-    names = [run_name(arm, lr) for arm, lr in arms]
+    names = [run_name(arm, lr) + ("-cont" if args.grpo_from else "") for arm, lr in arms]
     runs = {}  # name -> (command, environment) of each GRPO run still to do
     for (arm, lr), name in zip(arms, names):
         edits, arm_env = ARMS[arm]
@@ -371,7 +380,8 @@ def main() -> None:
         steps_by_arm[label] = [m["data"] for m in records if "critic/score/mean" in m["data"]]
         held_out[label] = held_out_curve(records)
         rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
-        graded[name] = {"model": f"GRPO ({label})", "steps": len(rewards),
+        start = f", from {args.grpo_from}" if args.grpo_from else ""
+        graded[name] = {"model": f"GRPO ({label}{start})", "steps": len(rewards),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
                         "train_reward_first": rewards[0], "train_reward_last": rewards[-1]}
         if args.samples:

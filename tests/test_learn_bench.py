@@ -55,6 +55,15 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     # a rerun finds every stage's output and redoes none
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe" not in again.stdout, again.stdout
+    # more GRPO from the GRPO model (--grpo-from: another lease's steps), as a run of its own
+    more = subprocess.run([*argv, "--grpo-from", "grpo-recipe-lr2e-3", "--grpo-steps", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["rows"][-1]["model"] == "GRPO (recipe-lr2e-3-cont, from grpo-recipe-lr2e-3)"
+    assert results["rows"][-1]["steps"] == 1 and (tmp_path / "models" / "grpo-recipe-lr2e-3-cont" / "config.json").is_file()
+    rl = yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3-cont.yaml").read_text())["rl"]
+    assert rl["model"] == str(tmp_path / "models" / "grpo-recipe-lr2e-3")
 
 
 def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
@@ -77,6 +86,11 @@ def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
                               "--updates", "8"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--updates 8: must divide --prompts 12" in refused.stderr, refused.stderr
     assert "e.g. --updates 4" in refused.stderr and not Path("/nonexistent").exists()
+    # --grpo-from names a merged model of this work folder
+    refused = subprocess.run([sys.executable, "benchmarks/learn_bench.py", "--work", "/nonexistent/lb", "--grpo-from",
+                              "grpo-recipe"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--grpo-from grpo-recipe: no merged model in /nonexistent/lb/models/grpo-recipe" \
+        in refused.stderr and not Path("/nonexistent").exists(), refused.stderr
 
 
 def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_are_named(tmp_path):
