@@ -13,9 +13,10 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed). An entry ARM@LR
    runs that arm at its own learning rate. --grpo-from NAME starts the arms from an earlier GRPO run's merged
    model (<work>/models/NAME, e.g. carried over from another GPU lease) instead of SFT's: more GRPO steps than one
-   lease holds, with a fresh optimizer; those runs are named <arm>-cont. --together runs the arms at the same time on the one GPU, each vLLM
-   with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not comparable. Each arm is graded
-   (5.) as soon as it ends, while slower ones train on, and an arm that fails leaves the others' rows in the table.
+   lease holds, with a fresh optimizer; those runs are named <arm>-cont. --together runs the arms at the same time
+   on the one GPU, each vLLM with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not
+   comparable. Each arm is graded (5.) as soon as it ends, while slower ones train on, and an arm that fails
+   leaves the others' rows in the table.
 5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
    the function GRPO trained on. During GRPO, verl's own validation grades the same problems every --test-freq steps
    and before the first (greedy, the run's vLLM, the same reward): a held-out curve, and a figure in hand when a run
