@@ -225,8 +225,8 @@ def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()
     words = shlex.split(block.group(1), comments=True)
     defaults = dict(re.findall(r'^export (\w+)="\$\{\1:-([^}"]*)\}"$', text, re.M))
     env = {k: v for k, v in defaults.items() if k not in os.environ}
-    # team.yaml values the SFT script hands its trainer as environment (recompute_layers), not as overrides
-    env.update(re.findall(r"^export (BRIDGE_RECOMPUTE_LAYERS)=(\d+)$", text, re.M))
+    # team.yaml values the script hands its trainer as environment, not as overrides (chat_template, recompute_layers)
+    env.update(re.findall(r"^export (BRIDGE_\w+)=([\w.-]+)$", text, re.M))
     return [w for w in words if _KNOBS.match(w)], env
 
 

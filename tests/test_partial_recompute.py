@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 import transformers.modeling_utils
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -128,6 +127,7 @@ def test_the_plan_counts_kept_layers_and_check_says_how_many_fit(example, write_
     # what the note proposes stays within 90% of the GPU; one layer fewer recomputing would not
     stage = config.sft.model_copy(update={"recompute_layers": fewest})
     room = 0.9 * config.slurm.gpu_memory_gib
+
     def total(s):
         return sum(memory_plan.training_parts(shape, s, 24, 8192).values()) + memory_plan.CUDA_CONTEXT_GIB
 
@@ -149,12 +149,11 @@ def test_a_worker_process_gets_the_patch_from_the_entrypoints():
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 
-def test_the_time_plan_counts_the_recompute_skipped():
+def test_the_time_plan_counts_the_recompute_skipped(example):
     """A LoRA step with checkpointing makes 6 passes of N (forward, recompute, activations' gradients); with half the
     layers keeping their activations, 5: llm-bridge plan's speed is 6/5 of every layer recomputing."""
     shape = find_shape("Qwen/Qwen3-32B")
-    team = yaml.safe_load((Path(__file__).parents[1] / "templates" / "team.example.yaml").read_text())
-    stage = SFT(**{**team["sft"], "model": "Qwen/Qwen3-32B", "lora": {"rank": 32, "alpha": 64},
+    stage = SFT(**{**example["sft"], "model": "Qwen/Qwen3-32B", "lora": {"rank": 32, "alpha": 64},
                    "gradient_checkpointing": True})
     every, _ = time_plan.sft_mfu(shape, stage, 1)
     half, why = time_plan.sft_mfu(shape, stage.model_copy(update={"recompute_layers": 32}), 1)
