@@ -13,7 +13,10 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    edits (ARMS below), merged. Every arm sees the same prompts in the same order (data.seed). An entry ARM@LR
    runs that arm at its own learning rate. --grpo-from NAME starts the arms from an earlier GRPO run's merged
    model (<work>/models/NAME, e.g. carried over from another GPU lease) instead of SFT's: more GRPO steps than one
-   lease holds, with a fresh optimizer; those runs are named <arm>-cont. --together runs the arms at the same time
+   lease holds, with a fresh optimizer; those runs are named <arm>-cont (-cont2 from a -cont model, ...), and
+   their steps and held-out curve count on from the earlier run's. --grpo-time-limit S gives each GRPO run the
+   recipe's time-limit save (llm_bridge/job/deadline.py, as under SLURM): it saves a final checkpoint and stops
+   before S seconds, then is merged and graded like a finished run, so a lease's steps are never lost. --together runs the arms at the same time
    on the one GPU, each vLLM with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not
    comparable. Each arm is graded (5.) as soon as it ends, while slower ones train on, and an arm that fails
    leaves the others' rows in the table.
@@ -38,6 +41,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -89,8 +93,20 @@ def parse_arms(text: str) -> list[tuple[str, str | None]]:
     return arms
 
 
-def run_name(arm: str, lr: str | None) -> str:
-    return f"grpo-{arm}" + (f"-lr{lr}" if lr else "")
+def run_name(arm: str, lr: str | None, grpo_from: str | None = None) -> str:
+    """grpo-ARM[-lrLR], and from an earlier GRPO model -cont, -cont2, ... (one more than that model's)."""
+    name = f"grpo-{arm}" + (f"-lr{lr}" if lr else "")
+    if not grpo_from:
+        return name
+    _, cont, count = grpo_from.rpartition("-cont")
+    earlier = int(count or 1) if cont and (count == "" or count.isdigit()) else 0
+    return f"{name}-cont{earlier + 1 if earlier else ''}"
+
+
+def steps_before(model: Path) -> int:
+    """GRPO steps behind a merged model: what learn_bench recorded beside it (0 for SFT's or another's)."""
+    record = model / "learn_bench.json"
+    return json.loads(record.read_text())["grpo_steps"] if record.is_file() else 0
 
 
 def venv_shim(work: Path) -> Path:
@@ -301,6 +317,9 @@ def main() -> None:
     parser.add_argument("--grpo-from", metavar="NAME",
                         help="start GRPO from <work>/models/NAME, an earlier GRPO run's merged model (e.g. "
                              "grpo-recipe-lr3e-5), instead of the SFT model")
+    parser.add_argument("--grpo-time-limit", type=int, metavar="SECONDS",
+                        help="each GRPO run saves a final checkpoint and stops before SECONDS from its start (the "
+                             "recipe's time-limit save: its longest step + 60 s ahead), then is merged and graded")
     parser.add_argument("--test-freq", type=int, default=10,
                         help="verl validates GRPO on the held-out problems every N steps and before the first (a few "
                              "seconds each on the GPU); 0: never")
@@ -320,6 +339,9 @@ def main() -> None:
                          f"an equal share of a step's prompts), e.g. --updates {max(d for d in (1, 2, 4, 8) if args.prompts % d == 0)}")
     if args.cpu:
         args.gpus = 2
+    if args.grpo_time_limit is not None and args.grpo_time_limit < 120:
+        raise SystemExit(f"--grpo-time-limit {args.grpo_time_limit}: too short for a step and a save (the run stops "
+                         "once less than its longest step + 60 s is left, counted from its start), e.g. 1200")
     work = args.work.resolve()
     if args.grpo_from and not (work / "models" / args.grpo_from / "config.json").is_file():
         raise SystemExit(f"--grpo-from {args.grpo_from}: no merged model in {work / 'models' / args.grpo_from}. Fix: "
@@ -351,7 +373,8 @@ def main() -> None:
     if args.samples:
         rows[-1].update(sampled(args, work / "models" / "sft", test, work / f"samples{args.samples}-sft.jsonl", stage,
                                 "sample-sft"))
-    names = [run_name(arm, lr) + ("-cont" if args.grpo_from else "") for arm, lr in arms]
+    names = [run_name(arm, lr, args.grpo_from) for arm, lr in arms]
+    prior = steps_before(work / "models" / args.grpo_from) if args.grpo_from else 0
     runs = {}  # name -> (command, environment) of each GRPO run still to do
     for (arm, lr), name in zip(arms, names):
         edits, arm_env = ARMS[arm]
@@ -371,6 +394,14 @@ def main() -> None:
         command = (pipeline.grpo_command(rendered, *settings) if args.cpu
                    else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
         runs[name] = (command, {**env, **arm_env})
+    deadline = "MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"  # the variable the recipe's time-limit save reads
+
+    def starting(name: str) -> tuple:
+        """(name, command, environment) of a run starting now: its time limit counts from here."""
+        command, run_env = runs[name]
+        if args.grpo_time_limit:
+            run_env = {**run_env, deadline: str(int(time.time()) + args.grpo_time_limit)}
+        return name, command, run_env
     steps_by_arm, held_out, graded = {}, {}, {}  # graded: name -> its table row, in the order the arms end
 
     def evaluate(name: str) -> None:
@@ -378,11 +409,15 @@ def main() -> None:
         generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
                  stage, f"generate-{name}")
         records = pipeline.metrics(work / "logs", name)
-        steps_by_arm[label] = [m["data"] for m in records if "critic/score/mean" in m["data"]]
-        held_out[label] = held_out_curve(records)
+        steps_by_arm[label] = [{**m["data"], "training/global_step": prior + m["data"]["training/global_step"]}
+                               for m in records if "critic/score/mean" in m["data"]]
+        held_out[label] = [(prior + step, value) for step, value in held_out_curve(records)]
         rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
-        start = f", from {args.grpo_from}" if args.grpo_from else ""
-        graded[name] = {"model": f"GRPO ({label}{start})", "steps": len(rewards),
+        start = f", from {args.grpo_from} at step {prior}" if args.grpo_from else ""
+        record = work / "models" / name / "learn_bench.json"
+        if not record.is_file():  # GRPO steps behind this model, for a run that starts from it (--grpo-from)
+            record.write_text(json.dumps({"grpo_steps": prior + len(rewards), "from": args.grpo_from or "sft"}) + "\n")
+        graded[name] = {"model": f"GRPO ({label}{start})", "steps": prior + len(rewards), "steps_this_run": len(rewards),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
                         "train_reward_first": rewards[0], "train_reward_last": rewards[-1]}
         if args.samples:
@@ -392,14 +427,14 @@ def main() -> None:
     failed = None
     if args.together:  # each arm is graded as soon as it ends, while the slower ones train on
         try:
-            stage.run_together([(name, *run) for name, run in runs.items()], on_done=evaluate)
+            stage.run_together([starting(name) for name in runs], on_done=evaluate)
         except SystemExit as error:  # the arms that finished keep their rows; the failure is reported at the end
             failed = error
     for name in names:  # else one after another, each evaluated before the next starts (a cut-short lease keeps it)
         if args.together and name in runs:
             continue  # graded above, or failed
         if name in runs:
-            stage.run(name, *runs[name])
+            stage.run(*starting(name))
         evaluate(name)
     rows += [graded[name] for name in names if name in graded]
     png = curves(work, steps_by_arm, held_out)

@@ -3,6 +3,7 @@ the rendered SFT script, merge, the rendered GRPO script, merge, held-out accura
 that keeps the entrypoint working between GPU leases; that the recipe teaches is tests/test_grpo_learns.py's."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -55,15 +56,25 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     # a rerun finds every stage's output and redoes none
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe" not in again.stdout, again.stdout
-    # more GRPO from the GRPO model (--grpo-from: another lease's steps), as a run of its own
-    more = subprocess.run([*argv, "--grpo-from", "grpo-recipe-lr2e-3", "--grpo-steps", "1"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    # more GRPO from the GRPO model (--grpo-from: another lease's steps), as a run of its own whose steps count on
+    # from the earlier run's; --grpo-time-limit hands it the recipe's time-limit save (an hour away: no stop here)
+    started = time.time()
+    more = subprocess.run([*argv, "--grpo-from", "grpo-recipe-lr2e-3", "--grpo-steps", "1", "--grpo-time-limit", "3600"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["rows"][-1]["model"] == "GRPO (recipe-lr2e-3-cont, from grpo-recipe-lr2e-3)"
-    assert results["rows"][-1]["steps"] == 1 and (tmp_path / "models" / "grpo-recipe-lr2e-3-cont" / "config.json").is_file()
+    cont = results["rows"][-1]
+    assert cont["model"] == "GRPO (recipe-lr2e-3-cont, from grpo-recipe-lr2e-3 at step 2)"
+    assert (cont["steps"], cont["steps_this_run"]) == (3, 1), cont
+    assert [step for step, _ in results["held_out"]["recipe-lr2e-3-cont"]] == [2, 3]
+    assert json.loads((tmp_path / "models" / "grpo-recipe-lr2e-3-cont" / "learn_bench.json").read_text()) == {
+        "grpo_steps": 3, "from": "grpo-recipe-lr2e-3"}
     rl = yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3-cont.yaml").read_text())["rl"]
     assert rl["model"] == str(tmp_path / "models" / "grpo-recipe-lr2e-3")
+    # the deadline reaches the trainer loop's Ray actor, an hour from the run's start
+    log = (tmp_path / "logs" / "grpo-recipe-lr2e-3-cont.log").read_text()
+    deadline = int(re.search(r"'MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP': '(\d+)'", log).group(1))
+    assert started + 3600 <= deadline + 1 <= time.time() + 3600 + 1, (started, deadline)
 
 
 def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
@@ -73,6 +84,10 @@ def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
     assert learn_bench.parse_arms("recipe,verl-example,recipe@1e-4") == [
         ("recipe", None), ("verl-example", None), ("recipe", "1e-4")]
     assert learn_bench.run_name("recipe", "1e-4") == "grpo-recipe-lr1e-4" and learn_bench.run_name("recipe", None) == "grpo-recipe"
+    # continuing from an earlier GRPO model: -cont, then -cont2, -cont3 (never the name of the model it starts from)
+    assert [learn_bench.run_name("recipe", "3e-5", start) for start in (
+        "grpo-recipe-lr3e-5", "grpo-recipe-lr3e-5-cont", "grpo-recipe-lr3e-5-cont2", "grpo-recipe-contrast")] == [
+        "grpo-recipe-lr3e-5-cont", "grpo-recipe-lr3e-5-cont2", "grpo-recipe-lr3e-5-cont3", "grpo-recipe-lr3e-5-cont"]
     assert learn_bench.parse_arms("") == []
     for bad, says in (("recpie", "no arm 'recpie'"), ("recipe@fast", "must be a number"), ("recipe@0", "above 0"), ("recipe,recipe", "twice")):
         try:
@@ -91,6 +106,11 @@ def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
                               "grpo-recipe"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--grpo-from grpo-recipe: no merged model in /nonexistent/lb/models/grpo-recipe" \
         in refused.stderr and not Path("/nonexistent").exists(), refused.stderr
+    # a time limit shorter than a start-up, a step and a save would pass unnoticed (verl's rule saves only ahead of it)
+    refused = subprocess.run([sys.executable, "benchmarks/learn_bench.py", "--work", "/nonexistent/lb",
+                              "--grpo-time-limit", "60"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--grpo-time-limit 60: too short" in refused.stderr and "e.g. 1200" in refused.stderr
+    assert not Path("/nonexistent").exists()
 
 
 def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_are_named(tmp_path):
