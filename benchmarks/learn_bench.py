@@ -18,9 +18,12 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    recipe's time-limit save (llm_bridge/job/deadline.py, as under SLURM): it saves a final checkpoint and stops
    before S seconds, then is merged and graded like a finished run, so a lease's steps are never lost. --together runs the arms at the same time
    on the one GPU, each vLLM with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not
-   comparable. Each arm is graded (5.) as soon as it ends, while slower ones train on, and an arm that fails
+   comparable. Each arm is graded (6.) as soon as it ends, while slower ones train on, and an arm that fails
    leaves the others' rows in the table.
-5. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
+5. --drift-length L: one GRPO step of the SFT model with every response L tokens long (vLLM's ignore_eos; the
+   model's position limit raised to fit) through the same rendered script: how far vLLM's log-probs drift from the
+   actor's over response positions (issue 38 point 5), from the recipe's actor/rollout_drift/k3_kl_tokens_* metrics.
+6. Held-out accuracy of every model: greedy, through `llm-bridge generate` (vLLM), graded by verl's gsm8k reward,
    the function GRPO trained on. During GRPO, verl's own validation grades the same problems every --test-freq steps
    and before the first (greedy, the run's vLLM, the same reward): a held-out curve, and a figure in hand when a run
    is cut short. --samples K adds K answers a prompt sampled at temperature 1: their mean and pass@K
@@ -69,6 +72,7 @@ ARMS = {
     "recompute-is": ({"old_log_probs": "recompute", "rollout_correction": {"rollout_is": "token"}}, {}),
     "bypass-rs": ({"rollout_correction": {"rollout_rs": "seq_mean_k1", "rollout_rs_threshold": 1.001}}, {}),
 }
+DRIFT_PROMPTS, DRIFT_N = 16, 4  # --drift-length: 64 responses, every span of positions filled 64 times over
 # per GRPO step; the drift is the recipe's metric (verl_patches 8), or verl's own where the patches are off (recompute)
 CURVES = (("critic/score/mean",), ("response_length/mean",), ("actor/rollout_drift/k3_kl", "rollout_corr/k3_kl"))
 
@@ -188,6 +192,35 @@ def build_data_and_model(args, work: Path, stage: pipeline.Stage) -> None:
     partial.rename(work / "model")
     print(f"[model] {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"vocabulary {len(tokenizer)}", flush=True)
+
+
+def long_model(sft: Path, out: Path, positions: int) -> Path:
+    """The SFT model with room for `positions` (RoPE has no table to outgrow). What it says past the lengths SFT
+    showed it is not the point of --drift-length; the two engines' numerics over a long context are."""
+    if not (out / "config.json").is_file():
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(sft, partial)
+        config = json.loads((partial / "config.json").read_text())
+        config["max_position_embeddings"] = max(config["max_position_embeddings"], positions)
+        (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        partial.rename(out)
+    return out
+
+
+def drift_summary(logs: Path, name: str) -> dict | None:
+    """The drift run's one step: vLLM's log-probs against the actor's (the recipe's actor/rollout_drift/ metrics of
+    the step's first mini-batch, at the weights vLLM sampled with), overall and by span of response positions.
+    None if the run logged no step (it failed)."""
+    records = [json.loads(line) for path in logs.glob(f"{name}-local-*.metrics.jsonl") for line in path.read_text().splitlines()]
+    step = next((r["data"] for r in records if "critic/score/mean" in r["data"]), None)
+    if step is None:
+        return None
+    prefix = "actor/rollout_drift/k3_kl_tokens_"
+    spans = sorted(((key.removeprefix(prefix), value) for key, value in step.items() if key.startswith(prefix)),
+                   key=lambda span: int(span[0].split("_")[-1] if span[0].startswith("from") else span[0].split("_")[0]))
+    return {"response_length_mean": step["response_length/mean"], "k3_kl": step["actor/rollout_drift/k3_kl"],
+            "rollout_ppl": step["actor/rollout_drift/rollout_ppl"], "k3_kl_by_position": dict(spans)}
 
 
 def generate(args, model: Path, data: Path, out: Path, stage: pipeline.Stage, name: str, *sampling: str) -> None:
@@ -320,6 +353,10 @@ def main() -> None:
     parser.add_argument("--grpo-time-limit", type=int, metavar="SECONDS",
                         help="each GRPO run saves a final checkpoint and stops before SECONDS from its start (the "
                              "recipe's time-limit save: its longest step + 60 s ahead), then is merged and graded")
+    parser.add_argument("--drift-length", type=int, metavar="L",
+                        help="also one GRPO step of the SFT model with every response L tokens long (ignore_eos): "
+                             "the rollout's drift from the actor over response positions (with the arms: --together "
+                             "runs it beside them)")
     parser.add_argument("--test-freq", type=int, default=10,
                         help="verl validates GRPO on the held-out problems every N steps and before the first (a few "
                              "seconds each on the GPU); 0: never")
@@ -394,6 +431,25 @@ def main() -> None:
         command = (pipeline.grpo_command(rendered, *settings) if args.cpu
                    else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
         runs[name] = (command, {**env, **arm_env})
+    drift_name = f"drift-{args.drift_length}" if args.drift_length else None
+    if drift_name and not list((work / "logs").glob(f"{drift_name}-local-*.metrics.jsonl")):
+        prompt = team["rl"]["max_prompt_length"]
+        positions = prompt + args.drift_length
+        drift_team = yaml.safe_load(yaml.safe_dump(team))
+        drift_team["rl"].update(
+            experiment_name=drift_name, model=str(long_model(work / "models" / "sft", work / "models" /
+                                                             f"sft-{positions}-positions", positions)),
+            max_response_length=args.drift_length, train_batch_size=DRIFT_PROMPTS, ppo_mini_batch_size=DRIFT_PROMPTS,
+            rollout_n=DRIFT_N, total_training_steps=1, save_freq=1, test_freq=-1,
+            ppo_max_token_len_per_gpu=max(team["rl"]["ppo_max_token_len_per_gpu"], positions))
+        rendered = pipeline.render(work, drift_team, f"rendered-{drift_name}")
+        settings = [f"data.seed={args.seed}", "trainer.val_before_train=False", "actor_rollout_ref.rollout.ignore_eos=True"]
+        if args.together and not args.cpu:
+            settings.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes="
+                            f"{int(args.kv_cache_gib * 2**30)}")
+        settings += overrides
+        runs[drift_name] = (pipeline.grpo_command(rendered, *settings) if args.cpu
+                            else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings], env)
     deadline = "MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"  # the variable the recipe's time-limit save reads
 
     def starting(name: str) -> tuple:
@@ -427,7 +483,8 @@ def main() -> None:
     failed = None
     if args.together:  # each arm is graded as soon as it ends, while the slower ones train on
         try:
-            stage.run_together([starting(name) for name in runs], on_done=evaluate)
+            stage.run_together([starting(name) for name in runs],
+                               on_done=lambda name: None if name == drift_name else evaluate(name))
         except SystemExit as error:  # the arms that finished keep their rows; the failure is reported at the end
             failed = error
     for name in names:  # else one after another, each evaluated before the next starts (a cut-short lease keeps it)
@@ -436,6 +493,9 @@ def main() -> None:
         if name in runs:
             stage.run(*starting(name))
         evaluate(name)
+    if drift_name in runs and not args.together:  # after the arms: their rows matter more to a lease cut short
+        stage.run(*starting(drift_name))
+    drift = drift_summary(work / "logs", drift_name) if drift_name else None
     rows += [graded[name] for name in names if name in graded]
     png = curves(work, steps_by_arm, held_out)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
@@ -457,10 +517,18 @@ def main() -> None:
     times = ["| stage | llm-bridge plan | measured |", "|---|---|---|"]
     times += [f"| {name} | {time_plan.duration(planned_s[name])} | {time_plan.duration(stage.times[name])} |"
               for name in planned_s if name in stage.times]
+    if drift:
+        drift_lines = [f"vLLM's log-probs against the actor's over response positions (--drift-length {args.drift_length}: one "
+                       f"GRPO step of the SFT model, {DRIFT_PROMPTS * DRIFT_N} responses of "
+                       f"{drift['response_length_mean']:.0f} tokens on average; rollout perplexity "
+                       f"{drift['rollout_ppl']:.3f}), K3 KL per token:", "", "| response positions | K3 KL |", "|---|---|",
+                       *[f"| {span.replace('_', ' ')} | {value:.2e} |" for span, value in drift["k3_kl_by_position"].items()],
+                       f"| all | {drift['k3_kl']:.2e} |", ""]
+        during += drift_lines
     (work / "results.md").write_text("\n".join([f"`{argv}` on {machine}", "", *table, "", *during, f"![curves]({png.name})", "",
                                                 "Wall time of each stage (the plan estimates a GPU run):", "", *times, ""]))
     (work / "results.json").write_text(json.dumps({"argv": argv, "machine": machine, "rows": rows,
-                                                   "steps": steps_by_arm, "held_out": held_out, "times_s": stage.times,
+                                                   "steps": steps_by_arm, "held_out": held_out, "drift": drift, "times_s": stage.times,
                                                    "planned_s": planned_s}, indent=1))
     print("\n".join(table + [""] + during + times))
     print(f"-> {work / 'results.md'}, {png}")

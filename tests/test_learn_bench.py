@@ -57,10 +57,11 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe" not in again.stdout, again.stdout
     # more GRPO from the GRPO model (--grpo-from: another lease's steps), as a run of its own whose steps count on
-    # from the earlier run's; --grpo-time-limit hands it the recipe's time-limit save (an hour away: no stop here)
+    # from the earlier run's; --grpo-time-limit hands it the recipe's time-limit save (an hour away: no stop here).
+    # --drift-length: then one step of the SFT model with every response 24 tokens long
     started = time.time()
-    more = subprocess.run([*argv, "--grpo-from", "grpo-recipe-lr2e-3", "--grpo-steps", "1", "--grpo-time-limit", "3600"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    more = subprocess.run([*argv, "--grpo-from", "grpo-recipe-lr2e-3", "--grpo-steps", "1", "--grpo-time-limit", "3600",
+                           "--drift-length", "24"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     cont = results["rows"][-1]
@@ -75,6 +76,14 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     log = (tmp_path / "logs" / "grpo-recipe-lr2e-3-cont.log").read_text()
     deadline = int(re.search(r"'MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP': '(\d+)'", log).group(1))
     assert started + 3600 <= deadline + 1 <= time.time() + 3600 + 1, (started, deadline)
+    # the drift run: every response sampled on past the end-of-sequence token (ignore_eos) to its 24 tokens; the CPU's
+    # rollout and actor both compute in fp32, so vLLM's bf16 drift is not here, only that it is measured and shown
+    drift = results["drift"]
+    assert drift["response_length_mean"] == 24 and list(drift["k3_kl_by_position"]) == ["0_to_256"], drift
+    assert 0 <= drift["k3_kl_by_position"]["0_to_256"] < 1e-3 and 0 <= drift["k3_kl"] < 1e-3, drift
+    assert "| 0 to 256 | " in (tmp_path / "results.md").read_text()
+    drift_rl = yaml.safe_load((tmp_path / "team-rendered-drift-24.yaml").read_text())["rl"]
+    assert drift_rl["model"] == str(tmp_path / "models" / "sft-88-positions") and drift_rl["max_response_length"] == 24
 
 
 def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
@@ -165,3 +174,19 @@ def test_sampled_answers_are_graded_as_a_mean_and_as_pass_at_k(tmp_path):
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps({"id": str(i), "response": a}) + "\n" for i, a in enumerate(answers)))
     mean, pass_at = learn_bench.grade_samples(tmp_path / "test-x2.parquet", tmp_path / "samples.jsonl")
     assert (mean, pass_at) == (0.5, 2 / 3)
+
+
+def test_the_drift_is_read_from_the_drift_run_s_step_in_order_of_response_positions(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import learn_bench
+
+    assert learn_bench.drift_summary(tmp_path, "drift-32768") is None  # the run logged no step: no figure
+    prefix = "actor/rollout_drift/k3_kl_tokens_"
+    spans = {"256_to_1024": 2e-4, "from_16384": 9e-4, "0_to_256": 1e-4, "4096_to_16384": 5e-4, "1024_to_4096": 3e-4}
+    step = {"critic/score/mean": 0.0, "response_length/mean": 32768.0, "actor/rollout_drift/k3_kl": 6e-4,
+            "actor/rollout_drift/rollout_ppl": 1.7, **{prefix + span: value for span, value in spans.items()}}
+    (tmp_path / "drift-32768-local-1.metrics.jsonl").write_text(json.dumps({"step": 1, "data": step}) + "\n")
+    drift = learn_bench.drift_summary(tmp_path, "drift-32768")
+    assert list(drift["k3_kl_by_position"].items()) == [("0_to_256", 1e-4), ("256_to_1024", 2e-4), ("1024_to_4096", 3e-4),
+                                                        ("4096_to_16384", 5e-4), ("from_16384", 9e-4)]
+    assert (drift["k3_kl"], drift["response_length_mean"], drift["rollout_ppl"]) == (6e-4, 32768.0, 1.7)

@@ -57,10 +57,12 @@ class HFServer:
         temperature = float(sampling_params.get("temperature", 1.0))
         top_k = int(sampling_params.get("top_k", -1))
         eos = self.tokenizer.eos_token_id
+        # as vLLM's server: rollout.ignore_eos samples on past the end-of-sequence token, to max_new tokens
+        ignore_eos = bool(sampling_params.get("ignore_eos", getattr(self.config, "ignore_eos", False)))
         kwargs = dict(
             max_new_tokens=max(1, max_new),
             do_sample=temperature > 0,
-            eos_token_id=eos,
+            eos_token_id=None if ignore_eos else eos,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
             return_dict_in_generate=True,
             output_logits=True,
@@ -73,7 +75,7 @@ class HFServer:
         with torch.no_grad():
             out = self.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs)
         tokens = out.sequences[0, len(prompt_ids):].tolist()
-        if eos in tokens:
+        if eos in tokens and not ignore_eos:
             tokens = tokens[: tokens.index(eos) + 1]
         log_probs = None
         if sampling_params.get("logprobs"):
