@@ -16,9 +16,9 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    lease holds, with a fresh optimizer; those runs are named <arm>-cont (-cont2 from a -cont model, ...), and
    their steps and held-out curve count on from the earlier run's. --grpo-time-limit S gives each GRPO run the
    recipe's time-limit save (llm_bridge/job/deadline.py, as under SLURM): it saves a final checkpoint and stops
-   before S seconds, then is merged and graded like a finished run, so a lease's steps are never lost. --together runs the arms at the same time
-   on the one GPU, each vLLM with a fixed KV cache (--kv-cache-gib): one start-up for all of them, times not
-   comparable. Each arm is graded (6.) as soon as it ends, while slower ones train on, and an arm that fails
+   before S seconds, then is merged and graded like a finished run, so a lease's steps are never lost.
+   --together runs the arms at the same time on the one GPU, each vLLM with a fixed KV cache (--kv-cache-gib):
+   one start-up for all of them, times not comparable. Each arm is graded (6.) as soon as it ends, while slower ones train on, and an arm that fails
    leaves the others' rows in the table.
 5. --drift-length L: one GRPO step of the SFT model with every response L tokens long (vLLM's ignore_eos; the
    model's position limit raised to fit) through the same rendered script: how far vLLM's log-probs drift from the
@@ -41,6 +41,7 @@ vLLM's offline API): a smoke test of this script, not a figure.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def drift_summary(logs: Path, name: str) -> dict | None:
         return None
     prefix = "actor/rollout_drift/k3_kl_tokens_"
     spans = sorted(((key.removeprefix(prefix), value) for key, value in step.items() if key.startswith(prefix)),
-                   key=lambda span: int(span[0].split("_")[-1] if span[0].startswith("from") else span[0].split("_")[0]))
+                   key=lambda span: int(re.search(r"\d+", span[0]).group()))  # 0_to_256, ..., from_16384
     return {"response_length_mean": step["response_length/mean"], "k3_kl": step["actor/rollout_drift/k3_kl"],
             "rollout_ppl": step["actor/rollout_drift/rollout_ppl"], "k3_kl_by_position": dict(spans)}
 
