@@ -414,6 +414,16 @@ def main() -> None:
     names = [run_name(arm, lr, args.grpo_from) for arm, lr in arms]
     prior = steps_before(work / "models" / args.grpo_from) if args.grpo_from else 0
     runs = {}  # name -> (command, environment) of each GRPO run still to do
+
+    def grpo_command(rendered: Path, *settings: str) -> list[str]:
+        """The rendered GRPO script with the benchmark's settings, then the command line's overrides."""
+        same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
+        fixed_kv = ([f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={int(args.kv_cache_gib * 2**30)}"]
+                    if args.together and not args.cpu else [])
+        settings = [same_prompts, *settings, *fixed_kv, *overrides]
+        return (pipeline.grpo_command(rendered, *settings) if args.cpu
+                else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
+
     for (arm, lr), name in zip(arms, names):
         edits, arm_env = ARMS[arm]
         if (work / "models" / name / "config.json").is_file():
@@ -423,17 +433,10 @@ def main() -> None:
         plan = planned(arm_team, work, name)
         planned_s.update({name: plan["grpo"], f"merge-{name}": plan["merge-grpo"]})
         rendered = pipeline.render(work, arm_team, f"rendered-{name}")
-        same_prompts = f"data.seed={args.seed}"  # verl's default (null) shuffles the prompts anew each run
-        settings = [same_prompts, f"trainer.val_before_train={bool(args.test_freq)}"]
-        if args.together and not args.cpu:
-            settings.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes="
-                            f"{int(args.kv_cache_gib * 2**30)}")
-        settings += overrides
-        command = (pipeline.grpo_command(rendered, *settings) if args.cpu
-                   else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings])
-        runs[name] = (command, {**env, **arm_env})
+        runs[name] = (grpo_command(rendered, f"trainer.val_before_train={bool(args.test_freq)}"), {**env, **arm_env})
     drift_name = f"drift-{args.drift_length}" if args.drift_length else None
-    if drift_name and not list((work / "logs").glob(f"{drift_name}-local-*.metrics.jsonl")):
+    drift = drift_summary(work / "logs", drift_name) if drift_name else None
+    if drift_name and drift is None:
         prompt = team["rl"]["max_prompt_length"]
         positions = prompt + args.drift_length
         drift_team = yaml.safe_load(yaml.safe_dump(team))
@@ -444,20 +447,16 @@ def main() -> None:
             rollout_n=DRIFT_N, total_training_steps=1, save_freq=1, test_freq=-1,
             ppo_max_token_len_per_gpu=max(team["rl"]["ppo_max_token_len_per_gpu"], positions))
         rendered = pipeline.render(work, drift_team, f"rendered-{drift_name}")
-        settings = [f"data.seed={args.seed}", "trainer.val_before_train=False", "actor_rollout_ref.rollout.ignore_eos=True"]
-        if args.together and not args.cpu:
-            settings.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes="
-                            f"{int(args.kv_cache_gib * 2**30)}")
-        settings += overrides
-        runs[drift_name] = (pipeline.grpo_command(rendered, *settings) if args.cpu
-                            else ["bash", str(rendered / "ppo" / "run_ppo.sbatch"), *settings], env)
-    deadline = "MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"  # the variable the recipe's time-limit save reads
+        runs[drift_name] = (grpo_command(rendered, "trainer.val_before_train=False",
+                                         "actor_rollout_ref.rollout.ignore_eos=True"), env)
 
     def starting(name: str) -> tuple:
         """(name, command, environment) of a run starting now: its time limit counts from here."""
         command, run_env = runs[name]
         if args.grpo_time_limit:
-            run_env = {**run_env, deadline: str(int(time.time()) + args.grpo_time_limit)}
+            from llm_bridge.job.deadline import DEADLINE_ENV  # the variable the recipe's time-limit save reads (imports verl)
+
+            run_env = {**run_env, DEADLINE_ENV: str(int(time.time()) + args.grpo_time_limit)}
         return name, command, run_env
     steps_by_arm, held_out, graded = {}, {}, {}  # graded: name -> its table row, in the order the arms end
 
@@ -496,7 +495,8 @@ def main() -> None:
         evaluate(name)
     if drift_name in runs and not args.together:  # after the arms: their rows matter more to a lease cut short
         stage.run(*starting(drift_name))
-    drift = drift_summary(work / "logs", drift_name) if drift_name else None
+    if drift_name in runs:
+        drift = drift_summary(work / "logs", drift_name)
     rows += [graded[name] for name in names if name in graded]
     png = curves(work, steps_by_arm, held_out)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
