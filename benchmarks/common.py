@@ -128,7 +128,7 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     """A random-weight model with Qwen2.5-<arch>'s or Qwen3's shapes, saved in bf16 with the tokenizer.
 
     vocab_size None: the tokenizer's own size, so that every id the model can sample decodes.
-    Qwen3 shapes are written without weights unless `weights` (vLLM loads every weight from disk: GRPO needs them).
+    Qwen3 shapes are written without weights unless `weights` (a vLLM that loads from disk needs them).
     Built in a child process: a CUDA context and cached blocks left in the benchmark's own process would
     sit on the GPU through the run (3.1 GiB for 0.5B on an H100) and count in the GRPO peak.
     """
