@@ -123,21 +123,18 @@ def pad_tokenizer(tokenizer_dir: Path, out: Path, size: int = QWEN_VOCAB) -> Pat
     return build_once(out, "tokenizer.json", build)
 
 
-def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB,
-                weights: bool = False) -> Path:
+def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB) -> Path:
     """A random-weight model with Qwen2.5-<arch>'s or Qwen3's shapes, saved in bf16 with the tokenizer.
 
     vocab_size None: the tokenizer's own size, so that every id the model can sample decodes.
-    Qwen3 shapes are written without weights unless `weights` (a vLLM that loads from disk needs them).
+    Qwen3 shapes are written without weights: the trainer initializes them as it loads (stub_init/) and vLLM
+    starts from its dummy load format (grpo_bench.py).
     Built in a child process: a CUDA context and cached blocks left in the benchmark's own process would
     sit on the GPU through the run (3.1 GiB for 0.5B on an H100) and count in the GRPO peak.
     """
     def build(partial: Path) -> None:
-        if arch in QWEN3_ARCHS:
-            target, args = (_build_model, (QWEN3_ARCHS[arch], True)) if weights else (_write_qwen3_stub, (QWEN3_ARCHS[arch],))
-        else:
-            target, args = _build_model, (ARCHS[arch], False)
-        child = multiprocessing.get_context("spawn").Process(target=target, args=(*args, tokenizer_dir, partial, vocab_size))
+        target, shape = (_write_qwen3_stub, QWEN3_ARCHS[arch]) if arch in QWEN3_ARCHS else (_build_model, ARCHS[arch])
+        child = multiprocessing.get_context("spawn").Process(target=target, args=(shape, tokenizer_dir, partial, vocab_size))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -146,18 +143,15 @@ def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | Non
     return build_once(out, "config.json", build)
 
 
-def _build_model(shape: dict, qwen3: bool, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
-    """shape: a Qwen2.5 shape (ARCHS), or a Qwen3 one (QWEN3_ARCHS) when qwen3."""
+def _build_model(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
+    """shape: a Qwen2.5 shape (ARCHS)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab, eos, pad = vocab_size or len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
-    if qwen3:
-        config = qwen3_config(shape, vocab, eos, pad)
-    else:
-        config = Qwen2Config(**COMMON, **shape, vocab_size=vocab, torch_dtype="bfloat16", bos_token_id=None,
-                             eos_token_id=eos, pad_token_id=pad)
+    config = Qwen2Config(**COMMON, **shape, vocab_size=vocab, torch_dtype="bfloat16", bos_token_id=None,
+                         eos_token_id=eos, pad_token_id=pad)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)

@@ -153,7 +153,7 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
     return result
 
 
-# Qwen3 shapes (8B and up) are written without weights: the actor initializes them at random as it loads
+# Qwen3 shapes (8B and up) are written without weights (build_model): the actor initializes them at random as it loads
 # (stub_init/), vLLM starts with random weights of its own (load_format=dummy), and verl's first weight sync
 # sends it the actor's whole model, as it does for every dummy-loaded rollout (engine_workers: base_sync_done),
 # so from step 2 on both sides hold the same weights and a LoRA run syncs its adapter alone, as with files.
@@ -163,11 +163,10 @@ DUMMY_ROLLOUT = "actor_rollout_ref.rollout.load_format=dummy"
 
 def grpo_model(arch: str, vocab: str, gsm8k: Path, work: Path) -> Path:
     tokenizer = build_tokenizer(load_gsm8k(gsm8k), work / "tokenizer")
-    weights = arch not in QWEN3_ARCHS
     if vocab == "gsm8k":
-        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None, weights=weights)
+        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None)
     tokenizer = pad_tokenizer(tokenizer, work / "tokenizer-qwen-vocab")
-    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB, weights=weights)
+    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB)
 
 
 def longest_prompt(model: Path, data: Path) -> int:
