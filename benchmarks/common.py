@@ -4,7 +4,8 @@ The GPU machine has no network, so models are random-weight models with Qwen2.5'
 values and the tokenizer is a byte-level BPE trained on GSM8K. Qwen3 shapes (8B to 32B) are written
 without weights: config.json, the tokenizer and a safetensors file holding one norm vector, so that
 `from_pretrained` (verl's loader too) initializes every other weight as new (normal, std 0.02). A 32B
-model then needs no 64 GB on disk, and loads in the time its random initialization takes. The recipe's settings are not copied here:
+model then needs no 64 GB on disk, and loads in the time its random initialization takes (GRPO's vLLM rollout
+loads from disk: grpo_bench writes its Qwen3 model's weights, tiled, in 4 GB shards). The recipe's settings are not copied here:
 `recipe_knobs` renders a team.yaml with the recipe's templates and keeps the throughput knobs of the
 verl command line the scripts would run, and the environment defaults they export (PyTorch's allocator),
 so a benchmark of "the recipe" measures what teams submit.
@@ -123,17 +124,21 @@ def pad_tokenizer(tokenizer_dir: Path, out: Path, size: int = QWEN_VOCAB) -> Pat
     return build_once(out, "tokenizer.json", build)
 
 
-def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB) -> Path:
+def build_model(arch: str, tokenizer_dir: Path, out: Path, vocab_size: int | None = QWEN_VOCAB,
+                weights: bool = False) -> Path:
     """A random-weight model with Qwen2.5-<arch>'s or Qwen3's shapes, saved in bf16 with the tokenizer.
 
     vocab_size None: the tokenizer's own size, so that every id the model can sample decodes.
-    Qwen3 shapes are written without weights: the trainer initializes them as it loads (stub_init/) and vLLM
-    starts from its dummy load format (grpo_bench.py).
+    Qwen3 shapes are written without weights (the trainer initializes them as it loads, stub_init/) unless
+    `weights`: a vLLM rollout loads every weight from disk (grpo_bench.py).
     Built in a child process: a CUDA context and cached blocks left in the benchmark's own process would
     sit on the GPU through the run (3.1 GiB for 0.5B on an H100) and count in the GRPO peak.
     """
     def build(partial: Path) -> None:
-        target, shape = (_write_qwen3_stub, QWEN3_ARCHS[arch]) if arch in QWEN3_ARCHS else (_build_model, ARCHS[arch])
+        if arch not in QWEN3_ARCHS:
+            target, shape = _build_model, ARCHS[arch]
+        else:
+            target, shape = (_write_qwen3_weights if weights else _write_qwen3_stub), QWEN3_ARCHS[arch]
         child = multiprocessing.get_context("spawn").Process(target=target, args=(shape, tokenizer_dir, partial, vocab_size))
         child.start()
         child.join()
@@ -168,6 +173,44 @@ def qwen3_config(shape: dict, vocab_size: int, eos: int | None = None, pad: int 
     cls = Qwen3MoeConfig if moe else Qwen3Config
     return cls(**QWEN3, **shape, vocab_size=vocab_size, torch_dtype="bfloat16", bos_token_id=None, eos_token_id=eos,
                pad_token_id=pad, architectures=["Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM"])
+
+
+SHARD_SIZE = "4GB"  # of a Qwen3 model written with its weights
+
+
+def _write_qwen3_weights(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
+    """A dense Qwen3 shape with every weight on disk, in 4 GB shards: norms 1, the rest normal(0, 0.02) tiled
+    from one random block (stub_init/), one shard in memory at a time. An 8B model takes 40 s on 2 CPU cores;
+    building it in transformers and saving it took 7 minutes of a GPU lease."""
+    import torch
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if shape.get("moe"):
+        raise ValueError("weights are written for dense Qwen3 shapes only: transformers' fused expert tensors are not "
+                         "the per-expert names a checkpoint (and vLLM) uses")
+    sys.path.insert(0, str(REPO / "benchmarks" / "stub_init"))
+    import sitecustomize  # noqa: F401  the tiled normal_
+
+    _write_qwen3_stub(shape, tokenizer_dir, out, vocab_size)
+    (out / "model.safetensors").unlink()  # the stub's one norm vector; the shards below hold every weight
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=torch.bfloat16)
+    shapes = model.state_dict()
+    split = split_torch_state_dict_into_shards(shapes, filename_pattern="model{suffix}.safetensors", max_shard_size=SHARD_SIZE)
+    torch.manual_seed(0)
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: torch.empty(shapes[name].shape, dtype=torch.bfloat16) for name in names}
+        for name, tensor in shard.items():
+            if name.endswith("norm.weight"):
+                tensor.fill_(1.0)
+            else:
+                tensor.normal_(0.0, 0.02)
+        save_file(shard, out / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _write_qwen3_stub(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:

@@ -3,8 +3,8 @@
     python benchmarks/grpo_bench.py --arch 0.5b --gsm8k DIR --work DIR --label recipe \
         [--recipe templates/team.example.yaml] [-- verl overrides]
 
-Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes and verl's GSM8K RL
-prompts. --vocab qwen (the default) grows the GSM8K tokenizer to Qwen2.5's 151,936 ids with plain added
+Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes (or a dense Qwen3 shape,
+--arch qwen3-8b, its weights written tiled in 4 GB shards for vLLM to load) and verl's GSM8K RL prompts. --vocab qwen (the default) grows the GSM8K tokenizer to Qwen2.5's 151,936 ids with plain added
 tokens, so the output layer and log-probs cost what they cost for Qwen and every sampled id decodes;
 --vocab gsm8k keeps the tokenizer's own 25,577 (the figures of the first GRPO table in docs/benchmarks.md).
 A random model rarely samples the end token, so nearly every response runs to --response-length: each
@@ -27,8 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from common import (QWEN3_ARCHS, QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir,
-                    pad_tokenizer, recipe_knobs, run_logged)
+from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
+                    recipe_knobs, run_logged)
 from common import parser as bench_parser
 from llm_bridge.data import write_parquet  # temp file, then rename: a stopped run leaves no half file to reuse
 
@@ -153,20 +153,12 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
     return result
 
 
-# Qwen3 shapes (8B and up) are written without weights (build_model): the actor initializes them at random as it loads
-# (stub_init/), vLLM starts with random weights of its own (load_format=dummy), and verl's first weight sync
-# sends it the actor's whole model, as it does for every dummy-loaded rollout (engine_workers: base_sync_done),
-# so from step 2 on both sides hold the same weights and a LoRA run syncs its adapter alone, as with files.
-# Writing 16 GB of random weights for an 8B model took 7 minutes of a lease.
-DUMMY_ROLLOUT = "actor_rollout_ref.rollout.load_format=dummy"
-
-
 def grpo_model(arch: str, vocab: str, gsm8k: Path, work: Path) -> Path:
     tokenizer = build_tokenizer(load_gsm8k(gsm8k), work / "tokenizer")
     if vocab == "gsm8k":
-        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None)
+        return build_model(arch, tokenizer, work / f"grpo-model-{arch}", vocab_size=None, weights=True)
     tokenizer = pad_tokenizer(tokenizer, work / "tokenizer-qwen-vocab")
-    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB)
+    return build_model(arch, tokenizer, work / f"grpo-model-{arch}-qwen-vocab", vocab_size=QWEN_VOCAB, weights=True)
 
 
 def longest_prompt(model: Path, data: Path) -> int:
@@ -197,8 +189,7 @@ def main() -> None:
     if longest > args.prompt_length:
         raise SystemExit(f"the longest prompt has {longest} tokens, more than --prompt-length {args.prompt_length}; "
                          f"raise --prompt-length to at least {longest}")
-    stub = [DUMMY_ROLLOUT] if args.arch in QWEN3_ARCHS else []  # after the recipe's load_format, before the command line's
-    result = run(args, model, data, knobs + stub + args.overrides, env)
+    result = run(args, model, data, knobs + args.overrides, env)
     finish(args, result, [args.arch, args.label, args.gpus, result.get("step_s"), result.get("gen_s"),
                           result.get("rollout_tokens_per_s"), result["peak_gpu_mem_gb"]])
 

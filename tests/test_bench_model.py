@@ -95,6 +95,49 @@ print(json.dumps({{"arch": type(m).__name__, "finite": all(bool(torch.isfinite(p
     assert result["std"] == pytest.approx(0.02, rel=0.05)
 
 
+def test_a_qwen3_written_with_weights_loads_them_all_from_its_shards(tokenizer, tmp_path):
+    """GRPO's vLLM loads every weight from disk: a dense Qwen3 shape written whole, in shards with their index
+    (SHARD_SIZE shrunk so that a tiny model needs several), norms 1 and the rest normal(0, 0.02)."""
+    shape = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512)
+    code = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(BENCH)!r})
+import common
+common.SHARD_SIZE = "200KB"
+common._write_qwen3_weights({shape!r}, Path({str(tokenizer)!r}), Path({str(tmp_path / "dense")!r}), None)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shards = sorted(p.name for p in (tmp_path / "dense").glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "dense" / "model.safetensors.index.json").is_file(), shards
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", dtype=torch.float32, output_loading_info=True)
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    assert not info["missing_keys"] and not info["unexpected_keys"], info  # every weight came from the shards
+    assert torch.equal(model.model.layers[1].self_attn.q_norm.weight, torch.ones(128))
+    assert float(model.model.layers[1].mlp.down_proj.weight.std()) == pytest.approx(0.02, rel=0.05)
+
+
+def test_an_moe_qwen3_is_not_written_with_weights(tokenizer, tmp_path):
+    """transformers' fused expert tensors are not a checkpoint's per-expert names: refused, and nothing is left."""
+    code = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(BENCH)!r})
+import common
+common.QWEN3_ARCHS["tiny-moe"] = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=512, moe_intermediate_size=128, num_experts=4, num_experts_per_tok=2, moe=True)
+common.build_model("tiny-moe", Path({str(tokenizer)!r}), Path({str(tmp_path / "moe")!r}), vocab_size=None, weights=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "dense Qwen3 shapes only" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_recipe_edits_change_a_copy_of_the_team_file(tmp_path):
     """--recipe-set: the benchmark of a LoRA job is the example plus the edits a team would make, not a second copy."""
     sys.path.insert(0, str(BENCH))
