@@ -170,8 +170,30 @@ def test_rollout_memory_counts_the_reference_model_and_the_critic(example, write
     assert "actor 10.6 + critic 10.6 GiB" in problem.message and "0.6 or lower" in problem.fix
     example["slurm"]["gpus_per_node"] = 2  # 42 GiB each: no share of the GPU is left for vLLM
     example["rl"]["rollout_tp"] = 1
-    fix = warnings_of(write_team, example)["rl.gpu_memory_utilization"].fix
-    assert "more GPUs (slurm.gpus_per_node)" in fix
+    problem = errors_of(write_team, example)["rl.gpu_memory_utilization"]  # 28.4 GiB of fp32 weights before vLLM starts
+    assert "vLLM will not start" in problem.message and "~29.8 GiB per GPU" in problem.message
+    assert "more GPUs (slurm.gpus_per_node)" in problem.fix
+
+
+def test_vllm_that_cannot_start_beside_the_fsdp_weights_is_an_error(example, write_team):
+    """vLLM starts after the FSDP workers and asks for gpu_memory_utilization of the whole GPU from what they left
+    free. Qwen3-8B with LoRA on an fp32 base on one H100 (verl's LoRA example settings): 46.65 GiB free, 0.6 asked
+    47.51 GiB, and vLLM did not start (docs/benchmarks.md, G3). The recipe's bf16 base at 0.5 ran at 57.8 GiB."""
+    example["slurm"].update(gpus_per_node=1, nodes=1, nodelist=None)
+    example["rl"].update(model="Qwen/Qwen3-8B", gradient_checkpointing=True, ppo_max_token_len_per_gpu=16384,
+                         lora={"rank": 32, "alpha": 64}, gpu_memory_utilization=0.5)
+    field = "rl.gpu_memory_utilization"
+    assert field not in errors_of(write_team, example) and field not in warnings_of(write_team, example)
+    example["rl"].update(lora={"rank": 32, "alpha": 64, "base_dtype": "fp32"}, gpu_memory_utilization=0.6)
+    problem = errors_of(write_team, example)[field]
+    assert "vLLM will not start" in problem.message and "~31.9 GiB per GPU" in problem.message
+    assert "rl.gpu_memory_utilization: 0.48 or lower" in problem.fix
+    example["rl"]["gpu_memory_utilization"] = 0.48
+    assert field not in errors_of(write_team, example) and field not in warnings_of(write_team, example)
+    # full fine-tuning: Adam's moments come with the first update, so a pool that only the steady state overfills
+    # starts and is warned about (1.5B on one GPU at 0.7: 7.2 GiB at vLLM's start, 74.5 GiB while generating)
+    example["rl"].update(model="Qwen/Qwen2.5-1.5B-Instruct", lora=None, gpu_memory_utilization=0.7)
+    assert field not in errors_of(write_team, example) and field in warnings_of(write_team, example)
 
 
 def test_rollout_memory_of_a_lora_actor_is_its_frozen_base(example, write_team):

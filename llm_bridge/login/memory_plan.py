@@ -126,6 +126,14 @@ def _resident_bytes(shape: Shape, rl: RL) -> dict[str, float]:
     return resident
 
 
+def _startup_bytes(shape: Shape, rl: RL, critic: Shape | None) -> float:
+    """What the trainer holds when vLLM starts beside it: the weights alone (Adam's moments come with the first
+    update; a LoRA actor's frozen base is all it has)."""
+    if rl.lora:
+        return sum(_resident_bytes(shape, rl).values())
+    return 4 * (shape.params * (2 if rl.use_kl_loss else 1) + (critic.params if critic else 0))
+
+
 def _fixes(config: TeamConfig, shape: Shape, stage: Stage, name: str, gpus: int) -> list[tuple[str, str]]:
     """Changes to `stage`, cheapest in speed first, that bring its estimate under the GPU's memory (and, for CPU
     offload, its host memory under slurm.host_memory_gib when that is set)."""
@@ -305,8 +313,8 @@ def _rollout(config: TeamConfig, shape: Shape, rows: list[Row], gpu: float) -> l
     rl = config.rl
     gpus = config.slurm.gpus_per_node
     resident = {k: v / gpus / GIB for k, v in _resident_bytes(shape, rl).items()}
-    if rl.algorithm == "ppo":
-        critic = find_shape(rl.critic_model or rl.model, config.paths.hf_home) or shape
+    critic = (find_shape(rl.critic_model or rl.model, config.paths.hf_home) or shape) if rl.algorithm == "ppo" else None
+    if critic:
         resident["critic"] = critic.params * BYTES_PER_RESIDENT_PARAM / gpus / GIB
     pool = rl.gpu_memory_utilization * gpu
     row = Row("rl rollout", f"1 node x {gpus}", {"weights+optimizer": sum(resident.values()),
@@ -328,11 +336,23 @@ def _rollout(config: TeamConfig, shape: Shape, rows: list[Row], gpu: float) -> l
         most = math.floor((limit - VLLM_SAMPLER_GIB - CUDA_CONTEXT_GIB - sum(resident.values())) / gpu * 100) / 100
         fix = (f"set rl.gpu_memory_utilization: {most} or lower (0.5B on one GPU: 0.5 of an H100 peaked at 47 GiB)"
                if most >= 0.2 else "shard the models over more GPUs (slurm.gpus_per_node), or use LoRA (rl.lora)")
+        workers = row.total - pool - VLLM_SAMPLER_GIB
+        at_start = _startup_bytes(shape, rl, critic) / gpus / GIB + CUDA_CONTEXT_GIB
+        if pool + at_start > gpu:
+            # vLLM starts after the FSDP workers and asks for its share of the whole GPU from what they left free
+            # (Qwen3-8B with an fp32 LoRA base on one H100: 46.65 GiB free, 0.6 asked 47.51, and it did not start)
+            problems.append(Problem(
+                "rl.gpu_memory_utilization",
+                f"vLLM will not start: it asks for gpu_memory_utilization {rl.gpu_memory_utilization} x {gpu:g} GiB = "
+                f"{pool:.1f} GiB, but the FSDP workers it starts beside already hold ~{at_start:.1f} GiB per GPU (their "
+                f"weights over {gpus} GPU(s) and ~{CUDA_CONTEXT_GIB} GiB CUDA context), leaving ~{gpu - at_start:.1f} GiB "
+                "(vLLM: 'Free memory on device ... is less than desired GPU memory utilization')", fix))
+            return problems
         problems.append(Problem(
             "rl.gpu_memory_utilization",
             f"{rl.gpu_memory_utilization} gives vLLM {pool:.1f} GiB, its sampler takes ~{VLLM_SAMPLER_GIB} GiB more "
             f"while generating (with the scripts' expandable segments), and the FSDP workers keep "
-            f"{row.total - pool - VLLM_SAMPLER_GIB:.1f} GiB per GPU ({split} GiB of weights and optimizer state over "
+            f"{workers:.1f} GiB per GPU ({split} GiB of weights and optimizer state over "
             f"{gpus} GPU(s), ~{CUDA_CONTEXT_GIB} GiB CUDA context): about {row.total:.0f} GiB per GPU, less than "
             f"{HEADROOM:.0%} headroom of slurm.gpu_memory_gib {gpu:g}, so a rollout can run out of memory mid-run",
             fix, "warning"))
