@@ -5,7 +5,7 @@ values and the tokenizer is a byte-level BPE trained on GSM8K. Qwen3 shapes (8B 
 without weights: config.json, the tokenizer and a safetensors file holding one norm vector, so that
 `from_pretrained` (verl's loader too) initializes every other weight as new (normal, std 0.02). A 32B
 model then needs no 64 GB on disk, and loads in the time its random initialization takes (GRPO's vLLM rollout
-loads from disk: grpo_bench writes its Qwen3 model's weights, tiled, in 4 GB shards). The recipe's settings are not copied here:
+loads from disk: grpo_bench asks build_model for the weights, written tiled). The recipe's settings are not copied here:
 `recipe_knobs` renders a team.yaml with the recipe's templates and keeps the throughput knobs of the
 verl command line the scripts would run, and the environment defaults they export (PyTorch's allocator),
 so a benchmark of "the recipe" measures what teams submit.
@@ -178,14 +178,34 @@ def qwen3_config(shape: dict, vocab_size: int, eos: int | None = None, pad: int 
 SHARD_SIZE = "4GB"  # of a Qwen3 model written with its weights
 
 
+def _write_qwen3_files(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None):
+    """config.json, generation_config.json and the tokenizer of a Qwen3 shape; returns the config."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = qwen3_config(shape, vocab_size or len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config.save_pretrained(out)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return config
+
+
+def _write_qwen3_stub(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    config = _write_qwen3_files(shape, tokenizer_dir, out, vocab_size)
+    save_file({"model.norm.weight": torch.ones(config.hidden_size, dtype=torch.bfloat16)}, out / "model.safetensors",
+              metadata={"format": "pt"})
+
+
 def _write_qwen3_weights(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
-    """A dense Qwen3 shape with every weight on disk, in 4 GB shards: norms 1, the rest normal(0, 0.02) tiled
-    from one random block (stub_init/), one shard in memory at a time. An 8B model takes 40 s on 2 CPU cores;
-    building it in transformers and saving it took 7 minutes of a GPU lease."""
+    """A dense Qwen3 shape with every weight on disk, in SHARD_SIZE shards: norms 1, the rest normal(0, 0.02) tiled
+    from one random block (stub_init/), one shard in memory at a time (8B: 40 s on 2 CPU cores)."""
     import torch
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if shape.get("moe"):
         raise ValueError("weights are written for dense Qwen3 shapes only: transformers' fused expert tensors are not "
@@ -193,11 +213,9 @@ def _write_qwen3_weights(shape: dict, tokenizer_dir: Path, out: Path, vocab_size
     sys.path.insert(0, str(REPO / "benchmarks" / "stub_init"))
     import sitecustomize  # noqa: F401  the tiled normal_
 
-    _write_qwen3_stub(shape, tokenizer_dir, out, vocab_size)
-    (out / "model.safetensors").unlink()  # the stub's one norm vector; the shards below hold every weight
+    config = _write_qwen3_files(shape, tokenizer_dir, out, vocab_size)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=torch.bfloat16)
-    shapes = model.state_dict()
+        shapes = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).state_dict()
     split = split_torch_state_dict_into_shards(shapes, filename_pattern="model{suffix}.safetensors", max_shard_size=SHARD_SIZE)
     torch.manual_seed(0)
     for filename, names in split.filename_to_tensors.items():
@@ -211,20 +229,6 @@ def _write_qwen3_weights(shape: dict, tokenizer_dir: Path, out: Path, vocab_size
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _write_qwen3_stub(shape: dict, tokenizer_dir: Path, out: Path, vocab_size: int | None) -> None:
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer, GenerationConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = qwen3_config(shape, vocab_size or len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    config.save_pretrained(out)
-    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
-    save_file({"model.norm.weight": torch.ones(config.hidden_size, dtype=torch.bfloat16)}, out / "model.safetensors",
-              metadata={"format": "pt"})
-    tokenizer.save_pretrained(out)
 
 
 def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()) -> tuple[list[str], dict[str, str]]:

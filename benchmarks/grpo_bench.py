@@ -4,7 +4,7 @@
         [--recipe templates/team.example.yaml] [-- verl overrides]
 
 Offline, like sft_bench.py: a random-weight Qwen2 model with Qwen2.5-<arch>'s shapes (or a dense Qwen3 shape,
---arch qwen3-8b, its weights written tiled in 4 GB shards for vLLM to load) and verl's GSM8K RL prompts.
+--arch qwen3-8b, its weights written for vLLM to load) and verl's GSM8K RL prompts.
 --vocab qwen (the default) grows the GSM8K tokenizer to Qwen2.5's 151,936 ids with plain added
 tokens, so the output layer and log-probs cost what they cost for Qwen and every sampled id decodes;
 --vocab gsm8k keeps the tokenizer's own 25,577 (the figures of the first GRPO table in docs/benchmarks.md).
