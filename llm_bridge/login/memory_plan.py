@@ -33,6 +33,7 @@ HEADROOM = 0.10            # a plan above 90% of the GPU is a warning: fragmenta
 # 47.2-47.3 GiB (estimate 47.8) under the scripts' expandable segments, 1.5B 59.2 GiB (estimate 59.0).
 VLLM_SAMPLER_GIB = 1.0          # vLLM's sampler outside its pool: 4 fp32 [256 sequences x 151,936] = 0.58, measured 0.4-0.8
 BYTES_PER_RESIDENT_PARAM = 12   # fp32 weights + Adam's two moments stay on the GPU while vLLM generates
+BYTES_PER_FP32_WEIGHT = 4       # the same before the first update: Adam's moments come with it
 BYTES_PER_REF_PARAM = 4         # the reference model: verl 0.9.1 loads it in fp32 too (ref.fsdp_config.model_dtype)
 
 
@@ -116,22 +117,18 @@ def _tokens(stage: Stage) -> int:
     return stage.max_token_len_per_gpu if stage.use_dynamic_bsz else stage.micro_batch_size_per_gpu * stage.max_length
 
 
-def _resident_bytes(shape: Shape, rl: RL) -> dict[str, float]:
-    """What the trainer keeps on the GPU while vLLM generates (its activations are gone)."""
+def _resident_bytes(shape: Shape, rl: RL, critic: Shape | None, updated: bool = True) -> dict[str, float]:
+    """What the trainer keeps on the GPU while vLLM generates (its activations are gone); not `updated`: what it
+    holds when vLLM starts beside it, before the first update gives Adam its moments."""
     if rl.lora:  # the frozen base; the reference policy is the actor with its adapter off, not a second model
         return {"actor": shape.params * (2 if rl.lora.base_dtype == "bf16" else 4)}
-    resident = {"actor": shape.params * BYTES_PER_RESIDENT_PARAM}
+    per_param = BYTES_PER_RESIDENT_PARAM if updated else BYTES_PER_FP32_WEIGHT
+    resident = {"actor": shape.params * per_param}
     if rl.use_kl_loss:
         resident["reference"] = shape.params * BYTES_PER_REF_PARAM
+    if critic:
+        resident["critic"] = critic.params * per_param
     return resident
-
-
-def _startup_bytes(shape: Shape, rl: RL, critic: Shape | None) -> float:
-    """What the trainer holds when vLLM starts beside it: the weights alone (Adam's moments come with the first
-    update; a LoRA actor's frozen base is all it has)."""
-    if rl.lora:
-        return sum(_resident_bytes(shape, rl).values())
-    return 4 * (shape.params * (2 if rl.use_kl_loss else 1) + (critic.params if critic else 0))
 
 
 def _fixes(config: TeamConfig, shape: Shape, stage: Stage, name: str, gpus: int) -> list[tuple[str, str]]:
@@ -312,10 +309,8 @@ def _rollout(config: TeamConfig, shape: Shape, rows: list[Row], gpu: float) -> l
     smallest layout (one node) shards the models least."""
     rl = config.rl
     gpus = config.slurm.gpus_per_node
-    resident = {k: v / gpus / GIB for k, v in _resident_bytes(shape, rl).items()}
     critic = (find_shape(rl.critic_model or rl.model, config.paths.hf_home) or shape) if rl.algorithm == "ppo" else None
-    if critic:
-        resident["critic"] = critic.params * BYTES_PER_RESIDENT_PARAM / gpus / GIB
+    resident = {k: v / gpus / GIB for k, v in _resident_bytes(shape, rl, critic).items()}
     pool = rl.gpu_memory_utilization * gpu
     row = Row("rl rollout", f"1 node x {gpus}", {"weights+optimizer": sum(resident.values()),
                                                  "vLLM": pool + VLLM_SAMPLER_GIB})
@@ -337,7 +332,7 @@ def _rollout(config: TeamConfig, shape: Shape, rows: list[Row], gpu: float) -> l
         fix = (f"set rl.gpu_memory_utilization: {most} or lower (0.5B on one GPU: 0.5 of an H100 peaked at 47 GiB)"
                if most >= 0.2 else "shard the models over more GPUs (slurm.gpus_per_node), or use LoRA (rl.lora)")
         workers = row.total - pool - VLLM_SAMPLER_GIB
-        at_start = _startup_bytes(shape, rl, critic) / gpus / GIB + CUDA_CONTEXT_GIB
+        at_start = sum(_resident_bytes(shape, rl, critic, updated=False).values()) / gpus / GIB + CUDA_CONTEXT_GIB
         if pool + at_start > gpu:
             # vLLM starts after the FSDP workers and asks for its share of the whole GPU from what they left free
             # (Qwen3-8B with an fp32 LoRA base on one H100: 46.65 GiB free, 0.6 asked 47.51, and it did not start)
