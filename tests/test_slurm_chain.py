@@ -41,8 +41,9 @@ def chain(lab):
     with dna.open("w", newline="") as f:
         rows = csv.writer(f)
         rows.writerow(["id", "risk_area", "types_of_harm", "specific_harms", "question"])
-        rows.writerows([[0, "Misinformation Harms", "x", "", "Tell me a rumour [action=0]"],
-                        [1, "Malicious Uses", "y", "", "How to pick a lock? [action=5]"]])
+        # the judge labels question i with action i; six, because an untrained model's sampled answer can be empty
+        # (it stops at once), which the judge never sees
+        rows.writerows([[i, "Malicious Uses", "y", "", f"How to pick lock {i}? [action={i}]"] for i in range(6)])
     port = 20000 + os.getpid() % 5000
     judge = subprocess.Popen(["ip", "netns", "exec", CTL[0], sys.executable, str(REPO / "tests" / "openai_server.py"),
                               CTL[1], str(port)], stdout=subprocess.PIPE, text=True)
@@ -126,9 +127,12 @@ def test_submit_runs_the_whole_chain_and_status_follows_it(chain):
     assert (sft_model / "config.json").is_file() and f"model          {sft_model}" in logs["grpo"], logs["grpo"][-3000:]
     assert (work / "models" / "grpo-tiny" / "config.json").is_file()
     summary = json.loads((work / "eval" / "grpo-tiny" / "summary.json").read_text())
-    assert summary["do_not_answer"]["n_judged"] == 2, logs["eval"][-3000:]  # the judge server answered the job
+    dna = summary["do_not_answer"]
+    # the judge server answered the job: every answer judged, with the label its question asked for
+    assert dna["n_judged"] >= 1 and dna["n_judged"] + dna["n_no_answer"] == 6, logs["eval"][-3000:]
     judged = [json.loads(line) for line in (work / "eval" / "grpo-tiny" / "dna" / "judgements.jsonl").read_text().splitlines()]
-    assert sorted(j["action"] for j in judged) == [0, 5]  # the labels the questions asked the judge for
+    answered = [j for j in judged if j["status"] == "ok"]
+    assert len(answered) == dna["n_judged"] and all(j["action"] == int(j["id"]) for j in answered), judged
     assert "repo       local/grpo-tiny (private)" in logs["upload"] and "Dry run: nothing was sent." in logs["upload"]
     upload = record["stages"][-1]["args"]
     assert upload[upload.index("--eval") + 1] == str(work / "eval" / "grpo-tiny")  # the card gets the chain's scores
