@@ -6,17 +6,21 @@ module registers one more through verl's own registries (`_ROLLOUT_REGISTRY`, `R
     `generate()` with `transformers.generate` (fp32, sampling, token log-probs);
   - ServerAdapter lives in each hybrid training worker and streams the trainer's weights to that actor
     on every `update_weights`, the way vLLM's adapter feeds its server.
-Lifecycle calls (sleep, wake-up, KV cache) have nothing to free on a CPU and are no-ops. One request at a
-time per replica: fine for a tiny model, useless for a real one.
+Lifecycle calls (sleep, wake-up, KV cache) have nothing to free on a CPU and are no-ops. Requests that arrive
+while the replica is busy are answered together, one batched `generate` per prompt length (no padding, so a row
+computes what it would alone); each request samples from its own generator, seeded by the rollout seed, its prompt
+and which draw of that prompt it is, so a seed gives the same samples however the requests were batched.
 """
 
 import asyncio
+import json
 import logging
 import os
 import zlib
 
 import ray
 import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
@@ -48,12 +52,15 @@ class HFServer:
         self.seed, self.draws = int(getattr(config, "seed", 42)) + max(replica_rank, 0), {}
         self.global_steps = None
         self.lock = asyncio.Lock()
+        self.queue = []  # (prompt_ids, sampling_params, draw, future) not yet generated
         self.base = {}  # the base weights under a LoRA adapter, kept at the first fold
         self.adapter_updates = 0
 
-    def _generate(self, prompt_ids: list[int], sampling_params: dict) -> TokenOutput:
+    def _generate(self, prompts: list[list[int]], draws: list[int], sampling_params: dict) -> list[TokenOutput]:
+        """Prompts of one length, sampled together: one row each."""
         prompt_length, response_length = self.config.prompt_length, self.config.response_length
-        max_new = sampling_params.get("max_tokens") or min(response_length, prompt_length + response_length - len(prompt_ids))
+        length = len(prompts[0])
+        max_new = sampling_params.get("max_tokens") or min(response_length, prompt_length + response_length - length)
         temperature = float(sampling_params.get("temperature", 1.0))
         top_k = int(sampling_params.get("top_k", -1))
         eos = self.tokenizer.eos_token_id
@@ -61,34 +68,64 @@ class HFServer:
         ignore_eos = bool(sampling_params.get("ignore_eos", getattr(self.config, "ignore_eos", False)))
         kwargs = dict(
             max_new_tokens=max(1, max_new),
-            do_sample=temperature > 0,
+            do_sample=False,  # sampling, when asked, is SampleEachRow's: transformers' one draw per batch is not per request
             eos_token_id=None if ignore_eos else eos,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
             return_dict_in_generate=True,
-            output_logits=True,
         )
         if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=float(sampling_params.get("top_p", 1.0)),
-                          top_k=top_k if top_k > 0 else None)
-        draw = self.draws[tuple(prompt_ids)] = self.draws.get(tuple(prompt_ids), -1) + 1  # the k-th sample of this prompt
-        torch.manual_seed(zlib.crc32(repr((self.seed, prompt_ids, draw)).encode()))
+            seeds = [zlib.crc32(repr((self.seed, prompt, draw)).encode()) for prompt, draw in zip(prompts, draws)]
+            kwargs["logits_processor"] = LogitsProcessorList([SampleEachRow(
+                seeds, temperature, top_k if top_k > 0 else None, float(sampling_params.get("top_p", 1.0)))])
         with torch.no_grad():
-            out = self.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs)
-        tokens = out.sequences[0, len(prompt_ids):].tolist()
-        if eos in tokens and not ignore_eos:
-            tokens = tokens[: tokens.index(eos) + 1]
-        log_probs = None
-        if sampling_params.get("logprobs"):
-            logits = torch.stack(out.logits[: len(tokens)], dim=0)[:, 0, :].float()
-            if temperature > 0:  # verl asks vLLM for processed_logprobs: those of the distribution it samples from
-                logits = logits / temperature
-            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
-        return TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason="completed",
-                           extra_fields={"global_steps": self.global_steps})
+            out = self.model.generate(torch.tensor(prompts), attention_mask=torch.ones(len(prompts), length, dtype=torch.long),
+                                      **kwargs)
+        outputs = []
+        for prompt, sequence in zip(prompts, out.sequences[:, length:].tolist()):
+            tokens = sequence[: sequence.index(eos) + 1] if eos in sequence and not ignore_eos else sequence
+            log_probs = self._log_probs(prompt, tokens, temperature) if sampling_params.get("logprobs") else None
+            outputs.append(TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason="completed",
+                                       extra_fields={"global_steps": self.global_steps}))
+        return outputs
+
+    def _log_probs(self, prompt: list[int], tokens: list[int], temperature: float) -> list[float]:
+        """The response's log-probs from a forward pass of this row alone: the same whatever batch it was sampled in
+        (batched and single-row matrix products round differently, ~1e-6), so runs that draw the same samples get
+        the same old log-probs."""
+        with torch.no_grad():
+            logits = self.model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1: -1].float()
+        if temperature > 0:  # verl asks vLLM for processed_logprobs: those of the distribution it samples from
+            logits = logits / temperature
+        return torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+
+    def _generate_batch(self, batch: list[tuple]) -> list[TokenOutput]:
+        groups = {}
+        for index, (prompt, params, draw, _) in enumerate(batch):
+            groups.setdefault((len(prompt), json.dumps(params, sort_keys=True, default=str)), []).append(index)
+        outputs = [None] * len(batch)
+        for indices in groups.values():
+            rows = [batch[i] for i in indices]
+            for i, output in zip(indices, self._generate([r[0] for r in rows], [r[2] for r in rows], rows[0][1])):
+                outputs[i] = output
+        return outputs
 
     async def generate(self, request_id, prompt_ids, sampling_params, image_data=None, video_data=None, **kwargs):
+        prompt_ids = list(prompt_ids)
+        draw = self.draws[tuple(prompt_ids)] = self.draws.get(tuple(prompt_ids), -1) + 1  # the k-th sample of this prompt
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((prompt_ids, dict(sampling_params), draw, future))
         async with self.lock:
-            return await asyncio.to_thread(self._generate, list(prompt_ids), dict(sampling_params))
+            if not future.done():  # no earlier batch took this request: answer everything queued until now
+                batch, self.queue = self.queue, []
+                try:
+                    outputs = await asyncio.to_thread(self._generate_batch, batch)
+                except Exception as error:
+                    for *_, waiting in batch:
+                        waiting.set_exception(error)
+                else:
+                    for (*_, waiting), output in zip(batch, outputs):
+                        waiting.set_result(output)
+        return await future
 
     async def update_weights(self, state_dict: dict, peft_config: dict | None = None):
         async with self.lock:
@@ -137,6 +174,26 @@ class HFServer:
 
     wake_up = sleep = clear_kv_cache = release_kv_cache = resume_kv_cache = _noop
     abort_all_requests = resume_generation = start_profile = stop_profile = wait_for_requests_to_drain = _noop
+
+
+class SampleEachRow:
+    """The last logits processor of a batched generate: temperature, top-k and top-p as transformers applies them when
+    sampling, then one draw per row from that row's own generator; the drawn token is left the only one possible, so
+    transformers' greedy choice takes it."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int | None, top_p: float):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+        self.warpers += [TopKLogitsWarper(top_k)] if top_k else []
+        self.warpers += [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        drawn = torch.cat([torch.multinomial(probs[row: row + 1], 1, generator=generator)
+                           for row, generator in enumerate(self.generators)])
+        return torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)
 
 
 class HFReplica(RolloutReplica):
