@@ -62,7 +62,7 @@ class HFServer:
         length = len(prompts[0])
         max_new = sampling_params.get("max_tokens") or min(response_length, prompt_length + response_length - length)
         temperature = float(sampling_params.get("temperature", 1.0))
-        top_k = int(sampling_params.get("top_k", -1))
+        top_k = int(sampling_params.get("top_k", -1))  # -1 or 0: no top-k
         eos = self.tokenizer.eos_token_id
         # as vLLM's server: rollout.ignore_eos samples on past the end-of-sequence token, to max_new tokens
         ignore_eos = bool(sampling_params.get("ignore_eos", getattr(self.config, "ignore_eos", False)))
@@ -76,7 +76,7 @@ class HFServer:
         if temperature > 0:
             seeds = [zlib.crc32(repr((self.seed, prompt, draw)).encode()) for prompt, draw in zip(prompts, draws)]
             kwargs["logits_processor"] = LogitsProcessorList([SampleEachRow(
-                seeds, temperature, top_k if top_k > 0 else None, float(sampling_params.get("top_p", 1.0)))])
+                seeds, temperature, top_k, float(sampling_params.get("top_p", 1.0)))])
         with torch.no_grad():
             out = self.model.generate(torch.tensor(prompts), attention_mask=torch.ones(len(prompts), length, dtype=torch.long),
                                       **kwargs)
@@ -99,13 +99,15 @@ class HFServer:
         return torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
 
     def _generate_batch(self, batch: list[tuple]) -> list[TokenOutput]:
+        """Every queued (prompt_ids, sampling_params, draw, future), in order: one generate per prompt length and
+        sampling."""
         groups = {}
-        for index, (prompt, params, draw, _) in enumerate(batch):
+        for index, (prompt, params, _, _) in enumerate(batch):
             groups.setdefault((len(prompt), json.dumps(params, sort_keys=True, default=str)), []).append(index)
         outputs = [None] * len(batch)
         for indices in groups.values():
-            rows = [batch[i] for i in indices]
-            for i, output in zip(indices, self._generate([r[0] for r in rows], [r[2] for r in rows], rows[0][1])):
+            prompts, params, draws, _ = zip(*(batch[i] for i in indices))
+            for i, output in zip(indices, self._generate(list(prompts), list(draws), params[0])):
                 outputs[i] = output
         return outputs
 
@@ -181,10 +183,10 @@ class SampleEachRow:
     sampling, then one draw per row from that row's own generator; the drawn token is left the only one possible, so
     transformers' greedy choice takes it."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_k: int | None, top_p: float):
+    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float):
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-        self.warpers += [TopKLogitsWarper(top_k)] if top_k else []
+        self.warpers += [TopKLogitsWarper(top_k)] if top_k > 0 else []
         self.warpers += [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
