@@ -12,6 +12,24 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "templates" / "team.example.yaml"
 
 
+# The longest groups first (pyproject's addopts keep this order): the SLURM lab's tests (~27 min on 2 cores) on one
+# process while the other takes the CPU GRPO runs, then the rest.
+FIRST = ["slurm-lab", "tests/test_grpo_learns.py"]
+
+
+def pytest_collection_modifyitems(items):
+    """The suite runs on two processes (pyproject's addopts), a module at a time: a module's fixtures (a trained tiny
+    model, say) are built once, on one process. Every module with a test that uses the SLURM lab runs on one process:
+    the lab is one cluster with fixed addresses, and its tests expect its nodes idle."""
+    lab_modules = {item.nodeid.split("::")[0] for item in items if "lab" in item.fixturenames}
+    group = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group[item] = "slurm-lab" if module in lab_modules else module
+        item.add_marker(pytest.mark.xdist_group(group[item]))
+    items.sort(key=lambda item: FIRST.index(group[item]) if group[item] in FIRST else len(FIRST))
+
+
 def bridge(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "llm_bridge.cli", *args], cwd=cwd, capture_output=True, text=True)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +46,21 @@ def leftovers(job: str) -> list[str]:
     """Processes of this job anywhere on the machine: the nodes' PID namespaces are visible from here."""
     out = subprocess.run(["pgrep", "-af", f"ray_{job}([^0-9]|$)|rdzv-id={job}([^0-9]|$)"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def job_processes(job: str, pattern: str) -> list[int]:
+    """PIDs matching pattern that run in this job (SLURM_JOB_ID in their environment): other tests' runs on this
+    machine, outside the lab, have the same command lines."""
+    pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    mine = []
+    for pid in pids:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if f"SLURM_JOB_ID={job}".encode() in environ:
+            mine.append(int(pid))
+    return mine
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -139,10 +155,10 @@ def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
                            "trainer.total_training_steps=50", "trainer.default_local_dir=" + str(work / "ckpt-killed"),
                            env=pipeline.CPU_ENV)
     wait_for(lambda: "Ray cluster ready" in job_log(work, job), 300, "the Ray cluster")
-    wait_for(lambda: subprocess.run(["pgrep", "-f", "llm_bridge.job.verl_ppo"], capture_output=True).returncode == 0,
-             60, "the driver")
+    wait_for(lambda: job_processes(job, "llm_bridge.job.verl_ppo"), 60, "the driver")
     time.sleep(20)  # let it get into training
-    subprocess.run(["pkill", "-KILL", "-f", "llm_bridge.job.verl_ppo"], check=True)
+    for pid in job_processes(job, "llm_bridge.job.verl_ppo"):
+        os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=300) != 0
     assert "Stopping Ray on 2 node(s)" in job_log(work, job)
     wait_for(lambda: leftovers(job) == [], 60, "Ray and torchrun processes to end")
