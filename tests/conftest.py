@@ -12,22 +12,35 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "templates" / "team.example.yaml"
 
 
-# The longest groups first (pyproject's addopts keep this order): the SLURM lab's tests (~27 min on 2 cores) on one
-# process while the other takes the CPU GRPO runs, then the rest.
-FIRST = ["slurm-lab", "tests/test_grpo_learns.py"]
+# The suite runs on two processes (pytest-xdist, pyproject's addopts), a group of tests at a time: a module's tests
+# together, so that its fixtures (a trained tiny model, say) are built once, and every module that uses the SLURM lab
+# together, on one process: the lab is one cluster with fixed addresses, and its tests expect its nodes idle. The
+# longest groups go first: the lab's (~27 min on 2 cores) on one process while the other takes the CPU GRPO runs.
+LAB_MODULES = ("tests/test_slurm_chain.py", "tests/test_slurm_multinode.py")
+FIRST = ("slurm-lab", "tests/test_grpo_learns.py")
+
+
+def group_of(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return "slurm-lab" if module in LAB_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByTestGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByTestGroup(config, log)
 
 
 def pytest_collection_modifyitems(items):
-    """The suite runs on two processes (pyproject's addopts), a module at a time: a module's fixtures (a trained tiny
-    model, say) are built once, on one process. Every module with a test that uses the SLURM lab runs on one process:
-    the lab is one cluster with fixed addresses, and its tests expect its nodes idle."""
-    lab_modules = {item.nodeid.split("::")[0] for item in items if "lab" in item.fixturenames}
-    group = {}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        group[item] = "slurm-lab" if module in lab_modules else module
-        item.add_marker(pytest.mark.xdist_group(group[item]))
-    items.sort(key=lambda item: FIRST.index(group[item]) if group[item] in FIRST else len(FIRST))
+    strays = sorted({item.nodeid.split("::")[0] for item in items if "lab" in item.fixturenames} - set(LAB_MODULES))
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} use the SLURM lab: add them to LAB_MODULES in tests/conftest.py "
+                                "(the lab's tests must all run on one process)")
+    items.sort(key=lambda item: FIRST.index(group_of(item.nodeid)) if group_of(item.nodeid) in FIRST else len(FIRST))
 
 
 def bridge(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
