@@ -35,6 +35,8 @@ BACKGROUND_NICENESS = 10
 def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.nice(BACKGROUND_NICENESS)
+        # Ray starts its workers 15 nicer than itself by default: the lab's would fall behind the other process's jobs
+        os.environ["RAY_worker_niceness"] = "0"
 
 
 def pytest_xdist_make_scheduler(config, log):
