@@ -137,7 +137,8 @@ class Lab:
 def lab():
     if os.geteuid() != 0 or not shutil.which("slurmctld", path="/usr/sbin"):
         pytest.fail("the SLURM lab needs root and Debian's slurm packages: run `bash tests/setup_machine.sh` as root")
-    run_at_niceness(0)  # back to the foreground (BACKGROUND_NICENESS): the lab and its jobs inherit it
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_at_niceness(0)  # back to the foreground (BACKGROUND_NICENESS): the lab and its jobs inherit it
     start = time.time()
     out = subprocess.run([str(LAB), "start"], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
