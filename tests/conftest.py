@@ -20,15 +20,18 @@ LAB_MODULES = ("tests/test_slurm_chain.py", "tests/test_slurm_multinode.py")
 FIRST = ("slurm-lab", "tests/test_grpo_learns.py")
 
 
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
 def group_of(nodeid: str) -> str:
-    module = nodeid.split("::")[0]
-    return "slurm-lab" if module in LAB_MODULES else module
+    return "slurm-lab" if module_of(nodeid) in LAB_MODULES else module_of(nodeid)
 
 
 # Both processes start in the background (nice 10) and the one that takes the lab comes back to 0 (the lab fixture):
-# the lab's jobs then get the CPU when both want it. Its multi-node Ray and its time limits are timed: next to a CPU
-# GRPO run at equal priority, a worker node's `ray start` timed out reaching the head, and an SFT's start-up outlasted
-# its 2 minutes to the save deadline. The other process soaks up what the lab leaves.
+# the lab's jobs then get the CPU when both want it. Its multi-node Ray and its time limits are timed: sharing the CPU
+# with CPU GRPO runs at equal priority, a worker node's `ray start` timed out reaching the head, and an SFT's start-up
+# outlasted its 2 minutes to the save deadline. The other process soaks up what the lab leaves.
 BACKGROUND_NICENESS = 10
 
 
@@ -65,11 +68,12 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    strays = sorted({item.nodeid.split("::")[0] for item in items if "lab" in item.fixturenames} - set(LAB_MODULES))
+    strays = sorted({module_of(item.nodeid) for item in items if "lab" in item.fixturenames} - set(LAB_MODULES))
     if strays:
         raise pytest.UsageError(f"{', '.join(strays)} use the SLURM lab: add them to LAB_MODULES in tests/conftest.py "
                                 "(the lab's tests must all run on one process)")
-    items.sort(key=lambda item: FIRST.index(group_of(item.nodeid)) if group_of(item.nodeid) in FIRST else len(FIRST))
+    order = {group: rank for rank, group in enumerate(FIRST)}
+    items.sort(key=lambda item: order.get(group_of(item.nodeid), len(FIRST)))
 
 
 def bridge(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
