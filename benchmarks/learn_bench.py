@@ -538,4 +538,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except pipeline.StageFailed as failure:
+        raise SystemExit(str(failure))

@@ -134,9 +134,11 @@ def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_
     stage.run_together([(name, ["timeout", "20", "bash", "-c", both, name], None) for name in ("a", "b")])
     assert stage.times.keys() == {"a", "b"} and max(stage.times.values()) < 10, stage.times
     try:
-        stage.run_together([("fails", ["bash", "-c", "exit 3"], None), ("works", ["true"], None)])
-    except SystemExit as error:
+        stage.run_together([("fails", ["bash", "-c", "echo RuntimeError: the cause; echo cleaning up; exit 3"], None),
+                            ("works", ["true"], None)])
+    except pipeline.StageFailed as error:  # the cause is in the message itself: a CI summary shows no log
         assert "[fails] failed with exit code 3" in str(error) and "works" not in str(error), error
+        assert "    RuntimeError: the cause\n" in str(error) and "cleaning up" not in str(error), error
     else:
         raise AssertionError("a failed run went unreported")
     assert stage.times["works"] < 5 and (tmp_path / "logs" / "works.log").is_file()
@@ -151,7 +153,7 @@ def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_
     slow = ["bash", "-c", f"sleep 1.5; touch {tmp_path}/slow-ended"]
     try:
         stage.run_together([("fast", ["true"], None), ("slow", slow, None), ("broken", ["false"], None)], on_done=grade)
-    except SystemExit as error:
+    except pipeline.StageFailed as error:
         assert "[broken] failed" in str(error) and "slow" not in str(error), error
     else:
         raise AssertionError("a failed run went unreported")

@@ -15,6 +15,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,18 @@ def generate_command(model: Path, data: Path, out: Path, *flags: str, greedy: bo
             "--out", str(out), *(["--greedy"] if greedy else []), *flags]
 
 
+class StageFailed(Exception):
+    """A run ended with an error. An Exception, not SystemExit: pytest reports a module fixture's Exception once,
+    cleanly, on every test that uses it, and a benchmark's main turns it into a plain exit message."""
+
+
+def last_errors(log: Path, count: int = 3) -> list[str]:
+    """The log's last lines that name an error: the cause, in a message short enough for a CI summary."""
+    hits = [line.strip()[:300] for line in log.read_text(errors="replace").splitlines()
+            if re.search(r"Error|Exception|Killed|Traceback|FAILED|exit code", line)]
+    return hits[-count:]
+
+
 class Stage:
     def __init__(self, work: Path):
         self.work, self.times = work, {}
@@ -160,7 +173,8 @@ class Stage:
                     self.times[name] = round(ended.get(name, time.time()) - start, 1)
                     if process.returncode != 0:
                         print("".join(log.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
-                        failed.append(f"[{name}] failed with exit code {process.returncode}; full log: {log}")
+                        failed.append(f"[{name}] failed with exit code {process.returncode}; full log: {log}\n"
+                                      + "".join(f"    {line}\n" for line in last_errors(log)))
                     else:
                         print(f"[{name}] done in {self.times[name]} s", flush=True)
                         if on_done:
@@ -171,7 +185,7 @@ class Stage:
                 process.kill()
             raise
         if failed:
-            raise SystemExit("\n".join(failed))
+            raise StageFailed("\n".join(failed))
 
 
 def metrics(logs: Path, experiment: str) -> list[dict]:
@@ -247,4 +261,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StageFailed as failure:
+        raise SystemExit(str(failure))
