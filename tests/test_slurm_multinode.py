@@ -63,6 +63,24 @@ def job_processes(job: str, pattern: str) -> list[int]:
     return mine
 
 
+@pytest.fixture
+def bystander(lab, work):
+    """Another job on every node, with a process that `ray stop` and `pkill raylet` take for Ray: a Ray job's
+    teardown must stop its own Ray and leave this one running (`ray stop --force` on a node stops them all)."""
+    out = lab.run("sbatch", "--parsable", "-N3", "--ntasks-per-node=1", "-c1", "-o", str(work / "logs" / "bystander-%j.out"),
+                  "--wrap", "srun bash -c 'cp /bin/sleep /tmp/raylet && exec /tmp/raylet 3600'")
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    wait_for(lambda: len(job_processes(job, "^/tmp/raylet 3600")) == 3, 60, "the bystander job on every node")
+    yield job
+    lab.run("scancel", job)
+
+
+def still_running(lab, bystander: str) -> bool:
+    state = lab.run("squeue", "-h", "-j", bystander, "-o", "%T").stdout.strip()
+    return state == "RUNNING" and len(job_processes(bystander, "^/tmp/raylet 3600")) == 3
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -134,7 +152,7 @@ def test_multinode_lora_sft_of_qwen3(lab, work):
     assert leftovers(job) == []
 
 
-def test_multinode_grpo_over_ray(lab, work):
+def test_multinode_grpo_over_ray(lab, work, bystander):
     start = time.time()
     proc, job = lab.submit(work / "rendered" / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU, env=pipeline.CPU_ENV)
     assert proc.wait(timeout=900) == 0, job_log(work, job)[-5000:]
@@ -148,6 +166,7 @@ def test_multinode_grpo_over_ray(lab, work):
     grads = [json.loads(line)["data"]["actor/grad_norm"] for line in metrics.read_text().splitlines() if "actor/grad_norm" in line]
     assert len(grads) == 2 and all(g > 0 for g in grads)
     assert leftovers(job) == []
+    assert still_running(lab, bystander), "the job's teardown stopped another job's processes"
 
 
 def test_killed_driver_fails_the_job_and_leaves_nothing(lab, work):
@@ -227,7 +246,7 @@ def test_grpo_saves_a_final_checkpoint_before_the_time_limit_and_resumes_from_it
     wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")
 
 
-def test_interactive_cluster_up_submit_stop(lab, work):
+def test_interactive_cluster_up_submit_stop(lab, work, bystander):
     env = {**os.environ, **pipeline.CPU_ENV, "PATH": f"{lab.bin}:{os.environ['PATH']}"}
     ray = [sys.executable, "-m", "llm_bridge.cli", "ray"]
     where = ["--team", str(work / "team-rendered.yaml"), "--rendered", str(work / "rendered")]
@@ -249,3 +268,4 @@ def test_interactive_cluster_up_submit_stop(lab, work):
     assert stop.returncode == 0 and f"Stopped Ray cluster job {job}" in stop.stdout, stop.stdout + stop.stderr
     assert not address.exists()
     wait_for(lambda: leftovers(job) == [], 60, "Ray processes to end")
+    assert still_running(lab, bystander), "stopping the cluster stopped another job's processes"
