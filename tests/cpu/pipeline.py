@@ -37,6 +37,10 @@ CPU_ENV = {
     "VERL_ENGINE_DEVICE": "cuda",  # the FSDP engine is registered for cuda only; its code is device-agnostic
     "RAY_AUTH_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
+    # Ray's memory monitor kills a cluster's workers when the whole machine's memory passes 95%, whoever uses it: on
+    # a test box two processes share, every Ray cluster there would kill its own workers at once. The kernel stays
+    # the judge of a real out-of-memory.
+    "RAY_memory_monitor_refresh_ms": "0",
 }
 # `llm-bridge generate` and `eval` on a CPU: vLLM's offline API answered by transformers (vllm_offline/vllm)
 VLLM_CPU_ENV = {"PYTHONPATH": str(HERE / "vllm_offline")}
