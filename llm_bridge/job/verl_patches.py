@@ -58,7 +58,9 @@ unit's keys relative to the unit. Either way `get_peft_model_state_dict` returns
 (`strategy: fsdp`, the recipe's default) sent vLLM an empty adapter and vLLM stopped at the first weight
 sync (StopIteration in `_create_merged_loras_inplace`, H200). The patch keeps PEFT's answer when it has
 one and otherwise selects the adapter's `lora_*` entries by name, as PEFT did before 0.21 and as verl
-expects. FSDP2 (no wrapper modules) never needed it.
+expects. FSDP2 (no wrapper modules) never needed it. PEFT 0.22 strips the wrapper names at any depth
+(`remove_torch_wrapper_names`) and finds the full summon's entries itself: there the patch does nothing for
+`collect_lora_params`; verl's layered summon still finds nothing under FSDP1.
 
 8. The rollout's drift in every run's metrics. PPO's ratio divides by the old policy's probability. With
 `old_log_probs: rollout` (verl's bypass mode) that is vLLM's bf16 log-prob, and verl 0.9.1's V1 trainer then
