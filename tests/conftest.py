@@ -25,7 +25,8 @@ def module_of(nodeid: str) -> str:
 
 
 def group_of(nodeid: str) -> str:
-    return "slurm-lab" if module_of(nodeid) in LAB_MODULES else module_of(nodeid)
+    module = module_of(nodeid)
+    return "slurm-lab" if module in LAB_MODULES else module
 
 
 # Both processes start in the background (nice 10) and the one that takes the lab comes back to 0 (the lab fixture):

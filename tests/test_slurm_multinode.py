@@ -63,6 +63,9 @@ def job_processes(job: str, pattern: str) -> list[int]:
     return mine
 
 
+BYSTANDER = "^/tmp/raylet 3600"  # the bystander job's process on each node (its srun lines carry the same words)
+
+
 @pytest.fixture
 def bystander(lab, work):
     """Another job on every node, with a process that `ray stop` and `pkill raylet` take for Ray: a Ray job's
@@ -71,14 +74,14 @@ def bystander(lab, work):
                   "--wrap", "srun bash -c 'cp /bin/sleep /tmp/raylet && exec /tmp/raylet 3600'")
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip()
-    wait_for(lambda: len(job_processes(job, "^/tmp/raylet 3600")) == 3, 60, "the bystander job on every node")
+    wait_for(lambda: len(job_processes(job, BYSTANDER)) == 3, 60, "the bystander job on every node")
     yield job
     lab.run("scancel", job)
 
 
 def still_running(lab, bystander: str) -> bool:
     state = lab.run("squeue", "-h", "-j", bystander, "-o", "%T").stdout.strip()
-    return state == "RUNNING" and len(job_processes(bystander, "^/tmp/raylet 3600")) == 3
+    return state == "RUNNING" and len(job_processes(bystander, BYSTANDER)) == 3
 
 
 def wait_for(predicate, timeout: float, what: str):

@@ -337,10 +337,15 @@ def _total_steps(stage: dict, config: TeamConfig, kind: str) -> int | None:
 ERROR_LINE = re.compile(r"Traceback|Error|ERROR|Exception|Could not|Killed|CANCELLED")
 
 
+def is_error_line(line: str) -> bool:
+    """A log line that names an error (the line Hydra adds about HYDRA_FULL_ERROR aside)."""
+    return bool(ERROR_LINE.search(line)) and "HYDRA_FULL_ERROR" not in line
+
+
 def _error_lines(log: Path, n: int = 12) -> list[str]:
-    """The end of a failed job's log around its last error line (the line Hydra adds about HYDRA_FULL_ERROR aside)."""
+    """The end of a failed job's log around its last error line."""
     lines = log.read_text(errors="replace").splitlines()
-    marked = [i for i, line in enumerate(lines) if ERROR_LINE.search(line) and "HYDRA_FULL_ERROR" not in line]
+    marked = [i for i, line in enumerate(lines) if is_error_line(line)]
     start = max(0, marked[-1] - 3) if marked else max(0, len(lines) - n)
     return lines[start:start + n]
 

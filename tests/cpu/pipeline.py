@@ -15,7 +15,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -138,10 +137,11 @@ class StageFailed(Exception):
 
 
 def last_errors(log: Path, count: int = 3) -> list[str]:
-    """The log's last lines that name an error: the cause, in a message short enough for a CI summary."""
-    hits = [line.strip()[:300] for line in log.read_text(errors="replace").splitlines()
-            if re.search(r"Error|Exception|Killed|Traceback|FAILED|exit code", line)]
-    return hits[-count:]
+    """The log's last lines that name an error (as `llm-bridge status` reads a job's log): the cause, in a message
+    short enough for a CI summary."""
+    from llm_bridge.login.chain import is_error_line
+
+    return [line.strip()[:300] for line in log.read_text(errors="replace").splitlines() if is_error_line(line)][-count:]
 
 
 class Stage:
