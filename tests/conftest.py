@@ -32,7 +32,9 @@ def group_of(nodeid: str) -> str:
 # Both processes start in the background (nice 10) and the one that takes the lab comes back to 0 (the lab fixture):
 # the lab's jobs then get the CPU when both want it. Its multi-node Ray and its time limits are timed: sharing the CPU
 # with CPU GRPO runs at equal priority, a worker node's `ray start` timed out reaching the head, and an SFT's start-up
-# outlasted its 2 minutes to the save deadline. The other process soaks up what the lab leaves.
+# outlasted its 2 minutes to the save deadline. The other process soaks up what the lab leaves. Once the lab's tests
+# are done, their process goes back to 10: other tests have Ray timed too (a starting node must register within 30 s,
+# hard-coded in Ray), and one started at nice 10 beside a GRPO run at 0 missed it.
 BACKGROUND_NICENESS = 10
 
 
@@ -56,6 +58,13 @@ def pytest_configure(config):
         run_at_niceness(BACKGROUND_NICENESS)
         # Ray starts its workers 15 nicer than itself by default: the lab's would fall behind the other process's jobs
         os.environ["RAY_worker_niceness"] = "0"
+
+
+def pytest_runtest_setup(item):
+    """The first test after the lab's (a group runs whole, on one process) sends its process back to the background."""
+    if (os.environ.get("PYTEST_XDIST_WORKER") and group_of(item.nodeid) != "slurm-lab"
+            and os.getpriority(os.PRIO_PROCESS, 0) < BACKGROUND_NICENESS):
+        run_at_niceness(BACKGROUND_NICENESS)
 
 
 def pytest_xdist_make_scheduler(config, log):
