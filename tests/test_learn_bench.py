@@ -161,6 +161,18 @@ def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_
         raise AssertionError("a failed run went unreported")
     assert seen == [("fast", False), ("slow", True)], seen
     assert stage.times["slow"] < 2.5, stage.times  # it ended during fast's 3 s of grading
+    # a run whose Ray node missed Ray's start-up deadline goes once more (a busy machine); a second miss is a failure
+    ray_late = f'echo "Exception: {pipeline.RAY_START_TIMEOUT}. This could happen ..."; exit 1'
+    late_once = f'if [ -e {tmp_path}/tried ]; then echo started; else touch {tmp_path}/tried; {ray_late}; fi'
+    stage.run_together([("late-once", ["bash", "-c", late_once], None)])
+    assert (tmp_path / "logs" / "late-once.log").read_text() == "started\n"
+    try:
+        stage.run_together([("always-late", ["bash", "-c", f"echo attempt >> {tmp_path}/attempts; {ray_late}"], None)])
+    except pipeline.StageFailed as error:
+        assert "[always-late] failed" in str(error) and pipeline.RAY_START_TIMEOUT in str(error), error
+    else:
+        raise AssertionError("a run that never started Ray went unreported")
+    assert (tmp_path / "attempts").read_text() == "attempt\nattempt\n"
 
 
 def test_sampled_answers_are_graded_as_a_mean_and_as_pass_at_k(tmp_path):
