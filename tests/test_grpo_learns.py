@@ -88,10 +88,10 @@ def grpo_runs(work: Path, *jobs: tuple) -> dict[str, list[dict]]:
     """Each run's metrics, step by step. The runs go one after another: on an idle machine two at once finish sooner
     (121 s against 148 s, measured), but in the suite the other test process keeps both cores busy, and every Ray
     process of a waiting run spends ~1% of a core on its own (Ray wakes each worker every 10 ms): two runs alive at
-    once double that waste (measured: a two-step run 171 CPU s alone, 274 in the suite beside another)."""
+    once double that waste (measured: a two-step run 171 CPU s alone; in the suite 274 beside another, 175 alone)."""
     stage = pipeline.Stage(work)
     for job in jobs:
-        stage.run_together([job])
+        stage.run(*job)
     return {name: [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
             for name, _, _ in jobs}
 
