@@ -151,6 +151,7 @@ DEPARTURES = {
     "grpo-recompute": dict(rl={**RECIPE_WITH_KL, "old_log_probs": "recompute"}),
     "grpo-verl-example": dict(rl=VERL_EXAMPLE_RL, env=VERL_EXAMPLE_ENV),
 }
+REFERENCE = "grpo-recipe-kl"  # the recipe given verl's KL loss, which every departure is compared with
 LOSS_TOLERANCE, GRAD_NORM_TOLERANCE = 5e-5, 1e-3
 AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
                    "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
@@ -161,7 +162,7 @@ AGREEMENT_STEPS = [*ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
 def two_step_runs(taught) -> dict[str, list[dict]]:
     """Every two-step run below: the recipe with verl's KL loss, each departure, and bypass mode with rejection
     sampling."""
-    jobs = [grpo_job(taught, "grpo-recipe-kl", *AGREEMENT_STEPS, rl=RECIPE_WITH_KL)]
+    jobs = [grpo_job(taught, REFERENCE, *AGREEMENT_STEPS, rl=RECIPE_WITH_KL)]
     jobs += [grpo_job(taught, name, *AGREEMENT_STEPS, **settings) for name, settings in DEPARTURES.items()]
     jobs.append(grpo_job(taught, "grpo-bypass-rejection", *ONE_REPLICA, "actor_rollout_ref.rollout.seed=7",
                          "trainer.total_training_steps=2", rl=BYPASS_REJECTION))
@@ -170,12 +171,11 @@ def two_step_runs(taught) -> dict[str, list[dict]]:
 
 @pytest.mark.parametrize("name", DEPARTURES)
 def test_a_departure_from_verls_defaults_gives_the_same_first_steps(two_step_runs, name):
-    settings, reference = DEPARTURES[name], "grpo-recipe-kl"
-    recipe, steps = two_step_runs[reference], two_step_runs[name]
+    settings, recipe, steps = DEPARTURES[name], two_step_runs[REFERENCE], two_step_runs[name]
     assert len(steps) == len(recipe) == 2
     for step, (ours, theirs) in enumerate(zip(recipe, steps), start=1):
         keys = ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "actor/ppo_kl")
-        print(name, "vs", reference, step, {k: (ours[k], theirs[k]) for k in keys})
+        print(name, "vs", REFERENCE, step, {k: (ours[k], theirs[k]) for k in keys})
         assert theirs["critic/score/mean"] == ours["critic/score/mean"], f"step {step}: the samples differ"
         assert abs(theirs["actor/pg_loss"] - ours["actor/pg_loss"]) < LOSS_TOLERANCE, f"step {step}"
         assert theirs["actor/grad_norm"] == pytest.approx(ours["actor/grad_norm"], rel=GRAD_NORM_TOLERANCE), f"step {step}"
@@ -188,7 +188,7 @@ def test_the_drift_metric_sees_the_actors_bf16_rounding(learning, two_step_runs)
     FSDP's default bf16: its log-probs differ from the rollout's by bf16 rounding, and actor/rollout_drift/ shows it
     (measured K3 KL: fp32 3e-9 at most, float rounding; bf16 2e-5 to 1.2e-4 over the 15 steps)."""
     bf16 = [m["actor/rollout_drift/k3_kl"] for m in learning]
-    fp32 = [m["actor/rollout_drift/k3_kl"] for m in two_step_runs["grpo-recipe-kl"]]
+    fp32 = [m["actor/rollout_drift/k3_kl"] for m in two_step_runs[REFERENCE]]
     print(f"drift (K3 KL), bf16 actor: {bf16}\nfp32 actor: {fp32}")
     assert max(map(abs, fp32)) < 1e-7 and min(bf16) > 1e-5, (fp32, bf16)
 
