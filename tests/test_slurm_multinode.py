@@ -205,7 +205,8 @@ def test_multinode_grpo_trains_saves_before_the_time_limit_resumes_and_fails_cle
     # the first GRPO step on the lab comes ~2 min after the job starts (measured): a 4:30 limit, warned 60 s ahead,
     # leaves ~90 s of room before the final checkpoint is due (a 4 min limit left none: it saved at step 1 just in time)
     team["slurm"].update(time_limit="4:30", signal_before_limit_s=60)
-    team["rl"].update(experiment_name="grpo-requeue", save_freq=1000)
+    # the job must run until its limit: its reward sleeps (paced_reward.py), so the wait costs little CPU
+    team["rl"].update(experiment_name="grpo-requeue", save_freq=1000, reward_function=str(pipeline.HERE / "paced_reward.py"))
     rendered = pipeline.render(work, team, out="rendered-requeue-grpo")
     proc, job = lab.submit(rendered / "mutinode_ppo" / "run_ppo_multinode.sbatch", *PPO_CPU,
                            "trainer.total_epochs=100", "trainer.total_training_steps=1000", env=pipeline.CPU_ENV)
