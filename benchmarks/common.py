@@ -47,10 +47,12 @@ ARCHS = {  # Qwen2.5 shapes
 }
 QWEN3 = dict(max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu", head_dim=128,
              attention_dropout=0.0, tie_word_embeddings=False)
+QWEN3_HUB_IDS = {"qwen3-8b": "Qwen/Qwen3-8B", "qwen3-32b": "Qwen/Qwen3-32B", "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B"}
 QWEN3_ARCHS = {  # Qwen3 shapes; "moe" ones are Qwen3MoeForCausalLM
-    "qwen3-8b": _shape("Qwen/Qwen3-8B"),
-    "qwen3-32b": _shape("Qwen/Qwen3-32B"),
-    "qwen3-30b-a3b": dict(_shape("Qwen/Qwen3-30B-A3B", "moe_intermediate_size", "num_experts", "num_experts_per_tok"),
+    "qwen3-8b": _shape(QWEN3_HUB_IDS["qwen3-8b"]),
+    "qwen3-32b": _shape(QWEN3_HUB_IDS["qwen3-32b"]),
+    "qwen3-30b-a3b": dict(_shape(QWEN3_HUB_IDS["qwen3-30b-a3b"], "moe_intermediate_size", "num_experts",
+                                 "num_experts_per_tok"),
                           norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], moe=True),
 }
 QWEN_VOCAB = 151936
@@ -237,12 +239,28 @@ def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()
     team.yaml values it exports outright for the trainer.
     edits: KEY=VALUE (a dotted team.yaml key, a YAML value) applied to team_file first, e.g.
     sft.lora={rank: 32, alpha: 64}: a team's variant of the example without a second copy of it."""
+    from llm_bridge.login.render import render_all
+
+    config, team_file = edited_team(team_file, edits)
+    text = render_all(config, team_file, "rendered")[Path(script)]
+    block = re.search(rf"^{array}=\($(.*?)^\)$", text, re.S | re.M)
+    if block is None:
+        raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_knobs")
+    words = shlex.split(block.group(1), comments=True)
+    defaults = dict(re.findall(r'^export (\w+)="\$\{\1:-([^}"]*)\}"$', text, re.M))
+    env = {k: v for k, v in defaults.items() if k not in os.environ}
+    # team.yaml values the script hands its trainer as environment, not as overrides (chat_template, recompute_layers)
+    env.update(re.findall(r"^export (BRIDGE_\w+)=([\w.-]+)$", text, re.M))
+    return [w for w in words if _KNOBS.match(w)], env
+
+
+def edited_team(team_file: Path, edits: list[str]):
+    """team_file's config with the KEY=VALUE edits applied (written to a temporary copy), and that copy's path."""
     import tempfile
 
     import yaml
 
     from llm_bridge.login.loader import load
-    from llm_bridge.login.render import render_all
 
     if edits:
         data = yaml.safe_load(team_file.read_text())
@@ -259,16 +277,23 @@ def recipe_knobs(team_file: Path, script: str, array: str, edits: list[str] = ()
     config, problems = load(team_file)
     if config is None:
         raise SystemExit(f"{team_file}: " + "; ".join(p.message for p in problems))
-    text = render_all(config, team_file, "rendered")[Path(script)]
-    block = re.search(rf"^{array}=\($(.*?)^\)$", text, re.S | re.M)
-    if block is None:
-        raise SystemExit(f"{script} has no {array}=( ... ) block: update recipe_knobs")
-    words = shlex.split(block.group(1), comments=True)
-    defaults = dict(re.findall(r'^export (\w+)="\$\{\1:-([^}"]*)\}"$', text, re.M))
-    env = {k: v for k, v in defaults.items() if k not in os.environ}
-    # team.yaml values the script hands its trainer as environment, not as overrides (chat_template, recompute_layers)
-    env.update(re.findall(r"^export (BRIDGE_\w+)=([\w.-]+)$", text, re.M))
-    return [w for w in words if _KNOBS.match(w)], env
+    return config, team_file
+
+
+def recompute_layers_that_fit(team_file: Path, edits: list[str], arch: str, tokens: int, gpus: int, gpu_gib: float) -> int:
+    """The sft.recompute_layers `llm-bridge check` suggests for this SFT on GPUs of gpu_gib: the fewest decoder layers
+    that recompute with the stage's planned peak still within 90% of the GPU (check warns above that)."""
+    from llm_bridge.login.memory_plan import fewest_recomputed_layers
+    from llm_bridge.login.model_shape import find_shape
+
+    if arch not in QWEN3_HUB_IDS:
+        raise SystemExit(f"--recompute-fit: the planner has no shape for --arch {arch}; use one of {sorted(QWEN3_HUB_IDS)}")
+    config, _ = edited_team(team_file, [*edits, "sft.gradient_checkpointing=true", f"sft.max_token_len_per_gpu={tokens}"])
+    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), config.sft, gpus, 0.9 * gpu_gib)
+    if layers is None:
+        raise SystemExit(f"--recompute-fit: {arch} at {tokens} tokens does not fit {gpu_gib:.0f} GiB even with every "
+                         "layer recomputing (llm-bridge check says what would)")
+    return layers
 
 
 def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser:

@@ -31,12 +31,16 @@ def token_stream(gsm8k, work, tokens: int, steps: int):
     return [ids[i * tokens:(i + 1) * tokens] for i in range(steps)]
 
 
-def main() -> None:
+def arguments():
     parser = bench_parser(__doc__, "SFT script", default_steps=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--targets", default="all-linear", help="PEFT target_modules: all-linear or a comma list")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.arch not in QWEN3_ARCHS:
         raise SystemExit(f"--arch {args.arch}: the PEFT baseline builds Qwen3 shapes only ({', '.join(QWEN3_ARCHS)})")
     args.work.mkdir(parents=True, exist_ok=True)

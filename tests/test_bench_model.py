@@ -157,3 +157,74 @@ def test_recipe_edits_change_a_copy_of_the_team_file(tmp_path):
     knobs, _ = recipe_knobs(example, "ppo/run_ppo.sbatch", "PPO_ARGS",
                             ["rl.gradient_checkpointing=true", "rl.recompute_layers=12"])
     assert "+ray_kwargs.ray_init.runtime_env.env_vars.BRIDGE_RECOMPUTE_LAYERS='12'" in knobs
+
+
+def test_recompute_fit_is_what_the_planner_suggests_for_the_gpu_at_the_benchmarks_tokens():
+    """sft_bench --recompute-fit: the fewest layers that recompute within 90% of the GPU, as check suggests; more memory
+    or fewer tokens let more layers keep their activations, and a shape that cannot fit says so."""
+    sys.path.insert(0, str(BENCH))
+    from common import edited_team, recompute_layers_that_fit
+
+    from llm_bridge.login.memory_plan import fewest_recomputed_layers, training_parts, CUDA_CONTEXT_GIB
+    from llm_bridge.login.model_shape import find_shape
+
+    example = REPO / "templates" / "team.example.yaml"
+    attention = ["sft.lora={rank: 32, alpha: 64, target_modules: [q_proj, k_proj, v_proj, o_proj]}", "sft.use_liger=false"]
+    h200, h100 = 140.4, 79.6
+    at_8k = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 8192, 1, h200)
+    at_16k = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 16384, 1, h200)
+    on_h100 = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 8192, 1, h100)
+    assert 1 <= at_8k < at_16k < 48 and at_8k < on_h100 < 48, (at_8k, at_16k, on_h100)
+    # the edits and the tokens reach the plan: the stage it checks fits at that count and not at one fewer
+    config, _ = edited_team(example, [*attention, "sft.gradient_checkpointing=true", "sft.max_token_len_per_gpu=8192"])
+    shape = find_shape("Qwen/Qwen3-30B-A3B")
+    assert config.sft.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert fewest_recomputed_layers(shape, config.sft, 1, 0.9 * h100) == on_h100
+
+    def peak(layers):
+        stage = config.sft.model_copy(update={"recompute_layers": layers})
+        return sum(training_parts(shape, stage, 1, 8192).values()) + CUDA_CONTEXT_GIB
+    assert peak(on_h100) <= 0.9 * h100 < peak(on_h100 - 1)
+    with pytest.raises(SystemExit, match="does not fit 80 GiB even with every layer recomputing"):
+        recompute_layers_that_fit(example, ["sft.lora={rank: 32, alpha: 64}"], "qwen3-32b", 8192, 1, h100)
+    with pytest.raises(SystemExit, match="no shape for --arch 0.5b"):
+        recompute_layers_that_fit(example, [], "0.5b", 8192, 1, h200)
+
+
+def test_each_lora_speed_row_runs_its_benchmark_with_arguments_the_benchmark_accepts(tmp_path):
+    """benchmarks/lora_sft_speed.sh, the commands of docs/benchmarks.md's L rows: each row's command line, caught by a
+    python3 that records it, parses with the benchmark's own arguments, and the rows differ only where they say."""
+    import shlex
+
+    sys.path.insert(0, str(BENCH))
+    import peft_bench
+    import sft_bench
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/bash\nprintf "%q " "$@" >> {calls}; echo >> {calls}\n')
+    (bin_dir / "python3").chmod(0o755)
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("")
+    rows = ["peft-32b", "recipe-32b", "fast-32b", "peft-30b", "recipe-30b", "fast-30b", "recipe-30b-2x8k", "fast-30b-2x8k"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(BENCH / "lora_sft_speed.sh"), str(tmp_path / "gsm8k"), *rows], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    argv = dict(zip(rows, (shlex.split(line) for line in calls.read_text().splitlines())))
+    assert argv.keys() == set(rows)
+    parsed = {row: (peft_bench if row.startswith("peft") else sft_bench).arguments().parse_args(a[1:])
+              for row, a in argv.items()}
+    assert all(argv[row][0] == f"benchmarks/{'peft' if row.startswith('peft') else 'sft'}_bench.py" for row in rows)
+    assert {parsed[r].arch for r in rows if "32b" in r} == {"qwen3-32b"} and parsed["peft-30b"].targets == "q_proj,k_proj,v_proj,o_proj"
+    for slow, fast in (("recipe-32b", "fast-32b"), ("recipe-30b", "fast-30b"), ("recipe-30b-2x8k", "fast-30b-2x8k")):
+        assert not parsed[slow].recompute_fit and parsed[fast].recompute_fit
+        assert parsed[fast].recipe_set == [*parsed[slow].recipe_set, "sft.attn_implementation=sdpa_cudnn"]
+        assert parsed[fast].overrides == parsed[slow].overrides
+    assert parsed["recipe-30b-2x8k"].overrides == ["data.train_batch_size=2", "data.max_token_len_per_gpu=16384"]
+    assert "sft.use_liger=false" in parsed["recipe-30b"].recipe_set and "sft.use_liger=false" not in parsed["recipe-32b"].recipe_set
+    # a row it does not know is refused before any row runs
+    calls.unlink()
+    refused = subprocess.run(["bash", str(BENCH / "lora_sft_speed.sh"), str(tmp_path / "gsm8k"), "peft-32b", "fast-8b"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "no row 'fast-8b'" in refused.stderr and not calls.exists()
