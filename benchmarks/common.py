@@ -283,13 +283,13 @@ def edited_team(team_file: Path, edits: list[str]):
 def recompute_layers_that_fit(team_file: Path, edits: list[str], arch: str, tokens: int, gpus: int, gpu_gib: float) -> int:
     """The sft.recompute_layers `llm-bridge check` suggests for this SFT on GPUs of gpu_gib: the fewest decoder layers
     that recompute with the stage's planned peak still within 90% of the GPU (check warns above that)."""
-    from llm_bridge.login.memory_plan import fewest_recomputed_layers
+    from llm_bridge.login.memory_plan import HEADROOM, fewest_recomputed_layers
     from llm_bridge.login.model_shape import find_shape
 
     if arch not in QWEN3_HUB_IDS:
         raise SystemExit(f"--recompute-fit: the planner has no shape for --arch {arch}; use one of {sorted(QWEN3_HUB_IDS)}")
     config, _ = edited_team(team_file, [*edits, "sft.gradient_checkpointing=true", f"sft.max_token_len_per_gpu={tokens}"])
-    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), config.sft, gpus, 0.9 * gpu_gib)
+    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), config.sft, gpus, (1 - HEADROOM) * gpu_gib)
     if layers is None:
         raise SystemExit(f"--recompute-fit: {arch} at {tokens} tokens does not fit {gpu_gib:.0f} GiB even with every "
                          "layer recomputing (llm-bridge check says what would)")
