@@ -25,38 +25,44 @@ DIR=${1:?"usage: bash benchmarks/lora_sft_speed.sh DIR ROW... (DIR: a directory 
 shift
 [ $# -gt 0 ] || { echo "ERROR: no row named. Fix: name one or more rows, e.g. peft-32b fast-32b (the header lists them)" >&2; exit 1; }
 [ -f "$DIR/train.jsonl" ] || { echo "ERROR: $DIR/train.jsonl not found. Fix: pass the directory that holds GSM8K's train.jsonl" >&2; exit 1; }
-ROWS=" peft-32b recipe-32b fast-32b peft-30b recipe-30b fast-30b recipe-30b-2x8k fast-30b-2x8k "
-for row in "$@"; do
-  [[ $ROWS == *" $row "* ]] || { echo "ERROR: no row '$row'. Fix: use rows of:$ROWS" >&2; exit 1; }
-done
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/bench}
 
 PEFT=(python3 benchmarks/peft_bench.py --gsm8k "$DIR" --work "$WORK" --steps 8 --warmup 2 --tokens 8192)
 RECIPE=(python3 benchmarks/sft_bench.py --gsm8k "$DIR" --work "$WORK" --steps 8 --warmup 2 --tokens 8000 --max-length 8192
         --conversations 64 --recipe templates/team.example.yaml --recipe-set sft.gradient_checkpointing=true)
-ALL_LINEAR="sft.lora={rank: 32, alpha: 64}"
-ATTENTION="sft.lora={rank: 32, alpha: 64, target_modules: [q_proj, k_proj, v_proj, o_proj]}"
+MOE_ATTENTION=(--arch qwen3-30b-a3b --recipe-set "sft.lora={rank: 32, alpha: 64, target_modules: [q_proj, k_proj, v_proj, o_proj]}"
+               --recipe-set sft.use_liger=false)
 FAST=(--recipe-set sft.attn_implementation=sdpa_cudnn --recompute-fit)
 ONE_8K=(-- data.train_batch_size=1 data.max_token_len_per_gpu=8192)
 TWO_8K=(-- data.train_batch_size=2 data.max_token_len_per_gpu=16384)
 
+# One function a row (its name with _ for -). A fast-X row is recipe-X with FAST: recipe_* take the label's suffix,
+# then options of their own.
+peft_32b()        { "${PEFT[@]}" --arch qwen3-32b --label peft; }
+peft_30b()        { "${PEFT[@]}" --arch qwen3-30b-a3b --label peft-attn --targets q_proj,k_proj,v_proj,o_proj; }
+recipe_32b()      { "${RECIPE[@]}" --arch qwen3-32b --label "recipe-lora$1" --recipe-set "sft.lora={rank: 32, alpha: 64}" \
+                      "${@:2}" "${ONE_8K[@]}"; }
+recipe_30b()      { "${RECIPE[@]}" "${MOE_ATTENTION[@]}" --label "recipe-lora-attn$1" "${@:2}" "${ONE_8K[@]}"; }
+recipe_30b_2x8k() { "${RECIPE[@]}" "${MOE_ATTENTION[@]}" --label "recipe-lora-attn-2x8k$1" "${@:2}" "${TWO_8K[@]}"; }
+
+row_function() {  # the function that runs row $1, or nothing
+  local name=${1//-/_}
+  [[ $name =~ ^(peft|recipe|fast)_ ]] || return 0
+  name=${name/#fast_/recipe_}
+  if declare -F "$name" >/dev/null; then echo "$name"; fi
+}
+
+for row in "$@"; do
+  [ -n "$(row_function "$row")" ] || { echo "ERROR: no row '$row'. Fix: use rows named in this script's header" >&2; exit 1; }
+done
 failed=()
 for row in "$@"; do
   echo "=== $(date +%T) $row"
   case $row in
-    peft-32b)        "${PEFT[@]}" --arch qwen3-32b --label peft ;;
-    recipe-32b)      "${RECIPE[@]}" --arch qwen3-32b --label recipe-lora --recipe-set "$ALL_LINEAR" "${ONE_8K[@]}" ;;
-    fast-32b)        "${RECIPE[@]}" --arch qwen3-32b --label recipe-lora-fast --recipe-set "$ALL_LINEAR" "${FAST[@]}" "${ONE_8K[@]}" ;;
-    peft-30b)        "${PEFT[@]}" --arch qwen3-30b-a3b --label peft-attn --targets q_proj,k_proj,v_proj,o_proj ;;
-    recipe-30b)      "${RECIPE[@]}" --arch qwen3-30b-a3b --label recipe-lora-attn --recipe-set "$ATTENTION" \
-                       --recipe-set sft.use_liger=false "${ONE_8K[@]}" ;;
-    fast-30b)        "${RECIPE[@]}" --arch qwen3-30b-a3b --label recipe-lora-attn-fast --recipe-set "$ATTENTION" \
-                       --recipe-set sft.use_liger=false "${FAST[@]}" "${ONE_8K[@]}" ;;
-    recipe-30b-2x8k) "${RECIPE[@]}" --arch qwen3-30b-a3b --label recipe-lora-attn-2x8k --recipe-set "$ATTENTION" \
-                       --recipe-set sft.use_liger=false "${TWO_8K[@]}" ;;
-    fast-30b-2x8k)   "${RECIPE[@]}" --arch qwen3-30b-a3b --label recipe-lora-attn-2x8k-fast --recipe-set "$ATTENTION" \
-                       --recipe-set sft.use_liger=false "${FAST[@]}" "${TWO_8K[@]}" ;;
+    fast-*)   "$(row_function "$row")" -fast "${FAST[@]}" ;;
+    recipe-*) "$(row_function "$row")" "" ;;
+    *)        "$(row_function "$row")" ;;
   esac || failed+=("$row")  # the next rows still run: a lease is short
 done
 [ ${#failed[@]} -eq 0 ] || { echo "FAILED: ${failed[*]} (each run's log: $WORK/runs/*/log.txt)" >&2; exit 1; }

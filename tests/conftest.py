@@ -15,8 +15,8 @@ EXAMPLE = REPO / "templates" / "team.example.yaml"
 # The suite runs on two processes (pytest-xdist, pyproject's addopts), a group of tests at a time: a module's tests
 # together, so that its fixtures (a trained tiny model, say) are built once, and every module that uses the SLURM lab
 # together, on one process: the lab is one cluster with fixed addresses, and its tests expect its nodes idle. The
-# longest groups go first: the lab's (~25 min on 2 cores) on one process while the other takes the CPU GRPO runs, then
-# the next longest (7-9 min each), so that the suite ends on short tests on both processes: with the README's quick
+# longest groups go first: the lab's (the longest) on one process while the other takes the CPU GRPO runs, then
+# the next longest, so that the suite ends on short tests on both processes: with the README's quick
 # start left to its place in the alphabet, one process ran it alone for the suite's last 6 minutes.
 LAB_MODULES = ("tests/test_slurm_chain.py", "tests/test_slurm_multinode.py")
 FIRST = ("slurm-lab", "tests/test_grpo_learns.py", "tests/test_readmes.py", "tests/test_learn_bench.py", "tests/test_merge.py")
