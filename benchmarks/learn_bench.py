@@ -14,7 +14,11 @@ One GPU (H200/H100). No pretrained weights and no network: the task is generated
    runs that arm at its own learning rate. --grpo-from NAME starts the arms from an earlier GRPO run's merged
    model (<work>/models/NAME, e.g. carried over from another GPU lease) instead of SFT's: more GRPO steps than one
    lease holds, with a fresh optimizer; those runs are named <arm>-cont (-cont2 from a -cont model, ...), and
-   their steps and held-out curve count on from the earlier run's. --grpo-time-limit S gives each GRPO run the
+   their steps and held-out curve count on from the earlier run's (the curves show the earlier runs too, where
+   their metrics are in <work>/logs). --continue does the same for each arm from its own newest model (from SFT's
+   where it has none), so one command serves every lease; --carry-out DIR packs what the next lease needs (this
+   run's GRPO models, all metrics, the SFT row) in pieces a device call brings back, and there the SFT stage is
+   skipped: its row is carried (sft-row.json), its model is not. --grpo-time-limit S gives each GRPO run the
    recipe's time-limit save (llm_bridge/job/deadline.py, as under SLURM): it saves a final checkpoint and stops
    before S seconds, then is merged and graded like a finished run, so a lease's steps are never lost.
    --together runs the arms at the same time on the one GPU, each vLLM with a fixed KV cache (--kv-cache-gib):
@@ -43,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -73,6 +78,7 @@ ARMS = {
     "recompute-is": ({"old_log_probs": "recompute", "rollout_correction": {"rollout_is": "token"}}, {}),
     "bypass-rs": ({"rollout_correction": {"rollout_rs": "seq_mean_k1", "rollout_rs_threshold": 1.001}}, {}),
 }
+CARRY_PIECE_MIB = 15  # --carry-out: a device call brings back files of at most 16 MiB (8 files, 64 MiB a call)
 DRIFT_PROMPTS, DRIFT_N = 16, 4  # --drift-length: 64 responses, every span of positions filled 64 times over
 # per GRPO step; the drift is the recipe's metric (verl_patches 8), or verl's own where the patches are off (recompute)
 CURVES = (("critic/score/mean",), ("response_length/mean",), ("actor/rollout_drift/k3_kl", "rollout_corr/k3_kl"))
@@ -112,6 +118,20 @@ def steps_before(model: Path) -> int:
     """GRPO steps behind a merged model: what learn_bench recorded beside it (0 for SFT's or another's)."""
     record = model / "learn_bench.json"
     return json.loads(record.read_text())["grpo_steps"] if record.is_file() else 0
+
+
+def lineage(model: Path) -> list[list]:
+    """[[run, steps before it], ...]: the GRPO runs that made a merged model, first to last ([] for SFT's)."""
+    record = model / "learn_bench.json"
+    return json.loads(record.read_text()).get("runs", []) if record.is_file() else []
+
+
+def newest(models: Path, arm: str, lr: str | None) -> str:
+    """--continue: the arm's last merged model in `models` (grpo-ARM, then -cont, -cont2, ...), or "sft" if none."""
+    start = "sft"
+    while (models / (name := run_name(arm, lr, None if start == "sft" else start)) / "config.json").is_file():
+        start = name
+    return start
 
 
 def venv_shim(work: Path) -> Path:
@@ -290,6 +310,36 @@ def held_out_curve(records: list[dict]) -> list[tuple[int, float]]:
             for key, value in record["data"].items() if key.startswith("val-core/") and "/mean@" in key]
 
 
+def carry_out(work: Path, out: Path, models: list[str]) -> list[Path]:
+    """--carry-out: one tar, in pieces of CARRY_PIECE_MIB, of what another lease needs to go on from this one (the
+    merged GRPO `models`, each with its lineage; every run's metrics; the SFT row; answers and results). There:
+    `mkdir -p WORK && cat lb-carry.tar.part* | tar x -C WORK`, then the same command with --continue."""
+    import io
+    import tarfile
+
+    paths = [work / "models" / name for name in models] + sorted((work / "logs").glob("*.metrics.jsonl")) + [
+        *sorted(work.glob("predictions-*.jsonl")), *sorted(work.glob("samples*-*.jsonl")),
+        *(work / name for name in ("sft-row.json", "results.md", "results.json", "curves.png"))]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in paths:
+            if path.exists():
+                tar.add(path, arcname=str(path.relative_to(work)))
+    data, piece = buffer.getvalue(), CARRY_PIECE_MIB * 2**20
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("lb-carry.tar.part*"):  # an earlier pack's pieces would join this one's
+        old.unlink()
+    pieces = []
+    for n, offset in enumerate(range(0, len(data), piece)):
+        pieces.append(out / f"lb-carry.tar.part{n:02d}")
+        partial = out / f"{pieces[-1].name}.partial"
+        partial.write_bytes(data[offset:offset + piece])
+        partial.rename(pieces[-1])
+    print(f"[carry-out] {len(data) / 2**20:.0f} MiB in {len(pieces)} pieces in {out}: {', '.join(models) or 'no model'}",
+          flush=True)
+    return pieces
+
+
 def curves(work: Path, arms: dict[str, list[dict]], held_out: dict[str, list[tuple[int, float]]]) -> Path:
     import matplotlib
 
@@ -351,6 +401,13 @@ def main() -> None:
     parser.add_argument("--grpo-from", metavar="NAME",
                         help="start GRPO from <work>/models/NAME, an earlier GRPO run's merged model (e.g. "
                              "grpo-recipe-lr3e-5), instead of the SFT model")
+    parser.add_argument("--continue", dest="continue_", action="store_true",
+                        help="each arm goes on from its own newest merged model in <work>/models (grpo-ARM, then "
+                             "-cont, -cont2, ...), or from SFT's where it has none: the same command every lease")
+    parser.add_argument("--carry-out", type=Path, metavar="DIR",
+                        help=f"at the end, write what a later lease needs to go on (this run's GRPO models, every "
+                             f"run's metrics, the SFT row, the results) to DIR as pieces of at most "
+                             f"{CARRY_PIECE_MIB} MiB, the size a device call brings back")
     parser.add_argument("--grpo-time-limit", type=int, metavar="SECONDS",
                         help="each GRPO run saves a final checkpoint and stops before SECONDS from its start (the "
                              "recipe's time-limit save: its longest step + 60 s ahead), then is merged and graded")
@@ -380,6 +437,9 @@ def main() -> None:
     if args.grpo_time_limit is not None and args.grpo_time_limit < 120:
         raise SystemExit(f"--grpo-time-limit {args.grpo_time_limit}: too short for a step and a save (the run stops "
                          "once less than its longest step + 60 s is left, counted from its start), e.g. 1200")
+    if args.continue_ and args.grpo_from:
+        raise SystemExit("--continue and --grpo-from both say where GRPO starts: --continue finds each arm's own newest "
+                         "model, --grpo-from starts every arm from the one model it names. Fix: give one of them")
     work = args.work.resolve()
     if args.grpo_from and not (work / "models" / args.grpo_from / "config.json").is_file():
         raise SystemExit(f"--grpo-from {args.grpo_from}: no merged model in {work / 'models' / args.grpo_from}. Fix: "
@@ -400,19 +460,30 @@ def main() -> None:
     plan = planned(team, work, "sft")
     planned_s = {"sft": plan["sft"], "merge-sft": plan["merge-sft"]}
     test = work / "data" / "rl" / "test.parquet"
-    rows = []
-    if not (work / "models" / "sft" / "config.json").is_file():
-        rendered = pipeline.render(work, team, "rendered-sft")
-        command = pipeline.sft_command(rendered) if args.cpu else ["bash", str(rendered / "sft" / "run_sft.sbatch")]
-        stage.run("sft", command, env)
-    generate(args, merge("sft", work / "checkpoints" / "sft" / "sft"), test, work / "predictions-sft.jsonl", stage,
-             "generate-sft")
-    rows.append({"model": "SFT", "steps": args.sft_steps, "accuracy": accuracy(test, work / "predictions-sft.jsonl")})
-    if args.samples:
-        rows[-1].update(sampled(args, work / "models" / "sft", test, work / f"samples{args.samples}-sft.jsonl", stage,
-                                "sample-sft"))
-    names = [run_name(arm, lr, args.grpo_from) for arm, lr in arms]
-    prior = steps_before(work / "models" / args.grpo_from) if args.grpo_from else 0
+    starts = [args.grpo_from or (newest(work / "models", arm, lr) if args.continue_ else "sft") for arm, lr in arms]
+    names = [run_name(arm, lr, None if start == "sft" else start) for (arm, lr), start in zip(arms, starts)]
+    sft_record = work / "sft-row.json"  # the SFT row, carried to a later lease without the SFT model (--carry-out)
+    if not (work / "models" / "sft" / "config.json").is_file() and sft_record.is_file():
+        needs = [f"--arms {arm}{'@' + lr if lr else ''} (no GRPO model of it to go on from)"
+                 for (arm, lr), start in zip(arms, starts) if start == "sft"] + ["--drift-length"] * bool(args.drift_length)
+        if needs:
+            raise SystemExit(f"{work}: the SFT model is not here, only its row ({sft_record.name}, carried from another "
+                             f"lease), and {' and '.join(needs)} starts from it. Fix: carry models/sft as well, or "
+                             "start from an empty --work")
+        rows = [json.loads(sft_record.read_text())]
+    else:
+        if not (work / "models" / "sft" / "config.json").is_file():
+            rendered = pipeline.render(work, team, "rendered-sft")
+            command = pipeline.sft_command(rendered) if args.cpu else ["bash", str(rendered / "sft" / "run_sft.sbatch")]
+            stage.run("sft", command, env)
+        generate(args, merge("sft", work / "checkpoints" / "sft" / "sft"), test, work / "predictions-sft.jsonl", stage,
+                 "generate-sft")
+        rows = [{"model": "SFT", "steps": args.sft_steps, "accuracy": accuracy(test, work / "predictions-sft.jsonl")}]
+        if args.samples:
+            rows[-1].update(sampled(args, work / "models" / "sft", test, work / f"samples{args.samples}-sft.jsonl",
+                                    stage, "sample-sft"))
+        sft_record.write_text(json.dumps(rows[0]) + "\n")
+    start_of = dict(zip(names, starts))
     runs = {}  # name -> (command, environment) of each GRPO run still to do
 
     def grpo_command(rendered: Path, *settings: str) -> list[str]:
@@ -429,7 +500,8 @@ def main() -> None:
         if (work / "models" / name / "config.json").is_file():
             continue
         arm_team = yaml.safe_load(yaml.safe_dump(team))
-        arm_team["rl"].update(experiment_name=name, **edits, **({"lr": float(lr)} if lr else {}))
+        arm_team["rl"].update(experiment_name=name, model=str(work / "models" / start_of[name]), **edits,
+                              **({"lr": float(lr)} if lr else {}))
         plan = planned(arm_team, work, name)
         planned_s.update({name: plan["grpo"], f"merge-{name}": plan["merge-grpo"]})
         rendered = pipeline.render(work, arm_team, f"rendered-{name}")
@@ -461,21 +533,30 @@ def main() -> None:
     steps_by_arm, held_out, graded = {}, {}, {}  # graded: name -> its table row, in the order the arms end
 
     def evaluate(name: str) -> None:
-        label = name.removeprefix("grpo-")
+        label, start = name.removeprefix("grpo-"), start_of[name]
+        prior = steps_before(work / "models" / start)
         generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
                  stage, f"generate-{name}")
-        records = pipeline.metrics(work / "logs", name)
-        steps_by_arm[label] = [{**m["data"], "training/global_step": prior + m["data"]["training/global_step"]}
-                               for m in records if "critic/score/mean" in m["data"]]
-        held_out[label] = [(prior + step, value) for step, value in held_out_curve(records)]
+        this_run = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
+        # the curves run from the lineage's first step: the earlier runs' metrics, where their logs are here
+        runs_behind = [*lineage(work / "models" / start), [name, prior]]
+        steps_by_arm[label], points = [], {}
+        for run, before in runs_behind:
+            records = pipeline.metrics(work / "logs", run) if list((work / "logs").glob(f"{run}-local-*.metrics.jsonl")) else []
+            steps_by_arm[label] += [{**m["data"], "training/global_step": before + m["data"]["training/global_step"]}
+                                    for m in records if "critic/score/mean" in m["data"]]
+            for step, value in held_out_curve(records):  # a run's last validation is the next one's step 0: keep one
+                points.setdefault(before + step, value)
+        held_out[label] = sorted(points.items())
         rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
-        start = f", from {args.grpo_from} at step {prior}" if args.grpo_from else ""
         record = work / "models" / name / "learn_bench.json"
         if not record.is_file():  # GRPO steps behind this model, for a run that starts from it (--grpo-from)
-            record.write_text(json.dumps({"grpo_steps": prior + len(rewards), "from": args.grpo_from or "sft"}) + "\n")
-        graded[name] = {"model": f"GRPO ({label}{start})", "steps": prior + len(rewards), "steps_this_run": len(rewards),
+            record.write_text(json.dumps({"grpo_steps": prior + len(this_run), "from": start, "runs": runs_behind}) + "\n")
+        graded[name] = {"model": f"GRPO ({label}" + (f", from {start} at step {prior})" if prior else ")"),
+                        "steps": prior + len(this_run), "steps_this_run": len(this_run),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
-                        "train_reward_first": rewards[0], "train_reward_last": rewards[-1]}
+                        "train_reward_first": rewards[0], "train_reward_last": rewards[-1],
+                        "step_s_median": statistics.median(s["timing_s/step"] for s in this_run)}
         if args.samples:
             graded[name].update(sampled(args, work / "models" / name, test, work / f"samples{args.samples}-{name}.jsonl",
                                         stage, f"sample-{name}"))
@@ -500,14 +581,18 @@ def main() -> None:
     rows += [graded[name] for name in names if name in graded]
     png = curves(work, steps_by_arm, held_out)
     argv = " ".join(["python", "benchmarks/learn_bench.py", *sys.argv[1:]])
-    table = ["| model | steps | held-out accuracy | train reward, first step -> last |", "|---|---|---|---|"]
-    if args.samples:
-        table = [table[0][:-1] + f"| sampled at temperature 1: mean, pass@{args.samples} |", "|---|---|---|---|---|"]
+    shared = " (the GPU shared, --together)" if args.together else ""
+    columns = ["model", "steps", "held-out accuracy", "train reward, first step -> last", f"s a step, median{shared}"]
+    columns += [f"sampled at temperature 1: mean, pass@{args.samples}"] * bool(args.samples)
+    table = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in rows:
-        reward = f"{row['train_reward_first']:.3f} -> {row['train_reward_last']:.3f}" if "train_reward_last" in row else ""
-        table.append(f"| {row['model']} | {row['steps']} | {100 * row['accuracy']:.1f}% | {reward} |")
+        cells = [row["model"], str(row["steps"]), f"{100 * row['accuracy']:.1f}%",
+                 f"{row['train_reward_first']:.3f} -> {row['train_reward_last']:.3f}" if "train_reward_last" in row else "",
+                 f"{row['step_s_median']:.1f}" if "step_s_median" in row else ""]
         if args.samples:
-            table[-1] += f" {100 * row['sampled_accuracy']:.1f}%, {100 * row[f'pass_at_{args.samples}']:.1f}% |"
+            cells.append(f"{100 * row['sampled_accuracy']:.1f}%, {100 * row[f'pass_at_{args.samples}']:.1f}%"
+                         if f"pass_at_{args.samples}" in row else "")
+        table.append("| " + " | ".join(cells) + " |")
     machine = "CPU (smoke test)" if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     during = [f"| {arm} | " + ", ".join(f"{step}: {100 * value:.1f}%" for step, value in points) + " |"
@@ -533,6 +618,8 @@ def main() -> None:
                                                    "planned_s": planned_s}, indent=1))
     print("\n".join(table + [""] + during + times))
     print(f"-> {work / 'results.md'}, {png}")
+    if args.carry_out:
+        carry_out(work, args.carry_out, [name for name in names if name in graded])
     if failed:
         raise SystemExit(f"{failed}\nThe arms that finished are graded in {work / 'results.md'}.")
 

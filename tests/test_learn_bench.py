@@ -3,6 +3,7 @@ the rendered SFT script, merge, the rendered GRPO script, merge, held-out accura
 that keeps the entrypoint working between GPU leases; that the recipe teaches is tests/test_grpo_learns.py's."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,12 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
-    argv = [sys.executable, "benchmarks/learn_bench.py", "--work", str(tmp_path), "--cpu", "--size", "tiny",
-            "--vocab", "512", "--train", "600", "--test", "32", "--train-steps", "0", "--test-steps", "0",
-            "--max-length", "128", "--sft-steps", "20", "--sft-batch", "16", "--sft-lr", "3e-3", "--grpo-steps", "2",
-            "--prompts", "8", "--n", "4", "--grpo-lr", "1e-3", "--samples", "2", "--arms"]
+    def learn_bench(work: Path, *arms: str) -> list[str]:
+        return [sys.executable, "benchmarks/learn_bench.py", "--work", str(work), "--cpu", "--size", "tiny",
+                "--vocab", "512", "--train", "600", "--test", "32", "--train-steps", "0", "--test-steps", "0",
+                "--max-length", "128", "--sft-steps", "20", "--sft-batch", "16", "--sft-lr", "3e-3", "--grpo-steps", "2",
+                "--prompts", "8", "--n", "4", "--grpo-lr", "1e-3", "--samples", "2", "--arms", *arms]
+
     # --arms "" stops after the SFT model's accuracy; a later run with arms reuses that model
-    sft_only = subprocess.run([*argv, ""], cwd=REPO, capture_output=True, text=True, timeout=600)
+    sft_only = subprocess.run(learn_bench(tmp_path, ""), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert sft_only.returncode == 0, sft_only.stdout[-3000:] + sft_only.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [row["model"] for row in results["rows"]] == ["SFT"] and results["times_s"]["sft"] > 0
@@ -30,7 +33,7 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert len((tmp_path / "samples2-sft.jsonl").read_text().splitlines()) == 64
     assert "pass@2" in (tmp_path / "results.md").read_text()
     # an arm at its own learning rate (ARM@LR), through --together's path (two runs at once: the Stage test below)
-    argv += ["recipe@2e-3", "--together", "--updates", "4"]
+    argv = learn_bench(tmp_path, "recipe@2e-3", "--together", "--updates", "4")
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[sft]" not in result.stdout and "[grpo-recipe-lr2e-3]" in result.stdout, result.stdout[-3000:]
@@ -53,31 +56,54 @@ def test_the_learning_benchmark_runs_its_stages_on_a_cpu(tmp_path):
     assert "| grpo-recipe-lr2e-3 | " in (tmp_path / "results.md").read_text()
     # graded while the GPU may still be shared (--together): vLLM takes only --gpu-memory-utilization (default 0.3)
     assert "'gpu_memory_utilization': 0.3" in (tmp_path / "logs" / "generate-grpo-recipe-lr2e-3.log").read_text()
-    # a rerun finds every stage's output and redoes none
-    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert results["rows"][1]["step_s_median"] > 0 and "s a step, median (the GPU shared, --together)" in (
+        tmp_path / "results.md").read_text()
+    # a rerun finds every stage's output and redoes none; --carry-out packs what another lease needs to go on
+    carry = tmp_path / "carry"
+    again = subprocess.run([*argv, "--carry-out", str(carry)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[sft]" not in again.stdout and "[grpo-recipe" not in again.stdout, again.stdout
-    # more GRPO from the GRPO model (--grpo-from: another lease's steps), as a run of its own whose steps count on
-    # from the earlier run's; --grpo-time-limit hands it the recipe's time-limit save (an hour away: no stop here).
-    # --drift-length: then one step of the SFT model with every response 24 tokens long. Without --together this time:
-    # one run after the other, the drift run last (two Ray runs at once on 2 busy cores mostly wait)
+    assert [piece.name for piece in carry.iterdir()] == ["lb-carry.tar.part00"]  # the tiny model: one piece
+    # another lease: only the pieces. --continue goes on from the arm's newest GRPO model (another lease's steps), as a
+    # run of its own whose steps count on from the earlier run's, and the SFT stage is not redone: its row came along.
+    # --grpo-time-limit hands the run the recipe's time-limit save (an hour away: no stop here). Without --together
+    lease = tmp_path / "lease2"
+    lease.mkdir()
+    subprocess.run(f"cat {carry}/lb-carry.tar.part* | tar x -C {lease}", shell=True, check=True)
     started = time.time()
-    more = subprocess.run([*(a for a in argv if a != "--together"), "--grpo-from", "grpo-recipe-lr2e-3", "--grpo-steps",
-                           "1", "--grpo-time-limit", "3600", "--drift-length", "24"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    argv = [*learn_bench(lease, "recipe@2e-3", "--updates", "4"), "--grpo-steps", "1"]
+    more = subprocess.run([*argv, "--continue", "--grpo-time-limit", "3600"], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    assert "[sft]" not in more.stdout and "[generate-sft]" not in more.stdout, more.stdout[-3000:]
+    assert not (lease / "models" / "sft").exists()
+    before = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((lease / "results.json").read_text())
+    assert results["rows"][0] == before["rows"][0]
     cont = results["rows"][-1]
     assert cont["model"] == "GRPO (recipe-lr2e-3-cont, from grpo-recipe-lr2e-3 at step 2)"
     assert (cont["steps"], cont["steps_this_run"]) == (3, 1), cont
-    assert [step for step, _ in results["held_out"]["recipe-lr2e-3-cont"]] == [2, 3]
-    assert json.loads((tmp_path / "models" / "grpo-recipe-lr2e-3-cont" / "learn_bench.json").read_text()) == {
-        "grpo_steps": 3, "from": "grpo-recipe-lr2e-3"}
-    rl = yaml.safe_load((tmp_path / "team-rendered-grpo-recipe-lr2e-3-cont.yaml").read_text())["rl"]
-    assert rl["model"] == str(tmp_path / "models" / "grpo-recipe-lr2e-3")
+    # the curves go back to the first lease's first step: its metrics came along (its step 2 is the new run's step 0)
+    assert [step for step, _ in results["held_out"]["recipe-lr2e-3-cont"]] == [0, 2, 3]
+    assert results["held_out"]["recipe-lr2e-3-cont"][:2] == [list(p) for p in before["held_out"]["recipe-lr2e-3"]]
+    assert [s["training/global_step"] for s in results["steps"]["recipe-lr2e-3-cont"]] == [1, 2, 3]
+    assert json.loads((lease / "models" / "grpo-recipe-lr2e-3-cont" / "learn_bench.json").read_text()) == {
+        "grpo_steps": 3, "from": "grpo-recipe-lr2e-3", "runs": [["grpo-recipe-lr2e-3", 0], ["grpo-recipe-lr2e-3-cont", 2]]}
+    rl = yaml.safe_load((lease / "team-rendered-grpo-recipe-lr2e-3-cont.yaml").read_text())["rl"]
+    assert rl["model"] == str(lease / "models" / "grpo-recipe-lr2e-3")
     # the deadline reaches the trainer loop's Ray actor, an hour from the run's start
-    log = (tmp_path / "logs" / "grpo-recipe-lr2e-3-cont.log").read_text()
+    log = (lease / "logs" / "grpo-recipe-lr2e-3-cont.log").read_text()
     deadline = int(re.search(r"'MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP': '(\d+)'", log).group(1))
     assert started + 3600 <= deadline + 1 <= time.time() + 3600 + 1, (started, deadline)
+    # what needs the SFT model is refused there, naming what to carry
+    refused = subprocess.run([*argv, "--continue", "--drift-length", "24"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "the SFT model is not here" in refused.stderr, refused.stderr[-2000:]
+    assert "--drift-length starts from it. Fix: carry models/sft" in refused.stderr, refused.stderr[-2000:]
+    # --drift-length: one step of the SFT model with every response 24 tokens long (the first lease's folder)
+    drift_run = subprocess.run([*learn_bench(tmp_path, ""), "--drift-length", "24"], cwd=REPO, capture_output=True,
+                               text=True, timeout=900)
+    assert drift_run.returncode == 0, drift_run.stdout[-3000:] + drift_run.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
     # the drift run: every response sampled on past the end-of-sequence token (ignore_eos) to its 24 tokens; the CPU's
     # rollout and actor both compute in fp32, so vLLM's bf16 drift is not here, only that it is measured and shown
     drift = results["drift"]
@@ -117,11 +143,52 @@ def test_an_arm_is_a_known_algorithm_and_an_optional_learning_rate():
                               "grpo-recipe"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--grpo-from grpo-recipe: no merged model in /nonexistent/lb/models/grpo-recipe" \
         in refused.stderr and not Path("/nonexistent").exists(), refused.stderr
+    # --continue finds each arm's own model; --grpo-from names one for all: not both
+    refused = subprocess.run([sys.executable, "benchmarks/learn_bench.py", "--work", "/nonexistent/lb", "--continue",
+                              "--grpo-from", "grpo-recipe"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--continue and --grpo-from" in refused.stderr and "Fix: give one" in refused.stderr
+    assert not Path("/nonexistent").exists()
     # a time limit shorter than a start-up, a step and a save would pass unnoticed (verl's rule saves only ahead of it)
     refused = subprocess.run([sys.executable, "benchmarks/learn_bench.py", "--work", "/nonexistent/lb",
                               "--grpo-time-limit", "60"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--grpo-time-limit 60: too short" in refused.stderr and "e.g. 1200" in refused.stderr
     assert not Path("/nonexistent").exists()
+
+
+def test_continue_finds_each_arm_s_newest_model_and_carry_out_splits_what_goes_on_into_pieces(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import learn_bench
+
+    models = tmp_path / "work" / "models"
+    for name in ("sft", "grpo-recipe-lr3e-5", "grpo-recipe-lr3e-5-cont", "grpo-verl-example", "grpo-recipe-lr3e-5-cont3"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+    (models / "grpo-recipe-lr3e-5-cont2").mkdir()  # a run that never got merged: not a model to go on from
+    assert learn_bench.newest(models, "recipe", "3e-5") == "grpo-recipe-lr3e-5-cont"
+    assert learn_bench.newest(models, "verl-example", None) == "grpo-verl-example"
+    assert learn_bench.newest(models, "recipe", None) == "sft"  # another learning rate's models are not this arm's
+    # the pieces join into a tar of the models named, every run's metrics, the SFT row and the results; nothing else
+    work = tmp_path / "work"
+    weights = os.urandom(3 * 2**20 + 5)
+    (models / "grpo-recipe-lr3e-5-cont" / "model.safetensors").write_bytes(weights)
+    (work / "logs").mkdir()
+    (work / "logs" / "grpo-recipe-lr3e-5-local-7.metrics.jsonl").write_text("{}\n")
+    (work / "logs" / "grpo-recipe-lr3e-5.log").write_text("a long log\n")
+    (work / "sft-row.json").write_text('{"model": "SFT"}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lb-carry.tar.part09").write_text("an earlier pack's piece")
+    monkeypatch.setattr(learn_bench, "CARRY_PIECE_MIB", 1)
+    pieces = learn_bench.carry_out(work, out, ["grpo-recipe-lr3e-5-cont"])
+    assert [p.name for p in pieces] == [f"lb-carry.tar.part0{n}" for n in range(4)] == sorted(p.name for p in out.iterdir())
+    assert all(p.stat().st_size <= 2**20 for p in pieces)
+    there = tmp_path / "there"
+    there.mkdir()
+    subprocess.run(f"cat {out}/lb-carry.tar.part* | tar x -C {there}", shell=True, check=True)
+    assert sorted(str(p.relative_to(there)) for p in there.rglob("*") if p.is_file()) == [
+        "logs/grpo-recipe-lr3e-5-local-7.metrics.jsonl", "models/grpo-recipe-lr3e-5-cont/config.json",
+        "models/grpo-recipe-lr3e-5-cont/model.safetensors", "sft-row.json"]
+    assert (there / "models" / "grpo-recipe-lr3e-5-cont" / "model.safetensors").read_bytes() == weights
 
 
 def test_stages_run_together_start_at_once_are_graded_as_each_ends_and_failures_are_named(tmp_path):
