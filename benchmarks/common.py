@@ -280,20 +280,51 @@ def edited_team(team_file: Path, edits: list[str]):
     return config, team_file
 
 
-def recompute_layers_that_fit(team_file: Path, edits: list[str], arch: str, tokens: int, gpus: int, gpu_gib: float) -> int:
-    """The sft.recompute_layers `llm-bridge check` suggests for this SFT on GPUs of gpu_gib: the fewest decoder layers
-    that recompute with the stage's planned peak still within 90% of the GPU (check warns above that)."""
+STAGE_TOKENS = {"sft": "max_token_len_per_gpu", "rl": "ppo_max_token_len_per_gpu"}  # what a stage's plan counts
+
+
+def recompute_layers_that_fit(team_file: Path, edits: list[str], arch: str, gpus: int, gpu_gib: float,
+                              stage: str = "sft", tokens: int | None = None) -> int:
+    """The <stage>.recompute_layers `llm-bridge check` suggests for this stage (sft, or rl: the GRPO actor's update) on
+    GPUs of gpu_gib: the fewest decoder layers that recompute with its planned peak still within 90% of the GPU
+    (check warns above that), at `tokens` per GPU (None: the team.yaml's after the edits)."""
     from llm_bridge.login.memory_plan import HEADROOM, fewest_recomputed_layers
     from llm_bridge.login.model_shape import find_shape
 
     if arch not in QWEN3_HUB_IDS:
         raise SystemExit(f"--recompute-fit: the planner has no shape for --arch {arch}; use one of {sorted(QWEN3_HUB_IDS)}")
-    config, _ = edited_team(team_file, [*edits, "sft.gradient_checkpointing=true", f"sft.max_token_len_per_gpu={tokens}"])
-    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), config.sft, gpus, (1 - HEADROOM) * gpu_gib)
+    config, _ = edited_team(team_file, [*edits, f"{stage}.gradient_checkpointing=true",
+                                        *([f"{stage}.{STAGE_TOKENS[stage]}={tokens}"] if tokens else [])])
+    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), getattr(config, stage), gpus,
+                                      (1 - HEADROOM) * gpu_gib)
     if layers is None:
-        raise SystemExit(f"--recompute-fit: {arch} at {tokens} tokens does not fit {gpu_gib:.0f} GiB even with every "
-                         "layer recomputing (llm-bridge check says what would)")
+        raise SystemExit(f"--recompute-fit: {arch} at {tokens or getattr(config, stage).model_dump()[STAGE_TOKENS[stage]]} "
+                         f"tokens does not fit {gpu_gib:.0f} GiB even with every layer recomputing (llm-bridge check "
+                         "says what would)")
     return layers
+
+
+def add_recompute_fit(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--recompute-fit", action="store_true",
+                   help=f"with --recipe: {stage}.recompute_layers as llm-bridge check suggests for this GPU's memory: the "
+                        "fewest layers that recompute within 90%% of it")
+    p.add_argument("--recompute-fit-gib", type=float, metavar="GIB",
+                   help="--recompute-fit plans for GPUs of GIB instead (79.65: an 80 GB H100, on a larger card)")
+
+
+def recompute_fit_edit(args, stage: str, tokens: int | None) -> str:
+    """--recompute-fit's team.yaml edit, <stage>.recompute_layers=N, planned for --recompute-fit-gib or this GPU."""
+    if not args.recipe:
+        raise SystemExit(f"--recompute-fit needs --recipe: it sets that team.yaml's {stage}.recompute_layers")
+    if args.recompute_fit_gib:
+        gib = args.recompute_fit_gib
+    else:
+        import torch
+
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    layers = recompute_layers_that_fit(args.recipe, args.recipe_set, args.arch, args.gpus, gib, stage, tokens)
+    print(f"--recompute-fit: {stage}.recompute_layers={layers} for {gib:.0f} GiB", flush=True)
+    return f"{stage}.recompute_layers={layers}"
 
 
 def parser(doc: str, script: str, default_steps: int) -> argparse.ArgumentParser:

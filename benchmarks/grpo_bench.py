@@ -28,8 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-from common import (QWEN_VOCAB, REPO, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, pad_tokenizer,
-                    recipe_knobs, run_logged)
+from common import (QWEN_VOCAB, REPO, add_recompute_fit, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir,
+                    pad_tokenizer, recipe_knobs, recompute_fit_edit, run_logged)
 from common import parser as bench_parser
 from llm_bridge.data import write_parquet  # temp file, then rename: a stopped run leaves no half file to reuse
 
@@ -181,7 +181,12 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=512)
     parser.add_argument("--response-length", type=int, default=1024)
     parser.add_argument("--vocab", choices=["qwen", "gsm8k"], default="qwen")
+    add_recompute_fit(parser, "rl")  # the actor's update, at its ppo_max_token_len_per_gpu (an override after -- wins)
     args = parser.parse_args()
+    if args.recompute_fit:
+        tokens = [o.split("=", 1)[1] for o in args.overrides
+                  if o.startswith("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=")]
+        args.recipe_set.append(recompute_fit_edit(args, "rl", int(tokens[-1]) if tokens else None))
     args.work.mkdir(parents=True, exist_ok=True)
     model = grpo_model(args.arch, args.vocab, args.gsm8k, args.work)
     knobs, env = recipe_knobs(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS", args.recipe_set) if args.recipe else ([], {})

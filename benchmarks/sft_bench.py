@@ -19,8 +19,8 @@ import random
 import statistics
 from pathlib import Path
 
-from common import build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, \
-    recompute_layers_that_fit, run_logged
+from common import add_recompute_fit, build_model, build_tokenizer, finish, load_gsm8k, new_run_dir, recipe_knobs, \
+    recompute_fit_edit, run_logged
 from common import parser as bench_parser
 from llm_bridge.data import write_parquet  # temp file, then rename: a stopped run leaves no half file to reuse
 from trace_summary import summarize
@@ -88,18 +88,11 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
     return result
 
 
-def fitting_recompute_layers(args) -> int:
-    import torch
-
-    if not args.recipe:
-        raise SystemExit("--recompute-fit needs --recipe: it sets that team.yaml's sft.recompute_layers")
+def recompute_fit_tokens(args) -> int:
     tokens = [o.split("=", 1)[1] for o in args.overrides if o.startswith("data.max_token_len_per_gpu=")]
     if not tokens:
         raise SystemExit("--recompute-fit needs the tokens per GPU it plans for: add data.max_token_len_per_gpu=N after --")
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    layers = recompute_layers_that_fit(args.recipe, args.recipe_set, args.arch, int(tokens[-1]), args.gpus, gib)
-    print(f"--recompute-fit: sft.recompute_layers={layers} for {gib:.0f} GiB", flush=True)
-    return layers
+    return int(tokens[-1])
 
 
 def arguments():
@@ -109,16 +102,14 @@ def arguments():
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--conversations", type=int, default=4000)
     parser.add_argument("--profile", action="store_true", help="profile one extra step after the timed ones")
-    parser.add_argument("--recompute-fit", action="store_true",
-                        help="with --recipe: sft.recompute_layers as llm-bridge check suggests for this GPU's memory "
-                             "(the fewest layers that recompute within 90%% of it, at data.max_token_len_per_gpu)")
+    add_recompute_fit(parser, "sft")  # planned at the data.max_token_len_per_gpu given after --
     return parser
 
 
 def main() -> None:
     args = arguments().parse_args()
     if args.recompute_fit:
-        args.recipe_set.append(f"sft.recompute_layers={fitting_recompute_layers(args)}")
+        args.recipe_set.append(recompute_fit_edit(args, "sft", recompute_fit_tokens(args)))
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
     model = build_model(args.arch, tok, args.work / f"model-{args.arch}")

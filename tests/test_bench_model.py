@@ -160,20 +160,20 @@ def test_recipe_edits_change_a_copy_of_the_team_file(tmp_path):
 
 
 def test_recompute_fit_is_what_the_planner_suggests_for_the_gpu_at_the_benchmarks_tokens():
-    """sft_bench --recompute-fit: the fewest layers that recompute within 90% of the GPU, as check suggests; more memory
-    or fewer tokens let more layers keep their activations, and a shape that cannot fit says so."""
+    """sft_bench and grpo_bench --recompute-fit: the fewest layers that recompute within 90% of the GPU, as check
+    suggests; more memory or fewer tokens let more layers keep their activations, and a shape that cannot fit says so."""
     sys.path.insert(0, str(BENCH))
     from common import edited_team, recompute_layers_that_fit
 
-    from llm_bridge.login.memory_plan import CUDA_CONTEXT_GIB, HEADROOM, fewest_recomputed_layers, training_parts
+    from llm_bridge.login.memory_plan import CUDA_CONTEXT_GIB, HEADROOM, fewest_recomputed_layers, plan, training_parts
     from llm_bridge.login.model_shape import find_shape
 
     example = REPO / "templates" / "team.example.yaml"
     attention = ["sft.lora={rank: 32, alpha: 64, target_modules: [q_proj, k_proj, v_proj, o_proj]}", "sft.use_liger=false"]
     h200, h100 = 140.4, 79.6
-    at_8k = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 8192, 1, h200)
-    at_16k = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 16384, 1, h200)
-    on_h100 = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 8192, 1, h100)
+    at_8k = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 1, h200, "sft", 8192)
+    at_16k = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 1, h200, "sft", 16384)
+    on_h100 = recompute_layers_that_fit(example, attention, "qwen3-30b-a3b", 1, h100, "sft", 8192)
     assert 1 <= at_8k < at_16k < 48 and at_8k < on_h100 < 48, (at_8k, at_16k, on_h100)
     # the edits and the tokens reach the plan: the stage it checks fits at that count and not at one fewer
     config, _ = edited_team(example, [*attention, "sft.gradient_checkpointing=true", "sft.max_token_len_per_gpu=8192"])
@@ -186,9 +186,26 @@ def test_recompute_fit_is_what_the_planner_suggests_for_the_gpu_at_the_benchmark
         return sum(training_parts(shape, stage, 1, 8192).values()) + CUDA_CONTEXT_GIB
     assert peak(on_h100) <= (1 - HEADROOM) * h100 < peak(on_h100 - 1)
     with pytest.raises(SystemExit, match="does not fit 80 GiB even with every layer recomputing"):
-        recompute_layers_that_fit(example, ["sft.lora={rank: 32, alpha: 64}"], "qwen3-32b", 8192, 1, h100)
+        recompute_layers_that_fit(example, ["sft.lora={rank: 32, alpha: 64}"], "qwen3-32b", 1, h100, "sft", 8192)
     with pytest.raises(SystemExit, match="no shape for --arch 0.5b"):
-        recompute_layers_that_fit(example, [], "0.5b", 8192, 1, h200)
+        recompute_layers_that_fit(example, [], "0.5b", 1, h200, "sft", 8192)
+    # the GRPO actor's update (G3: Qwen3-8B, LoRA, 16,384 tokens a micro-batch from the team.yaml edits): the value
+    # check's note gives for that team.yaml on one H100
+    g3 = ["rl.model=Qwen/Qwen3-8B", "rl.lora={rank: 32, alpha: 64}", "rl.gradient_checkpointing=true",
+          "rl.ppo_max_token_len_per_gpu=16384"]
+    rl_h100 = recompute_layers_that_fit(example, g3, "qwen3-8b", 1, h100, "rl")
+    assert 1 < rl_h100 < 36 and recompute_layers_that_fit(example, g3, "qwen3-8b", 1, h200, "rl") < rl_h100
+    config, _ = edited_team(example, [*g3, "slurm.nodes=1", "slurm.gpus_per_node=1", f"slurm.gpu_memory_gib={h100}"])
+    assert f"rl.recompute_layers: {rl_h100} skips" in " ".join(plan(config).notes), plan(config).notes
+    assert recompute_layers_that_fit(example, g3, "qwen3-8b", 1, h100, "rl", 32768) > rl_h100
+    # --recompute-fit-gib 79.6 plans for an H100 on any card (no GPU asked): the edit the benchmark adds
+    import argparse
+
+    from common import recompute_fit_edit
+    args = argparse.Namespace(recipe=example, recipe_set=g3, arch="qwen3-8b", gpus=1, recompute_fit_gib=h100)
+    assert recompute_fit_edit(args, "rl", None) == f"rl.recompute_layers={rl_h100}"
+    with pytest.raises(SystemExit, match="--recompute-fit needs --recipe"):
+        recompute_fit_edit(argparse.Namespace(**{**vars(args), "recipe": None}), "rl", None)
 
 
 def test_each_lora_speed_row_runs_its_benchmark_with_arguments_the_benchmark_accepts(tmp_path):
