@@ -555,8 +555,8 @@ def main() -> None:
         graded[name] = {"model": f"GRPO ({label}" + (f", from {start} at step {prior})" if prior else ")"),
                         "steps": prior + len(this_run), "steps_this_run": len(this_run),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
-                        "train_reward_first": rewards[0], "train_reward_last": rewards[-1],
-                        "step_s_median": statistics.median(s["timing_s/step"] for s in this_run)}
+                        **({"train_reward_first": rewards[0], "train_reward_last": rewards[-1]} if rewards else {}),
+                        **({"step_s_median": statistics.median(s["timing_s/step"] for s in this_run)} if this_run else {})}
         if args.samples:
             graded[name].update(sampled(args, work / "models" / name, test, work / f"samples{args.samples}-{name}.jsonl",
                                         stage, f"sample-{name}"))
