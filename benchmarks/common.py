@@ -280,7 +280,9 @@ def edited_team(team_file: Path, edits: list[str]):
     return config, team_file
 
 
-STAGE_TOKENS = {"sft": "max_token_len_per_gpu", "rl": "ppo_max_token_len_per_gpu"}  # what a stage's plan counts
+# the tokens per GPU a stage's plan counts: its team.yaml key, and the verl override a benchmark takes after --
+STAGE_TOKENS = {"sft": ("max_token_len_per_gpu", "data.max_token_len_per_gpu"),
+                "rl": ("ppo_max_token_len_per_gpu", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu")}
 
 
 def recompute_layers_that_fit(team_file: Path, edits: list[str], arch: str, gpus: int, gpu_gib: float,
@@ -293,14 +295,14 @@ def recompute_layers_that_fit(team_file: Path, edits: list[str], arch: str, gpus
 
     if arch not in QWEN3_HUB_IDS:
         raise SystemExit(f"--recompute-fit: the planner has no shape for --arch {arch}; use one of {sorted(QWEN3_HUB_IDS)}")
+    key = STAGE_TOKENS[stage][0]
     config, _ = edited_team(team_file, [*edits, f"{stage}.gradient_checkpointing=true",
-                                        *([f"{stage}.{STAGE_TOKENS[stage]}={tokens}"] if tokens else [])])
-    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), getattr(config, stage), gpus,
-                                      (1 - HEADROOM) * gpu_gib)
+                                        *([f"{stage}.{key}={tokens}"] if tokens else [])])
+    planned = getattr(config, stage)
+    layers = fewest_recomputed_layers(find_shape(QWEN3_HUB_IDS[arch]), planned, gpus, (1 - HEADROOM) * gpu_gib)
     if layers is None:
-        raise SystemExit(f"--recompute-fit: {arch} at {tokens or getattr(config, stage).model_dump()[STAGE_TOKENS[stage]]} "
-                         f"tokens does not fit {gpu_gib:.0f} GiB even with every layer recomputing (llm-bridge check "
-                         "says what would)")
+        raise SystemExit(f"--recompute-fit: {arch} at {getattr(planned, key)} tokens does not fit {gpu_gib:.0f} GiB even "
+                         "with every layer recomputing (llm-bridge check says what would)")
     return layers
 
 
@@ -312,10 +314,16 @@ def add_recompute_fit(p: argparse.ArgumentParser, stage: str) -> None:
                    help="--recompute-fit plans for GPUs of GIB instead (79.65: an 80 GB H100, on a larger card)")
 
 
-def recompute_fit_edit(args, stage: str, tokens: int | None) -> str:
-    """--recompute-fit's team.yaml edit, <stage>.recompute_layers=N, planned for --recompute-fit-gib or this GPU."""
+def recompute_fit_edit(args, stage: str, need_tokens: bool = False) -> str:
+    """--recompute-fit's team.yaml edit, <stage>.recompute_layers=N, planned for --recompute-fit-gib or this GPU, at
+    the tokens per GPU the overrides after -- give the stage (the last one wins), else at the team.yaml's own."""
     if not args.recipe:
         raise SystemExit(f"--recompute-fit needs --recipe: it sets that team.yaml's {stage}.recompute_layers")
+    override = STAGE_TOKENS[stage][1] + "="
+    given = [o.removeprefix(override) for o in args.overrides if o.startswith(override)]
+    if need_tokens and not given:
+        raise SystemExit(f"--recompute-fit needs the tokens per GPU it plans for: add {override}N after --")
+    tokens = int(given[-1]) if given else None
     if args.recompute_fit_gib:
         gib = args.recompute_fit_gib
     else:

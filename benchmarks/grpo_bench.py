@@ -184,9 +184,7 @@ def main() -> None:
     add_recompute_fit(parser, "rl")  # the actor's update, at its ppo_max_token_len_per_gpu (an override after -- wins)
     args = parser.parse_args()
     if args.recompute_fit:
-        tokens = [o.split("=", 1)[1] for o in args.overrides
-                  if o.startswith("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=")]
-        args.recipe_set.append(recompute_fit_edit(args, "rl", int(tokens[-1]) if tokens else None))
+        args.recipe_set.append(recompute_fit_edit(args, "rl"))
     args.work.mkdir(parents=True, exist_ok=True)
     model = grpo_model(args.arch, args.vocab, args.gsm8k, args.work)
     knobs, env = recipe_knobs(args.recipe, "ppo/run_ppo.sbatch", "PPO_ARGS", args.recipe_set) if args.recipe else ([], {})

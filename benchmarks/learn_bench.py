@@ -114,16 +114,11 @@ def run_name(arm: str, lr: str | None, grpo_from: str | None = None) -> str:
     return f"{name}-cont{earlier + 1 if earlier else ''}"
 
 
-def steps_before(model: Path) -> int:
-    """GRPO steps behind a merged model: what learn_bench recorded beside it (0 for SFT's or another's)."""
+def record_of(model: Path) -> dict:
+    """What learn_bench wrote beside a merged GRPO model ({} for SFT's or another's): grpo_steps, the GRPO steps
+    behind it; from, the model it started from; runs, [[run, steps before it], ...], the runs that made it."""
     record = model / "learn_bench.json"
-    return json.loads(record.read_text())["grpo_steps"] if record.is_file() else 0
-
-
-def lineage(model: Path) -> list[list]:
-    """[[run, steps before it], ...]: the GRPO runs that made a merged model, first to last ([] for SFT's)."""
-    record = model / "learn_bench.json"
-    return json.loads(record.read_text()).get("runs", []) if record.is_file() else []
+    return json.loads(record.read_text()) if record.is_file() else {}
 
 
 def newest(models: Path, arm: str, lr: str | None) -> str:
@@ -533,26 +528,29 @@ def main() -> None:
     steps_by_arm, held_out, graded = {}, {}, {}  # graded: name -> its table row, in the order the arms end
 
     def evaluate(name: str) -> None:
-        label, start = name.removeprefix("grpo-"), start_of[name]
-        prior = steps_before(work / "models" / start)
+        label, behind = name.removeprefix("grpo-"), record_of(work / "models" / start_of[name])
+        prior = behind.get("grpo_steps", 0)
         generate(args, merge(name, work / "checkpoints" / "grpo" / name), test, work / f"predictions-{name}.jsonl",
                  stage, f"generate-{name}")
-        this_run = [m["data"] for m in pipeline.metrics(work / "logs", name) if "critic/score/mean" in m["data"]]
         # the curves run from the lineage's first step: the earlier runs' metrics, where their logs are here
-        runs_behind = [*lineage(work / "models" / start), [name, prior]]
+        runs_behind = [*behind.get("runs", []), [name, prior]]
         steps_by_arm[label], points = [], {}
         for run, before in runs_behind:
-            records = pipeline.metrics(work / "logs", run) if list((work / "logs").glob(f"{run}-local-*.metrics.jsonl")) else []
-            steps_by_arm[label] += [{**m["data"], "training/global_step": before + m["data"]["training/global_step"]}
-                                    for m in records if "critic/score/mean" in m["data"]]
+            logged = run == name or any((work / "logs").glob(f"{run}-local-*.metrics.jsonl"))
+            records = pipeline.metrics(work / "logs", run) if logged else []
+            run_steps = [m["data"] for m in records if "critic/score/mean" in m["data"]]
+            steps_by_arm[label] += [{**step, "training/global_step": before + step["training/global_step"]}
+                                    for step in run_steps]
             for step, value in held_out_curve(records):  # a run's last validation is the next one's step 0: keep one
                 points.setdefault(before + step, value)
+        this_run = run_steps  # the lineage ends with this run
         held_out[label] = sorted(points.items())
         rewards = [s["critic/score/mean"] for s in steps_by_arm[label]]
         record = work / "models" / name / "learn_bench.json"
         if not record.is_file():  # GRPO steps behind this model, for a run that starts from it (--grpo-from)
-            record.write_text(json.dumps({"grpo_steps": prior + len(this_run), "from": start, "runs": runs_behind}) + "\n")
-        graded[name] = {"model": f"GRPO ({label}" + (f", from {start} at step {prior})" if prior else ")"),
+            record.write_text(json.dumps({"grpo_steps": prior + len(this_run), "from": start_of[name],
+                                          "runs": runs_behind}) + "\n")
+        graded[name] = {"model": f"GRPO ({label}" + (f", from {start_of[name]} at step {prior})" if prior else ")"),
                         "steps": prior + len(this_run), "steps_this_run": len(this_run),
                         "accuracy": accuracy(test, work / f"predictions-{name}.jsonl"),
                         **({"train_reward_first": rewards[0], "train_reward_last": rewards[-1]} if rewards else {}),

@@ -88,13 +88,6 @@ def run(args, model: Path, data: Path, overrides: list[str], env: dict[str, str]
     return result
 
 
-def recompute_fit_tokens(args) -> int:
-    tokens = [o.split("=", 1)[1] for o in args.overrides if o.startswith("data.max_token_len_per_gpu=")]
-    if not tokens:
-        raise SystemExit("--recompute-fit needs the tokens per GPU it plans for: add data.max_token_len_per_gpu=N after --")
-    return int(tokens[-1])
-
-
 def arguments():
     parser = bench_parser(__doc__, "SFT script", default_steps=12)
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
@@ -109,7 +102,7 @@ def arguments():
 def main() -> None:
     args = arguments().parse_args()
     if args.recompute_fit:
-        args.recipe_set.append(recompute_fit_edit(args, "sft", recompute_fit_tokens(args)))
+        args.recipe_set.append(recompute_fit_edit(args, "sft", need_tokens=True))
     args.work.mkdir(parents=True, exist_ok=True)
     data, tok = build_data(args.gsm8k, args.work, args.tokens, args.conversations)
     model = build_model(args.arch, tok, args.work / f"model-{args.arch}")

@@ -202,10 +202,10 @@ def test_recompute_fit_is_what_the_planner_suggests_for_the_gpu_at_the_benchmark
     import argparse
 
     from common import recompute_fit_edit
-    args = argparse.Namespace(recipe=example, recipe_set=g3, arch="qwen3-8b", gpus=1, recompute_fit_gib=h100)
-    assert recompute_fit_edit(args, "rl", None) == f"rl.recompute_layers={rl_h100}"
+    args = argparse.Namespace(recipe=example, recipe_set=g3, arch="qwen3-8b", gpus=1, recompute_fit_gib=h100, overrides=[])
+    assert recompute_fit_edit(args, "rl") == f"rl.recompute_layers={rl_h100}"
     with pytest.raises(SystemExit, match="--recompute-fit needs --recipe"):
-        recompute_fit_edit(argparse.Namespace(**{**vars(args), "recipe": None}), "rl", None)
+        recompute_fit_edit(argparse.Namespace(**{**vars(args), "recipe": None}), "rl")
 
 
 def test_each_lora_speed_row_runs_its_benchmark_with_arguments_the_benchmark_accepts(tmp_path):
